@@ -1,0 +1,318 @@
+r"""Online BPR matrix factorisation (Rendle et al., UAI 2009), trained in PyTorch.
+
+The score of item :math:`i` for user :math:`u` is :math:`x_{ui} = p_u \cdot q_i + b_i`. Each
+training example is a consumed pair :math:`(u, i)` and a negative item :math:`j`; the loss is
+
+.. math:: L = -\log \sigma(x_{ui} - x_{uj})
+    + \tfrac{\lambda}{2}\left(\lVert p_u\rVert^2 + \lVert q_i\rVert^2 + \lVert q_j\rVert^2
+    + b_i^2 + b_j^2\right)
+
+with :math:`\lambda` = ``reg``. Its gradients are computed in closed form and applied to the
+touched rows only (a sparse update), so a step costs :math:`O(B d)` whatever the catalogue size.
+
+Negatives are drawn uniformly over the known items; a draw that the user has already consumed is
+redrawn, up to ``n_resample`` times (after that it is kept: with a few redraws this is rare
+unless a user has consumed most of the catalogue).
+
+Optimiser. ``"adagrad"`` (the default: on MovieLens-100K it beat lazy Adam at equal budgets and
+is the natural choice for sparse rows) keeps a per-parameter sum of squared gradients;
+``"adam"`` is lazy Adam (moments updated only on the touched rows, bias correction by the global
+step, like ``torch.optim.SparseAdam``). Either way the optimiser state has the shape of the
+tables and grows with them: new users and items get fresh rows (``N(0, init_std^2)`` embeddings,
+zero bias, zero optimiser state) while existing rows are left untouched.
+
+``fit`` runs ``epochs`` shuffled passes over its events with learning rate ``lr``; ``learn`` runs
+``learn_passes`` shuffled passes over the new batch with ``learn_lr`` (``None``: ``lr``). All
+randomness (initialisation, shuffling, negatives) comes from a private ``torch.Generator`` seeded
+by ``seed``, so results on CPU are reproducible and checkpoints resume the exact same stream of
+random numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from nmrn.errors import ConfigError, ModelFitError
+from nmrn.training.base import Recommender
+
+OPTIMIZERS = ("adagrad", "adam")
+_EPS = 1e-8
+_BETAS = (0.9, 0.999)
+
+
+class BPR(Recommender):
+    """Bayesian personalised ranking with matrix factorisation, updated online.
+
+    Parameters
+    ----------
+    dim
+        Embedding size ``d``.
+    lr
+        Learning rate of ``fit``.
+    reg
+        L2 penalty ``lambda`` on the rows used by each example.
+    epochs
+        Passes over the events given to ``fit``.
+    batch_size
+        Examples per gradient step.
+    learn_passes
+        Passes over each batch given to ``learn``.
+    learn_lr
+        Learning rate of ``learn``; ``None`` uses ``lr``. The stream defaults (5 passes at 0.1)
+        were picked on MovieLens-100K in the live setting (chunks of 1,000 events after fitting
+        half the log): Hits@10 0.0614, against 0.0574 for 2 passes at ``lr``.
+    optimizer
+        ``"adagrad"`` or ``"adam"`` (lazy).
+    n_resample
+        Redraws of a negative that the user has already consumed.
+    init_std
+        Standard deviation of the initial embeddings.
+    seed
+        Seed of the model's private random generator.
+
+    Examples
+    --------
+    >>> rec = BPR(dim=4, epochs=5, seed=0).fit(
+    ...     [("a", "x", 0), ("a", "y", 1), ("b", "x", 2), ("c", "z", 3)])
+    >>> rec.score(["a"], ["x", "y", "z"]).shape
+    (1, 3)
+    """
+
+    name = "bpr"
+
+    def __init__(
+        self,
+        dim: int = 64,
+        lr: float = 0.05,
+        reg: float = 1e-4,
+        epochs: int = 20,
+        batch_size: int = 256,
+        learn_passes: int = 5,
+        learn_lr: float | None = 0.1,
+        optimizer: str = "adagrad",
+        n_resample: int = 3,
+        init_std: float = 0.1,
+        *,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed=seed)
+        for name, value, low in (
+            ("dim", dim, 1),
+            ("epochs", epochs, 0),
+            ("batch_size", batch_size, 1),
+            ("learn_passes", learn_passes, 0),
+            ("n_resample", n_resample, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ConfigError(f"BPR: {name} must be an int >= {low}, got {value!r}")
+        for name, fvalue, positive in (
+            ("lr", lr, True),
+            ("learn_lr", lr if learn_lr is None else learn_lr, True),
+            ("reg", reg, False),
+            ("init_std", init_std, False),
+        ):
+            ok = (
+                not isinstance(fvalue, bool)
+                and isinstance(fvalue, (int, float, np.integer, np.floating))
+                and np.isfinite(fvalue)
+                and (fvalue > 0 if positive else fvalue >= 0)
+            )
+            if not ok:
+                bound = "> 0" if positive else ">= 0"
+                raise ConfigError(f"BPR: {name} must be a finite number {bound}, got {fvalue!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"BPR: optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        self.dim = int(dim)
+        self.lr = float(lr)
+        self.reg = float(reg)
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.learn_passes = int(learn_passes)
+        self.learn_lr = None if learn_lr is None else float(learn_lr)
+        self.optimizer = optimizer
+        self.n_resample = int(n_resample)
+        self.init_std = float(init_std)
+
+        self._gen = torch.Generator().manual_seed(self.seed)
+        d = self.dim
+        # parameters, then optimiser state per table: (first moment, second moment / sum of g^2)
+        self.user_emb = torch.zeros(0, d)
+        self.item_emb = torch.zeros(0, d)
+        self.item_bias = torch.zeros(0)
+        self._m = {"user": torch.zeros(0, d), "item": torch.zeros(0, d), "bias": torch.zeros(0)}
+        self._v = {"user": torch.zeros(0, d), "item": torch.zeros(0, d), "bias": torch.zeros(0)}
+        self._step = 0
+        self._seen = np.empty(0, dtype=np.int64)  # sorted keys user << 32 | item
+        self.last_loss = float("nan")
+
+    # -- tables ----------------------------------------------------------------------------------
+    def _grow(self, n_users: int, n_items: int) -> None:
+        d = self.dim
+        extra_u = n_users - len(self.user_emb)
+        if extra_u > 0:
+            new = torch.randn(extra_u, d, generator=self._gen) * self.init_std
+            self.user_emb = torch.cat([self.user_emb, new])
+            for state in (self._m, self._v):
+                state["user"] = torch.cat([state["user"], torch.zeros(extra_u, d)])
+        extra_i = n_items - len(self.item_emb)
+        if extra_i > 0:
+            new = torch.randn(extra_i, d, generator=self._gen) * self.init_std
+            self.item_emb = torch.cat([self.item_emb, new])
+            self.item_bias = torch.cat([self.item_bias, torch.zeros(extra_i)])
+            for state in (self._m, self._v):
+                state["item"] = torch.cat([state["item"], torch.zeros(extra_i, d)])
+                state["bias"] = torch.cat([state["bias"], torch.zeros(extra_i)])
+
+    # -- learning --------------------------------------------------------------------------------
+    def _remember(self, users: np.ndarray, items: np.ndarray) -> None:
+        keys = np.unique((users.astype(np.int64) << 32) | items.astype(np.int64))
+        pos = np.searchsorted(self._seen, keys)
+        known = pos < len(self._seen)
+        known[known] = self._seen[pos[known]] == keys[known]
+        self._seen = np.insert(self._seen, pos[~known], keys[~known])
+
+    def _is_seen(self, users: torch.Tensor, items: torch.Tensor) -> np.ndarray:
+        keys = (users.numpy() << 32) | items.numpy()
+        if len(self._seen) == 0:
+            return np.zeros(len(keys), dtype=bool)
+        pos = np.minimum(np.searchsorted(self._seen, keys), len(self._seen) - 1)
+        return self._seen[pos] == keys  # type: ignore[no-any-return]
+
+    def _negatives(self, users: torch.Tensor) -> torch.Tensor:
+        n_items = len(self.item_emb)
+        neg = torch.randint(n_items, (len(users),), generator=self._gen)
+        for _ in range(self.n_resample):
+            bad = np.flatnonzero(self._is_seen(users, neg))
+            if len(bad) == 0:
+                break
+            neg[bad] = torch.randint(n_items, (len(bad),), generator=self._gen)
+        return neg
+
+    def _fit(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        timestamps: np.ndarray,
+        weights: np.ndarray | None,
+    ) -> None:
+        self._remember(users, items)
+        self._train(users, items, self.epochs, self.lr)
+
+    def _learn(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        timestamps: np.ndarray,
+        weights: np.ndarray | None,
+    ) -> None:
+        self._remember(users, items)
+        lr = self.lr if self.learn_lr is None else self.learn_lr
+        self._train(users, items, self.learn_passes, lr)
+
+    def _train(self, users: np.ndarray, items: np.ndarray, passes: int, lr: float) -> None:
+        u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
+        i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
+        n = len(u_all)
+        for epoch in range(passes):
+            order = torch.randperm(n, generator=self._gen)
+            total = 0.0
+            for lo in range(0, n, self.batch_size):
+                idx = order[lo : lo + self.batch_size]
+                u, i = u_all[idx], i_all[idx]
+                total += self._step_on(u, i, self._negatives(u), lr)
+            self.last_loss = total / max(n, 1)
+            if not np.isfinite(self.last_loss):
+                raise ModelFitError(
+                    f"BPR: loss is {self.last_loss} in pass {epoch + 1} of {passes} over "
+                    f"{n} events (step {self._step}); lower lr (now {lr}) or raise reg"
+                )
+
+    def _step_on(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, lr: float) -> float:
+        """One gradient step on examples ``(u, i, j)`` (each ``[B]``); returns the summed loss."""
+        reg = self.reg
+        pu, qi, qj = self.user_emb[u], self.item_emb[i], self.item_emb[j]  # [B, d]
+        bi, bj = self.item_bias[i], self.item_bias[j]  # [B]
+        x = (pu * (qi - qj)).sum(dim=1) + bi - bj  # [B]
+        loss = torch.nn.functional.softplus(-x).sum() + 0.5 * reg * (
+            (pu * pu).sum() + (qi * qi).sum() + (qj * qj).sum() + (bi * bi).sum() + (bj * bj).sum()
+        )
+        g = -torch.sigmoid(-x)[:, None]  # dL/dx, [B, 1]
+        grad_u = g * (qi - qj) + reg * pu
+        grad_i = g * pu + reg * qi
+        grad_j = -g * pu + reg * qj
+        items = torch.cat([i, j])
+        grad_items = torch.cat([grad_i, grad_j])
+        grad_bias = torch.cat([g[:, 0] + reg * bi, -g[:, 0] + reg * bj])
+        self._step += 1
+        self._apply("user", self.user_emb, u, grad_u, lr)
+        self._apply("item", self.item_emb, items, grad_items, lr)
+        self._apply("bias", self.item_bias, items, grad_bias, lr)
+        return float(loss)
+
+    def _apply(
+        self, key: str, table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float
+    ) -> None:
+        """Optimiser update of ``table[rows]`` with per-example gradients (duplicates summed)."""
+        uniq, inv = torch.unique(rows, return_inverse=True)
+        summed = torch.zeros((len(uniq), *grad.shape[1:]), dtype=grad.dtype)
+        summed.index_add_(0, inv, grad)
+        v = self._v[key]
+        if self.optimizer == "adagrad":
+            acc = v[uniq] + summed * summed
+            v[uniq] = acc
+            table[uniq] -= lr * summed / (acc.sqrt() + _EPS)
+            return
+        beta1, beta2 = _BETAS
+        m = self._m[key]
+        m_rows = beta1 * m[uniq] + (1 - beta1) * summed
+        v_rows = beta2 * v[uniq] + (1 - beta2) * summed * summed
+        m[uniq], v[uniq] = m_rows, v_rows
+        corr1 = 1 - beta1**self._step
+        corr2 = 1 - beta2**self._step
+        table[uniq] -= lr * (m_rows / corr1) / ((v_rows / corr2).sqrt() + _EPS)
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def _score_all(self, users: np.ndarray) -> np.ndarray:
+        # float64, so that a user's scores do not depend (beyond ~1e-16) on the other users
+        # of the batch, which can change the float32 BLAS kernel and its rounding
+        p = self.user_emb[torch.from_numpy(np.asarray(users, dtype=np.int64))].double()
+        scores = p @ self.item_emb.double().T + self.item_bias.double()[None, :]
+        return scores.numpy()
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {
+            "user_emb": self.user_emb.numpy(),
+            "item_emb": self.item_emb.numpy(),
+            "item_bias": self.item_bias.numpy(),
+            "seen": self._seen,
+            "rng": self._gen.get_state().numpy(),
+        }
+        for key in ("user", "item", "bias"):
+            arrays[f"m_{key}"] = self._m[key].numpy()
+            arrays[f"v_{key}"] = self._v[key].numpy()
+        loss = self.last_loss if np.isfinite(self.last_loss) else None
+        return arrays, {"step": self._step, "last_loss": loss}
+
+    def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        def tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+            arr = np.asarray(arrays[name], dtype=np.float32)
+            if arr.shape != shape:
+                raise ValueError(f"BPR array {name!r} has shape {arr.shape}, expected {shape}")
+            return torch.from_numpy(arr.copy())
+
+        n_users, n_items, d = len(self.users), len(self.items), self.dim
+        self.user_emb = tensor("user_emb", (n_users, d))
+        self.item_emb = tensor("item_emb", (n_items, d))
+        self.item_bias = tensor("item_bias", (n_items,))
+        shapes = {"user": (n_users, d), "item": (n_items, d), "bias": (n_items,)}
+        for key, shape in shapes.items():
+            self._m[key] = tensor(f"m_{key}", shape)
+            self._v[key] = tensor(f"v_{key}", shape)
+        self._seen = np.asarray(arrays["seen"], dtype=np.int64).copy()
+        self._gen.set_state(torch.from_numpy(np.asarray(arrays["rng"], dtype=np.uint8).copy()))
+        self._step = int(meta["step"])
+        self.last_loss = float("nan") if meta["last_loss"] is None else float(meta["last_loss"])

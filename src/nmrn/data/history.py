@@ -1,0 +1,139 @@
+"""Per-user interaction histories (item indices in arrival order).
+
+Used for exclusions ("do not recommend what the user has already consumed") and by models that
+read a user's recent items. Each user's items live in a numpy buffer that doubles when full, so
+appending is amortised O(1) per event and memory is about 8 bytes per event plus a small constant
+per user.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_MIN_CAP = 4
+
+
+class History:
+    """Append-only sequences of item indices per user index.
+
+    Examples
+    --------
+    >>> h = History()
+    >>> h.append([0, 1, 0], [5, 6, 7])
+    >>> h.items_of(0).tolist(), h.items_of(1).tolist(), h.items_of(9).tolist()
+    ([5, 7], [6], [])
+    >>> len(h), h.n_users
+    (3, 2)
+    """
+
+    def __init__(self) -> None:
+        self._bufs: list[np.ndarray] = []
+        self._lens = np.zeros(0, dtype=np.int64)
+        self._n_events = 0
+
+    def __len__(self) -> int:
+        return self._n_events
+
+    def __repr__(self) -> str:
+        return f"History(n_users={self.n_users}, n_events={len(self)})"
+
+    @property
+    def n_users(self) -> int:
+        """Number of user rows (highest user index appended + 1)."""
+        return len(self._bufs)
+
+    def _ensure_users(self, n: int) -> None:
+        if n > len(self._bufs):
+            extra = n - len(self._bufs)
+            self._bufs.extend(np.empty(0, dtype=np.int64) for _ in range(extra))
+            self._lens = np.concatenate([self._lens, np.zeros(extra, dtype=np.int64)])
+
+    def append(self, users: np.ndarray | list[int], items: np.ndarray | list[int]) -> None:
+        """Append events ``(users[t], items[t])`` in order; both ``[n]`` non-negative ints."""
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        if users.shape != items.shape or users.ndim != 1:
+            raise ValueError(f"users {users.shape} and items {items.shape} must be equal 1-D")
+        if len(users) == 0:
+            return
+        if users.min() < 0 or items.min() < 0:
+            raise ValueError("user and item indices must be non-negative")
+        self._ensure_users(int(users.max()) + 1)
+        order = np.argsort(users, kind="stable")
+        su, si = users[order], items[order]
+        cuts = np.flatnonzero(np.diff(su)) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [len(su)]])
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            u = int(su[s])
+            n_old = int(self._lens[u])
+            need = n_old + (e - s)
+            buf = self._bufs[u]
+            if need > len(buf):
+                grown = np.empty(max(_MIN_CAP, need, 2 * len(buf)), dtype=np.int64)
+                grown[:n_old] = buf[:n_old]
+                buf = self._bufs[u] = grown
+            buf[n_old:need] = si[s:e]
+            self._lens[u] = need
+        self._n_events += len(users)
+
+    def items_of(self, user: int) -> np.ndarray:
+        """The items of ``user`` in arrival order (a read-only view; empty if unseen)."""
+        if user < 0 or user >= len(self._bufs):
+            return np.empty(0, dtype=np.int64)
+        view = self._bufs[user][: self._lens[user]]
+        view.flags.writeable = False
+        return view
+
+    def length(self, user: int) -> int:
+        """Number of events of ``user``."""
+        return int(self._lens[user]) if 0 <= user < len(self._bufs) else 0
+
+    def lengths(self) -> np.ndarray:
+        """Events per user index, shape ``[n_users]``."""
+        return self._lens.copy()
+
+    def seen_pairs(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates ``(rows, items)`` of every item seen by each of ``users``.
+
+        ``rows[j]`` indexes into ``users``; handy for masking a ``[n, n_items]`` score matrix
+        with ``scores[rows, items] = -inf``. Unknown users (index < 0) contribute nothing.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        parts = [self.items_of(int(u)) for u in users.tolist()]
+        counts = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+        rows = np.repeat(np.arange(len(users), dtype=np.int64), counts)
+        cols = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return rows, cols.astype(np.int64, copy=False)
+
+    # -- serialisation (CSR) -------------------------------------------------------------------
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr [n_users+1], items [n_events])``: CSR form, users in index order."""
+        indptr = np.zeros(self.n_users + 1, dtype=np.int64)
+        np.cumsum(self._lens, out=indptr[1:])
+        items = np.empty(int(indptr[-1]), dtype=np.int64)
+        for u, buf in enumerate(self._bufs):
+            items[indptr[u] : indptr[u + 1]] = buf[: self._lens[u]]
+        return indptr, items
+
+    @classmethod
+    def from_arrays(cls, indptr: np.ndarray, items: np.ndarray) -> History:
+        """Inverse of :meth:`to_arrays`."""
+        indptr = np.asarray(indptr, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(items):
+            raise ValueError("inconsistent history arrays (indptr does not match items)")
+        if np.any(np.diff(indptr) < 0):
+            raise ValueError("inconsistent history arrays (indptr decreases)")
+        h = cls()
+        n = len(indptr) - 1
+        h._bufs = [items[indptr[u] : indptr[u + 1]].copy() for u in range(n)]
+        h._lens = np.diff(indptr)
+        h._n_events = len(items)
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, History):
+            return NotImplemented
+        a, b = self.to_arrays(), other.to_arrays()
+        return bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))

@@ -1,0 +1,185 @@
+"""Reports of evaluation results: an aligned text table, a JSON file and a per-segment plot.
+
+Nothing here prints; the CLI decides where the table goes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nmrn.errors import DataError
+from nmrn.evaluation.protocol import METRICS, SAMPLED_HITS, EvalResult
+
+__all__ = ["format_table", "plot_segments", "read_json", "write_json"]
+
+JSON_FORMAT = "nmrn-evaluation"
+JSON_FORMAT_VERSION = 1
+
+_PLOT_METRIC = "Hits@10"
+
+
+def _number(value: float, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _sampled_header(results: Sequence[EvalResult]) -> str:
+    sizes = {r.params.get("n_sampled") for r in results}
+    if len(sizes) == 1 and None not in sizes:
+        return f"Hits@10({sizes.pop()} sampled)"
+    return "Hits@10(sampled)"
+
+
+def format_table(results: Sequence[EvalResult]) -> str:
+    """An aligned text table, one row per result.
+
+    Columns: model, protocol, Hits@1/5/10/20, NDCG@10, MRR, the sampled Hits@10, tested and
+    skipped events, fit seconds and learn events/s. Metrics have 4 decimals; a value that could
+    not be measured (nothing tested) shows as ``-``.
+
+    Parameters
+    ----------
+    results
+        The results to tabulate, in row order.
+
+    Returns
+    -------
+    str
+        A header line, a rule, then one line per result (no trailing newline).
+
+    Examples
+    --------
+    >>> from nmrn.evaluation.protocol import EvalResult, METRICS
+    >>> r = EvalResult("pop", "blocks", {"n_sampled": 100}, dict.fromkeys(METRICS, 0.5), [],
+    ...                n_tested=10, n_skipped=2, n_base=50, fit_seconds=0.25,
+    ...                learn_seconds=0.5, fit_events_per_s=200.0, learn_events_per_s=120.0)
+    >>> lines = format_table([r]).splitlines()
+    >>> lines[0].split("  ")[-5:]
+    ['Hits@10(100 sampled)', 'tested', 'skipped', 'fit s', 'learn ev/s']
+    >>> lines[2].split()[:3], lines[2].split()[-4:]
+    (['pop', 'blocks', '0.5000'], ['10', '2', '0.25', '120'])
+    """
+    headers = ["model", "protocol", *METRICS[:-1], _sampled_header(results)]
+    headers += ["tested", "skipped", "fit s", "learn ev/s"]
+    rows = []
+    for r in results:
+        row = [r.model, r.protocol]
+        row += [_number(r.metrics.get(name, math.nan)) for name in METRICS]
+        row += [str(r.n_tested), str(r.n_skipped), _number(r.fit_seconds, 2)]
+        row.append(_number(r.learn_events_per_s, 0))
+        rows.append(row)
+    widths = [max([len(h), *(len(row[j]) for row in rows)]) for j, h in enumerate(headers)]
+    n_text = 2  # model and protocol are left-aligned, numbers right-aligned
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.ljust(w) if j < n_text else cell.rjust(w)
+            for j, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    lines = [line(headers), line(["-" * w for w in widths])]
+    lines += [line(row) for row in rows]
+    return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become ``None`` (strict JSON has neither); containers are walked."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(results: Sequence[EvalResult], path: str | os.PathLike[str]) -> None:
+    """Write every figure of ``results`` (segments included) to a JSON file.
+
+    The file is ``{"format": "nmrn-evaluation", "format_version": 1, "results": [...]}``, each
+    result as :meth:`EvalResult.to_dict`. Values that could not be measured (NaN) are written
+    as ``null``; a model parameter JSON cannot hold is written as its ``str``. Parent
+    directories are created. :func:`read_json` reads the file back.
+    """
+    doc = {
+        "format": JSON_FORMAT,
+        "format_version": JSON_FORMAT_VERSION,
+        "results": [_json_safe(r.to_dict()) for r in results],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=2, default=str, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike[str]) -> list[EvalResult]:
+    """Read results written by :func:`write_json`."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT:
+        raise DataError(f"{path}: not an nmrn evaluation file (format is not {JSON_FORMAT!r})")
+    if doc.get("format_version") != JSON_FORMAT_VERSION:
+        raise DataError(
+            f"{path}: evaluation file version {doc.get('format_version')!r} is not supported "
+            f"(this nmrn reads {JSON_FORMAT_VERSION})"
+        )
+    try:
+        return [EvalResult.from_dict(r) for r in doc["results"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{path}: malformed result ({err!r})") from None
+
+
+def plot_segments(
+    results: Sequence[EvalResult], path: str | os.PathLike[str], *, metric: str = _PLOT_METRIC
+) -> None:
+    """Plot a metric per segment (block, or fifth of the test stream), one line per result.
+
+    Parameters
+    ----------
+    results
+        Results to draw; each is labelled ``"model (protocol)"``.
+    path
+        Where to write the PNG (parent directories are created).
+    metric
+        Which metric to draw (default Hits@10; any name of
+        :data:`~nmrn.evaluation.protocol.METRICS`).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    # The object-oriented API with an Agg canvas: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for r in results:
+        xs = [s.index + 1 for s in r.segments]
+        ys = [s.metrics.get(metric, math.nan) for s in r.segments]
+        ax.plot(xs, ys, marker="o", label=f"{r.model} ({r.protocol})")
+    protocols = {r.protocol for r in results}
+    if protocols == {"blocks"}:
+        ax.set_xlabel("test block")
+    elif protocols == {"chunks"}:
+        ax.set_xlabel("fifth of the test stream")
+    else:
+        ax.set_xlabel("segment (test block, or fifth of the test stream for chunks)")
+    ax.set_ylabel(metric if metric != SAMPLED_HITS else "Hits@10 (sampled candidates)")
+    n_max = max((len(r.segments) for r in results), default=0)
+    if n_max:
+        ax.set_xticks(range(1, n_max + 1))
+    ax.grid(True, alpha=0.3)
+    if results:
+        ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")

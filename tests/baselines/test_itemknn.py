@@ -1,0 +1,162 @@
+"""Known answers for the streaming item-kNN, worked by hand on a toy stream."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from conformance import synthetic_stream
+
+import nmrn.baselines.itemknn as itemknn
+from nmrn.baselines import ItemKNN
+from nmrn.errors import ConfigError
+
+# Three users (plus D, who only adds to x's count). With history_len=2 the pairs are:
+#   2. A y  <- x            c(x,y) += 1
+#   4. B z  <- x            c(x,z) += 1
+#   5. A z  <- y, x         c(y,z) += 1, c(x,z) += 1     (age 0, age 1)
+#   7. C w  <- y            c(y,w) += 1
+#   8. A w  <- z, y         c(z,w) += 1, c(y,w) += 1     (x is beyond history_len)
+# so c(x,y)=1, c(x,z)=2, c(y,z)=1, c(y,w)=2, c(z,w)=1, c(x,w)=0; counts n = x:3, y:2, z:2, w:2.
+TOY = [
+    ("A", "x", 1),
+    ("A", "y", 2),
+    ("B", "x", 3),
+    ("B", "z", 4),
+    ("A", "z", 5),
+    ("C", "y", 6),
+    ("C", "w", 7),
+    ("A", "w", 8),
+    ("D", "x", 9),
+]
+ORDER = ["x", "y", "z", "w"]  # item indices, in order of first appearance
+COOC = np.array(
+    [
+        [0, 1, 2, 0],
+        [1, 0, 1, 2],
+        [2, 1, 0, 1],
+        [0, 2, 1, 0],
+    ],
+    dtype=np.float32,
+)
+TIE = itemknn.TIE_EPS
+
+
+def _cooc(rec: ItemKNN) -> np.ndarray:
+    assert rec.known_items.tolist() == ORDER
+    return rec.cooccurrence().toarray()
+
+
+@pytest.mark.parametrize("cuts", [[9], [1, 2, 3, 4, 5, 6, 7, 8, 9], [4, 9], [5, 6, 9], [2, 8, 9]])
+@pytest.mark.parametrize("dense_max_items", [4096, 3])
+def test_cooccurrence_known_answer_for_any_batching(cuts: list[int], dense_max_items: int) -> None:
+    rec = ItemKNN(history_len=2, dense_max_items=dense_max_items)
+    lo = 0
+    for hi in cuts:
+        rec.learn(TOY[lo:hi])
+        lo = hi
+    np.testing.assert_array_equal(_cooc(rec), COOC)
+    assert rec.is_sparse == (dense_max_items == 3)
+
+
+def test_cooc_decay_weights_pairs_by_age() -> None:
+    rec = ItemKNN(history_len=2, cooc_decay=0.5).fit(TOY)
+    expected = COOC.copy()
+    # event 5: x is age 1 -> c(x,z) = 1 + 0.5; event 8: y is age 1 -> c(y,w) = 1 + 0.5
+    expected[0, 2] = expected[2, 0] = 1.5
+    expected[1, 3] = expected[3, 1] = 1.5
+    np.testing.assert_array_equal(_cooc(rec), expected)
+
+
+def test_recency_weighted_score_known_answer() -> None:
+    rec = ItemKNN(history_len=2, alpha=0.5, recency_decay=0.5).fit(TOY)
+    share = {"x": 3 / 10, "y": 2 / 10, "z": 2 / 10, "w": 2 / 10}  # n_j / (n_events + 1)
+    # C's history: w (age 0, weight 1), y (age 1, weight 0.5); sim = c / sqrt(n_i n_j)
+    expected_c = {
+        "x": 0 + 0.5 * 1 / math.sqrt(2 * 3),
+        "y": 2 / 2 + 0.5 * 0,
+        "z": 1 / 2 + 0.5 * 1 / 2,
+        "w": 0 + 0.5 * 2 / 2,
+    }
+    # B's history: z (age 0), x (age 1)
+    expected_b = {
+        "x": 2 / math.sqrt(6) + 0,
+        "y": 1 / 2 + 0.5 * 1 / math.sqrt(6),
+        "z": 0 + 0.5 * 2 / math.sqrt(6),
+        "w": 1 / 2 + 0.5 * 0,
+    }
+    got = rec.score(["C", "B"], ORDER)
+    for row, expected in enumerate((expected_c, expected_b)):
+        want = [expected[j] + TIE * share[j] for j in ORDER]
+        np.testing.assert_allclose(got[row], want, rtol=1e-6)
+    assert rec.recommend("C", k=2).items.tolist() == ["z", "x"]
+    assert rec.recommend("B", k=2).items.tolist() == ["y", "w"]
+
+
+def test_alpha_one_is_conditional_probability() -> None:
+    rec = ItemKNN(history_len=2, alpha=1.0, recency_decay=0.5).fit(TOY)
+    # sim(i, j) = c_ij / n_i; C: w (age 0), y (age 1)
+    want_x = 0 + 0.5 * 1 / 2
+    want_z = 1 / 2 + 0.5 * 1 / 2
+    got = rec.score(["C"], ["x", "z"])[0]
+    np.testing.assert_allclose(got, [want_x + TIE * 0.3, want_z + TIE * 0.2], rtol=1e-6)
+
+
+def test_unweighted_profile_sums_similarities() -> None:
+    rec = ItemKNN(history_len=2, recency_decay=1.0).fit(TOY)
+    # A's last two items: w, z -> s(A, y) = sim(w,y) + sim(z,y) = 2/2 + 1/2
+    np.testing.assert_allclose(rec.score(["A"], ["y"])[0, 0], 1.5 + TIE * 0.2, rtol=1e-6)
+
+
+def test_user_with_no_cooccurrence_falls_back_to_popularity_order() -> None:
+    rec = ItemKNN().fit([("a", 1, 0), ("b", 2, 1), ("c", 2, 2), ("d", 3, 3)])
+    # d's only item co-occurs with nothing: every score is 0 + the popularity tie-break
+    assert rec.recommend("d", k=2).items.tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("min_merge", [1, 1 << 16])
+def test_sparse_storage_matches_dense(monkeypatch: pytest.MonkeyPatch, min_merge: int) -> None:
+    monkeypatch.setattr(itemknn, "_MIN_MERGE", min_merge)  # 1: merge pending counts often
+    stream = synthetic_stream(n_users=15, n_items=40, n_events=600, seed=3)
+    dense = ItemKNN(history_len=6, recency_decay=0.7)
+    sparse = ItemKNN(history_len=6, recency_decay=0.7, dense_max_items=25)
+    for rec in (dense, sparse):
+        rec.fit(stream.iloc[:20])  # 20 items: still dense, then outgrows 25 while learning
+        for lo in range(20, len(stream), 37):
+            rec.learn(stream.iloc[lo : lo + 37])
+    assert not dense.is_sparse and sparse.is_sparse
+    np.testing.assert_array_equal(dense.cooccurrence().toarray(), sparse.cooccurrence().toarray())
+    users = dense.known_users
+    np.testing.assert_allclose(
+        dense.score(users, dense.known_items), sparse.score(users, dense.known_items), rtol=1e-5
+    )
+
+
+def test_history_len_bounds_pairs_per_event() -> None:
+    rec = ItemKNN(history_len=3).fit(
+        pd.DataFrame({"user": [0] * 6, "item": [1, 2, 3, 4, 5, 6], "timestamp": range(6)})
+    )
+    cooc = rec.cooccurrence().toarray()
+    # item 6 (index 5) pairs with 3, 4, 5 only
+    assert cooc[5].tolist() == [0, 0, 1, 1, 1, 0]
+    assert cooc.sum() == 2 * (0 + 1 + 2 + 3 + 3 + 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"history_len": 0},
+        {"history_len": 2.0},
+        {"alpha": 1.5},
+        {"alpha": -0.1},
+        {"recency_decay": 0.0},
+        {"recency_decay": 1.1},
+        {"cooc_decay": 0},
+        {"dense_max_items": -1},
+    ],
+)
+def test_rejects_bad_parameters(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        ItemKNN(**kwargs)

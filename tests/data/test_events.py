@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nmrn.data.events import EventBatch, as_events
+from nmrn.errors import DataError
+
+
+def test_frame_with_mapping():
+    df = pd.DataFrame({"u": ["a", "b"], "i": [1, 2], "t": [5, 4], "r": [3.0, 4.0]})
+    b = as_events(df, columns={"user": "u", "item": "i", "timestamp": "t", "weight": "r"})
+    assert b.users.tolist() == ["a", "b"] and b.items.tolist() == [1, 2]
+    assert b.timestamps.dtype == np.float64 and b.weights.tolist() == [3.0, 4.0]
+    assert b.sorted_by_time().users.tolist() == ["b", "a"]
+
+
+def test_stable_sort_keeps_ties_in_order():
+    b = as_events([(1, 1, 2.0), (2, 2, 1.0), (3, 3, 2.0), (4, 4, 1.0)])
+    assert b.sorted_by_time().users.tolist() == [2, 4, 1, 3]
+
+
+def test_missing_column_names_what_was_found():
+    with pytest.raises(
+        DataError, match=r"missing column\(s\) \['timestamp'\]; found \['user', 'item'\]"
+    ):
+        as_events(pd.DataFrame({"user": [1], "item": [2]}))
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ({"user": [1, 2], "item": [1, 2], "timestamp": [1, "x"]}, "row 1: timestamp 'x'"),
+        ({"user": [1, 2], "item": [1, 2], "timestamp": [1, None]}, "row 1: timestamp"),
+        ({"user": [1, None], "item": [1, 2], "timestamp": [1, 2]}, "row 1: user id is missing"),
+        ({"user": [1, 2], "item": [1.5, 2], "timestamp": [1, 2]}, "row 0: item id 1.5"),
+        (
+            {"user": [1, 2], "item": [1, 2], "timestamp": [1, 2], "weight": [1, "a"]},
+            "row 1: weight",
+        ),
+    ],
+)
+def test_bad_values_name_the_row(frame, message):
+    with pytest.raises(DataError, match=message):
+        as_events(pd.DataFrame(frame))
+
+
+def test_wrong_type_and_bad_tuples():
+    with pytest.raises(TypeError, match="got int"):
+        as_events(5)
+    with pytest.raises(DataError, match="tuples"):
+        as_events([(1, 2)])
+    with pytest.raises(DataError, match="unknown column role"):
+        as_events(pd.DataFrame({"user": [1]}), columns={"usr": "user"})
+
+
+def test_concat_and_slicing():
+    a = as_events([(1, 1, 1.0)])
+    b = as_events([("x", 2, 2.0, 0.5)])
+    c = EventBatch.concat([a, b])
+    assert c.users.tolist() == [1, "x"] and c.weights.tolist() == [1.0, 0.5]
+    assert len(c[1:]) == 1 and c[np.array([True, False])].users.tolist() == [1]
+    assert len(EventBatch.concat([])) == 0

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nmrn.data.history import History
+
+events_strategy = st.lists(st.tuples(st.integers(0, 12), st.integers(0, 30)), max_size=120)
+
+
+@settings(deadline=None, max_examples=200)
+@given(events_strategy, st.integers(1, 10))
+def test_matches_plain_lists_whatever_the_batching(events, n_batches):
+    h = History()
+    parts = np.array_split(np.arange(len(events)), n_batches)
+    for part in parts:
+        h.append([events[j][0] for j in part], [events[j][1] for j in part])
+    expected: dict[int, list[int]] = {}
+    for u, i in events:
+        expected.setdefault(u, []).append(i)
+    for u in range(14):
+        assert h.items_of(u).tolist() == expected.get(u, [])
+        assert h.length(u) == len(expected.get(u, []))
+    assert len(h) == len(events)
+
+
+@settings(deadline=None, max_examples=100)
+@given(events_strategy)
+def test_csr_round_trip(events):
+    h = History()
+    h.append([u for u, _ in events], [i for _, i in events])
+    again = History.from_arrays(*h.to_arrays())
+    assert again == h
+    again.append([0], [99])  # the copy is independent and still appendable
+    assert h.items_of(0).tolist() == [i for u, i in events if u == 0]
+
+
+def test_seen_pairs_masks_the_right_cells():
+    h = History()
+    h.append([0, 1, 0, 2], [3, 4, 5, 3])
+    rows, cols = h.seen_pairs(np.array([2, -1, 0]))
+    mask = np.zeros((3, 6), bool)
+    mask[rows, cols] = True
+    assert np.flatnonzero(mask[0]).tolist() == [3]
+    assert not mask[1].any()  # unknown user
+    assert np.flatnonzero(mask[2]).tolist() == [3, 5]
+
+
+def test_views_are_read_only():
+    h = History()
+    h.append([0], [1])
+    with pytest.raises(ValueError):
+        h.items_of(0)[0] = 7
+
+
+def test_bad_input():
+    h = History()
+    with pytest.raises(ValueError, match="non-negative"):
+        h.append([-1], [0])
+    with pytest.raises(ValueError, match="equal"):
+        h.append([0, 1], [0])
+    with pytest.raises(ValueError, match="inconsistent"):
+        History.from_arrays(np.array([0, 3]), np.array([1, 2]))
+
+
+def test_million_events_in_chunks():
+    rng = np.random.default_rng(0)
+    h = History()
+    users = rng.integers(0, 50_000, 1_000_000)
+    items = rng.integers(0, 5_000, 1_000_000)
+    for s in range(0, len(users), 100_000):
+        h.append(users[s : s + 100_000], items[s : s + 100_000])
+    u = int(users[123])
+    assert h.items_of(u).tolist() == items[users == u].tolist()
+    assert len(h) == 1_000_000
