@@ -81,10 +81,10 @@ def main() -> None:
         f"python {platform.python_version()}"
     )
     print()
+    kitems = args.big_catalogue // 1000
     print(
-        "| model | fit s (50k ev) | learn ev/s (chunks of %d) | recommend p50 ms | p99 ms "
-        "| p50 ms @%dk items | p99 ms @%dk items |"
-        % (args.chunk, args.big_catalogue // 1000, args.big_catalogue // 1000)
+        f"| model | fit s (50k ev) | learn ev/s (chunks of {args.chunk}) | recommend p50 ms "
+        f"| p99 ms | p50 ms @{kitems}k items | p99 ms @{kitems}k items |"
     )
     print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):

@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--user", action="append", required=True, help="a user id (repeatable)")
     rc.add_argument("-k", type=_positive_int, default=10)
     rc.add_argument("--include-seen", action="store_true")
+
+    from nmrn.serving.commands import add_serve_command
+    from nmrn.streams.commands import add_consume_command
+
+    add_serve_command(sub)
+    add_consume_command(sub)
     return parser
 
 
@@ -336,6 +342,18 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from nmrn.serving.commands import run_serve
+
+    return run_serve(args)
+
+
+def _cmd_consume(args: argparse.Namespace) -> int:
+    from nmrn.streams.commands import run_consume
+
+    return run_consume(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nmrn`` command; returns the exit status."""
     parser = build_parser()
@@ -350,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": _cmd_evaluate,
             "train": _cmd_train,
             "recommend": _cmd_recommend,
+            "serve": _cmd_serve,
+            "consume": _cmd_consume,
         }[args.command]
         return command(args)
     except (_UsageError, ConfigError) as err:

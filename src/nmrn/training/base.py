@@ -390,6 +390,7 @@ class Recommender(ABC):
         """
         import nmrn.models  # noqa: F401  (registers every model class; a cycle at import time)
 
+        recover_interrupted_save(Path(path))
         meta, arrays = read_checkpoint(path)
         model_cls = _REGISTRY.get(meta["model"])
         if model_cls is None:
@@ -436,6 +437,25 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def recover_interrupted_save(path: Path) -> None:
+    """Put back the previous checkpoint if a save was killed between its two renames.
+
+    :meth:`Recommender.save` moves the old checkpoint to ``.<name>.old-<pid>`` and then renames
+    the new one into place; a kill between the two renames leaves nothing at ``path``.
+    """
+    if path.exists() or not path.parent.is_dir():
+        return
+    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+        if not (old / META_FILE).is_file():
+            continue
+        try:
+            read_checkpoint(old)
+        except CheckpointError:
+            continue
+        os.rename(old, path)
+        return
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

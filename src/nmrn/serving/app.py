@@ -1,0 +1,234 @@
+"""The HTTP API over a :class:`~nmrn.serving.service.LiveService` (FastAPI).
+
+======  ==========================  =====================================================
+POST    ``/events``                 ingest one event or ``{"events": [...]}``; 202
+GET     ``/recommendations/{user}`` top-k for one user (``?k=10&exclude_seen=true``)
+POST    ``/recommendations``        top-k for ``{"users": [...], "k": 10}``
+GET     ``/healthz``                liveness and progress (503 when the writer stopped)
+GET     ``/metrics``                Prometheus text format
+POST    ``/checkpoint``             checkpoint now
+======  ==========================  =====================================================
+
+Writes (``/events``, ``/checkpoint``) need ``Authorization: Bearer <token>`` when a token is
+configured: 401 without the header, 403 with a wrong token. Reads stay open. Every refusal is a
+4xx (5xx when the service cannot take work) with a JSON body ``{"error": "<field>: <problem>"}``;
+no stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nmrn.errors import ConfigError, NMRNError
+from nmrn.serving.schemas import (
+    BadRequest,
+    Limits,
+    parse_events,
+    parse_id,
+    parse_query,
+    parse_recommend,
+    recommendation_rows,
+)
+from nmrn.serving.service import LiveService, ServiceUnavailable
+
+log = logging.getLogger("nmrn.serving")
+
+_KINDS = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid", 500: "internal", 503: "unavailable",
+}
+
+
+def _error(service: LiveService, status: int, message: str, **headers: str) -> JSONResponse:
+    service.count_error(_KINDS.get(status, str(status)))
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"body: {name} is not valid JSON (numbers must be finite)", status=400)
+
+
+async def _json_body(request: Request, limits: Limits) -> Any:
+    """The request body parsed as JSON, within ``limits.max_body_bytes``."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        shown = ctype or "none"
+        raise BadRequest(f"content-type: must be application/json, got {shown}", status=415)
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise BadRequest(f"content-length: {length!r} is not a number", status=400)
+        if int(length) > limits.max_body_bytes:
+            raise BadRequest(
+                f"body: {int(length)} bytes; the limit is {limits.max_body_bytes}", status=413
+            )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise BadRequest(f"body: more than the limit of {limits.max_body_bytes} bytes", 413)
+    if not body.strip():
+        raise BadRequest("body: is empty; send a JSON object", status=400)
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("body: is not UTF-8 text", status=400) from None
+    except json.JSONDecodeError as err:
+        raise BadRequest(
+            f"body: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})",
+            status=400,
+        ) from None
+    except RecursionError:
+        raise BadRequest("body: JSON nested too deeply", status=400) from None
+
+
+def create_app(
+    service: LiveService,
+    *,
+    token: str | None = None,
+    limits: Limits | None = None,
+    close_on_shutdown: bool = False,
+) -> FastAPI:
+    """The FastAPI application serving ``service``.
+
+    Parameters
+    ----------
+    service
+        The live model. The app does not own it unless ``close_on_shutdown``.
+    token
+        When set, writes need ``Authorization: Bearer <token>``; reads stay open.
+    limits
+        Request limits (default :class:`~nmrn.serving.schemas.Limits`).
+    close_on_shutdown
+        Close the service (apply the queue, final checkpoint) when the server shuts down.
+    """
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise ConfigError("token must be a non-empty string (or None for no authentication)")
+    limits = Limits() if limits is None else limits
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_on_shutdown:
+            await run_in_threadpool(service.close)
+
+    app = FastAPI(
+        title="nmrn",
+        summary="Streaming recommendations, live",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.limits = limits
+
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization")
+        if header is None:
+            raise BadRequest("authorization: missing; send 'Authorization: Bearer <token>'", 401)
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise BadRequest("authorization: expected 'Bearer <token>'", status=401)
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise BadRequest("authorization: the token is not valid", status=403)
+
+    async def guarded(work: Callable[[], Any]) -> Any:
+        try:
+            return await work()
+        except BadRequest as err:
+            headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {}
+            return _error(service, err.status, str(err), **headers)
+        except ServiceUnavailable as err:
+            return _error(service, 503, str(err), **{"Retry-After": "1"})
+        except NMRNError as err:  # e.g. a DataError the parser did not anticipate
+            return _error(service, 422, str(err))
+        except Exception:  # noqa: BLE001 - never a stack trace to the client
+            log.exception("internal error")
+            return _error(service, 500, "internal error (see the server log)")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        message = f"{request.method} {request.url.path}: {detail.lower()}"
+        return _error(service, exc.status_code, message, **(exc.headers or {}))
+
+    @app.post("/events", status_code=202)
+    async def post_events(request: Request) -> Any:
+        async def work() -> Any:
+            check_token(request)
+            rows = parse_events(await _json_body(request, limits), limits)
+            first, last = await run_in_threadpool(service.submit, rows)
+            return JSONResponse(
+                {"accepted": len(rows), "first_seq": first, "seq": last}, status_code=202
+            )
+
+        return await guarded(work)
+
+    def _answer(users: list[Any], k: int, exclude: bool, *, text: bool) -> list[dict[str, Any]]:
+        looked_up, recs = service.recommend(users, k, exclude, text_ids=text)
+        return recommendation_rows(looked_up, recs.items, recs.scores, recs.cold)
+
+    @app.get("/recommendations/{user}")
+    async def get_recommendations(user: str, request: Request) -> Any:
+        async def work() -> Any:
+            uid = parse_id(user, "user", limits)
+            k, exclude = parse_query(request.query_params, limits)
+            rows = await run_in_threadpool(_answer, [uid], k, exclude, text=True)
+            return JSONResponse(rows[0])
+
+        return await guarded(work)
+
+    @app.post("/recommendations")
+    async def post_recommendations(request: Request) -> Any:
+        async def work() -> Any:
+            if request.query_params:
+                raise BadRequest("query: POST /recommendations takes its arguments in the body")
+            users, k, exclude = parse_recommend(await _json_body(request, limits), limits)
+            rows = await run_in_threadpool(_answer, users, k, exclude, text=False)
+            return JSONResponse({"results": rows})
+
+        return await guarded(work)
+
+    @app.get("/healthz")
+    async def healthz() -> Any:
+        alive = service.writer_alive
+        body = {
+            "status": "ok" if alive else "writer stopped",
+            "model": type(service.model).name or type(service.model).__name__,
+            "accepted_seq": service.accepted_seq,
+            "applied_seq": service.applied_seq,
+            "apply_lag": service.pending,
+            "checkpoint_seq": service.checkpoint_seq,
+            "users": len(service.model.users),
+            "items": len(service.model.items),
+        }
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        return PlainTextResponse(
+            service.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @app.post("/checkpoint")
+    async def post_checkpoint(request: Request) -> Any:
+        async def work() -> Any:
+            check_token(request)
+            return JSONResponse(await run_in_threadpool(service.checkpoint))
+
+        return await guarded(work)
+
+    return app

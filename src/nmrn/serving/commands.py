@@ -1,0 +1,153 @@
+"""``nmrn serve``: run a checkpoint live over HTTP (argument parsing and wiring only).
+
+::
+
+    nmrn serve --checkpoint model.ckpt --port 8000 --token "$NMRN_TOKEN"
+
+The service loads the checkpoint, replays the journal (``<checkpoint>.journal`` by default)
+past the checkpoint's sequence number, and serves until SIGTERM or SIGINT, which stop the
+server gracefully: queued events are applied and a final checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from nmrn.errors import ConfigError
+
+log = logging.getLogger("nmrn.serving")
+
+
+def _int_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` sub-command to an ``argparse`` sub-parsers object; returns it."""
+    p = subparsers.add_parser("serve", help="serve a checkpoint live over HTTP")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="checkpoint directory to serve (and to write checkpoints to)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=_int_at_least(0), default=8000,
+                   help="port (default: %(default)s; 0 picks a free one)")
+    p.add_argument("--token", default=None,
+                   help="bearer token required for writes (default: $NMRN_TOKEN; none: open)")
+    p.add_argument("--journal", type=Path, default=None,
+                   help="journal file (default: <checkpoint>.journal)")
+    p.add_argument("--checkpoint-every", type=_int_at_least(0), default=10_000, metavar="N",
+                   help="checkpoint after N applied events (0: never; default %(default)s)")
+    p.add_argument("--checkpoint-seconds", type=_seconds, default=60.0, metavar="S",
+                   help="checkpoint every S seconds if events arrived (0: never; default "
+                   "%(default)s)")
+    p.add_argument("--apply-batch", type=_int_at_least(1), default=256, metavar="N",
+                   help="most events per learn call (bounds how long a read waits)")
+    p.add_argument("--max-batch", type=_int_at_least(1), default=10_000, metavar="N",
+                   help="most events per POST /events (default %(default)s)")
+    p.add_argument("--max-body-bytes", type=_int_at_least(1), default=1_048_576, metavar="N")
+    p.add_argument("--max-k", type=_int_at_least(1), default=1_000, metavar="N")
+    p.add_argument("--max-users", type=_int_at_least(1), default=1_000, metavar="N",
+                   help="most users per POST /recommendations (default %(default)s)")
+    p.add_argument("--max-pending", type=_int_at_least(1), default=1_000_000, metavar="N",
+                   help="most accepted-but-unapplied events before ingest answers 503")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="do not fsync the journal per request (loses events on a machine crash)")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def build_app_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(service, app)`` from parsed ``serve`` arguments (no server started)."""
+    from nmrn.serving.app import create_app
+    from nmrn.serving.schemas import Limits
+    from nmrn.serving.service import LiveService
+
+    token = args.token if args.token is not None else os.environ.get("NMRN_TOKEN") or None
+    if token is not None and not token.strip():
+        raise ConfigError("--token is empty; give a token or leave it out")
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_events=args.max_batch,
+        max_users=args.max_users,
+        max_k=args.max_k,
+    )
+    service = LiveService.open(
+        args.checkpoint,
+        journal=args.journal,
+        checkpoint_every=args.checkpoint_every or None,
+        checkpoint_seconds=args.checkpoint_seconds or None,
+        apply_batch=args.apply_batch,
+        max_pending=args.max_pending,
+        fsync=not args.no_fsync,
+    )
+    try:
+        app = create_app(service, token=token, limits=limits, close_on_shutdown=True)
+    except BaseException:
+        service.close(checkpoint=False)
+        raise
+    return service, app
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run ``nmrn serve`` until SIGTERM/SIGINT; returns the exit status (0 after a clean stop).
+
+    Errors a user can cause (a bad checkpoint, a damaged journal, a bad option) propagate as
+    :class:`~nmrn.errors.NMRNError` for the CLI to report in one line.
+    """
+    import uvicorn
+
+    service, app = build_app_from_args(args)
+    if service.replayed:
+        log.warning("replayed %d journalled events after an unclean stop", service.replayed)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
+        access_log=False, timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it is done; a handler that only records
+    # it keeps the process alive for the return below (the lifespan has already checkpointed).
+    received: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind the address
+        raise ConfigError(
+            f"could not start the server on {args.host}:{args.port} (see the log above)"
+        ) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        service.close()  # no-op after the lifespan closed it; covers a failed start-up
+    if not server.started:
+        raise ConfigError(f"could not start the server on {args.host}:{args.port}")
+    log.info("stopped after signal(s) %s; last checkpoint at event %d", received,
+             service.checkpoint_seq)
+    return 0

@@ -1,0 +1,281 @@
+"""The write-ahead journal of accepted events: append-only JSON lines, one fsync per append.
+
+Each accepted request becomes one line::
+
+    3f1c2a9b {"seq": 101, "events": [[196, 242, 881250949.0], ["u7", "i3", 5.0, 2.5]]}
+
+The first field is the CRC-32 (8 hex digits) of the JSON text that follows it. ``seq`` is the
+sequence number of the entry's first event; events are numbered consecutively from 1 across the
+whole journal, so an entry covers ``seq .. seq + len(events) - 1``. An event is
+``[user, item, timestamp]`` or ``[user, item, timestamp, weight]``; JSON keeps an int id an int
+and a text id a text.
+
+Crash safety. :meth:`Journal.append` returns only after the line is written and fsynced, so an
+acknowledged request survives a crash of the process or of the machine. A crash in the middle of
+an append can leave a torn last line; that request was never acknowledged, and opening the
+journal drops it (the file is truncated back to the last whole line). A damaged line anywhere
+else is not a torn write, and opening raises :class:`JournalError` rather than guess.
+
+Rotation. After a checkpoint that includes every event up to ``seq``, :meth:`Journal.truncate`
+rewrites the file without the entries the checkpoint covers (temporary file, fsync, rename), so
+the journal stays as long as the events applied since the last checkpoint, plus those not yet
+applied.
+
+Examples
+--------
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "events.journal")
+>>> j = Journal(path)
+>>> j.append([(1, "a", 0.0), (2, "b", 1.0)])
+(1, 2)
+>>> j.append([(1, "b", 2.0)])
+(3, 3)
+>>> j.close()
+>>> [(e.seq, e.events) for e in Journal(path).entries(after=1)]  # event 1 is skipped
+[(2, [[2, 'b', 1.0]]), (3, [[1, 'b', 2.0]])]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nmrn.errors import NMRNError
+
+
+class JournalError(NMRNError, ValueError):
+    """The journal file is damaged, or does not fit the checkpoint it is replayed onto."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal line: the events of one accepted request.
+
+    Attributes
+    ----------
+    seq
+        Sequence number of the first event (events are numbered from 1).
+    events
+        ``[user, item, timestamp]`` or ``[user, item, timestamp, weight]`` lists.
+    """
+
+    seq: int
+    events: list[list[Any]]
+
+    @property
+    def last(self) -> int:
+        """Sequence number of the last event of the entry."""
+        return self.seq + len(self.events) - 1
+
+
+def _encode(seq: int, events: list[list[Any]]) -> bytes:
+    text = json.dumps({"seq": seq, "events": events}, separators=(",", ":"), allow_nan=False)
+    raw = text.encode("utf-8")
+    return b"%08x " % zlib.crc32(raw) + raw + b"\n"
+
+
+def _decode(line: bytes) -> Entry | None:
+    """The entry of a whole line, or ``None`` when the line is damaged."""
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    raw = line[9:].rstrip(b"\n")
+    try:
+        crc = int(line[:8], 16)
+    except ValueError:
+        return None
+    if zlib.crc32(raw) != crc:
+        return None
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("seq"), int):
+        return None
+    events = obj.get("events")
+    if not isinstance(events, list) or not events:
+        return None
+    return Entry(obj["seq"], events)
+
+
+def _as_row(event: Sequence[Any]) -> list[Any]:
+    """``(user, item, timestamp[, weight])`` as a JSON-ready list of plain python values."""
+    if len(event) not in (3, 4):
+        raise ValueError(f"a journal event is (user, item, timestamp[, weight]), got {event!r}")
+    row: list[Any] = []
+    for j, x in enumerate(event):
+        if j < 2:
+            if isinstance(x, bool) or not isinstance(x, (int, str)):
+                x = x.item() if hasattr(x, "item") else x  # numpy scalars
+            if isinstance(x, bool) or not isinstance(x, (int, str)):
+                raise ValueError(f"journal ids must be int or str, got {type(x).__name__} {x!r}")
+            row.append(x)
+        else:
+            value = float(x)
+            if not math.isfinite(value):
+                raise ValueError(f"journal timestamps and weights must be finite, got {x!r}")
+            row.append(value)
+    return row
+
+
+class Journal:
+    """An append-only, fsynced log of accepted events with consecutive sequence numbers.
+
+    Parameters
+    ----------
+    path
+        The journal file; created (with its directory) if missing.
+    start_seq
+        The sequence number the next event gets when the journal is empty (one past what a
+        checkpoint already holds). When the file has entries, numbering continues after them.
+    fsync
+        Flush to the disk on every append (the default; turning it off trades durability on
+        a machine crash for speed, and is meant for tests and benchmarks only).
+
+    Raises
+    ------
+    JournalError
+        When a line other than the last one is damaged, or the sequence numbers are not
+        consecutive.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, start_seq: int = 1, fsync: bool = True):
+        self.path = Path(path)
+        self.fsync = bool(fsync)
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._first, last = self._scan_and_repair()
+        self.next_seq = max(int(start_seq), last + 1)
+        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r}, next_seq={self.next_seq})"
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _scan_and_repair(self) -> tuple[int, int]:
+        """Check the file; drop a torn last line. Returns (first seq, last seq), 0 when empty."""
+        if not self.path.exists():
+            return 0, 0
+        first = last = 0
+        good_end = 0
+        with open(self.path, "rb") as f:
+            lines = f.readlines()
+        for n, line in enumerate(lines, start=1):
+            entry = _decode(line) if line.endswith(b"\n") else None
+            if entry is None:
+                if n == len(lines):  # a torn write: that request was never acknowledged
+                    break
+                raise JournalError(f"{self.path}: line {n} is damaged (bad checksum or JSON)")
+            if last and entry.seq != last + 1:
+                raise JournalError(
+                    f"{self.path}: line {n} starts at seq {entry.seq}, expected {last + 1}"
+                )
+            first = first or entry.seq
+            last = entry.last
+            good_end += len(line)
+        if good_end < self.path.stat().st_size:
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
+        return first, last
+
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def first_seq(self) -> int:
+        """Sequence number of the oldest event still in the file (0 when it is empty)."""
+        return self._first
+
+    def entries(self, after: int = 0) -> Iterator[Entry]:
+        """Entries holding events with a sequence number ``> after``, in order.
+
+        An entry that straddles ``after`` is cut so that it starts at ``after + 1``.
+        """
+        with open(self.path, "rb") as f:
+            for line in f:
+                entry = _decode(line)
+                if entry is None:  # only a torn tail can be damaged (checked on open)
+                    return
+                if entry.last <= after:
+                    continue
+                if entry.seq <= after:
+                    entry = Entry(after + 1, entry.events[after + 1 - entry.seq :])
+                yield entry
+
+    # -- writing ---------------------------------------------------------------------------------
+    def append(self, events: Sequence[Sequence[Any]]) -> tuple[int, int]:
+        """Write the events as one entry and fsync; returns ``(first seq, last seq)``.
+
+        Parameters
+        ----------
+        events
+            ``(user, item, timestamp[, weight])`` tuples; at least one.
+        """
+        rows = [_as_row(e) for e in events]
+        if not rows:
+            raise ValueError("nothing to append: the entry has no events")
+        with self._lock:
+            seq = self.next_seq
+            self._file.write(_encode(seq, rows))
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+            self.next_seq = seq + len(rows)
+            self._first = self._first or seq
+        return seq, seq + len(rows) - 1
+
+    def truncate(self, upto: int) -> int:
+        """Drop the entries whose events all have a sequence number ``<= upto``.
+
+        Safe at any time: the file is rewritten to a temporary file, fsynced and renamed over the
+        old one while appends wait. Returns the number of entries kept.
+        """
+        with self._lock:
+            kept = [
+                line
+                for line in self._lines()
+                if (entry := _decode(line)) is not None and entry.last > upto
+            ]
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            with open(tmp, "wb") as f:
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            self._file.close()
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+            self._file = open(self.path, "ab")  # noqa: SIM115
+            first = _decode(kept[0]) if kept else None
+            self._first = first.seq if first is not None else 0
+            return len(kept)
+
+    def _lines(self) -> list[bytes]:
+        self._file.flush()
+        with open(self.path, "rb") as f:
+            return f.readlines()
+
+    def close(self) -> None:
+        """Close the file (appends after this fail)."""
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                if self.fsync:
+                    os.fsync(self._file.fileno())
+                self._file.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

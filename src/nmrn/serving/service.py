@@ -1,0 +1,585 @@
+"""A recommender run live: one writer thread applies accepted events in order; reads never wait
+for more than one small batch.
+
+:class:`LiveService` owns one model (any :class:`~nmrn.training.base.Recommender`). The life of
+an event:
+
+1. :meth:`LiveService.submit` checks the events, appends them to the :class:`Journal` (fsynced)
+   under consecutive sequence numbers and queues them; only then does it return, so an event
+   the caller saw accepted survives a crash.
+2. The writer thread takes queued events in order, at most ``apply_batch`` at a time, and calls
+   ``model.learn`` under the model lock. A read (:meth:`LiveService.recommend`) takes the same
+   lock, so it sees the state before or after a batch, never half of one, and waits at most one
+   batch. A single lock (rather than a readers-writer lock or a copy-on-write snapshot) is what a
+   model of any kind can be trusted with: some models fill caches while scoring, so even two
+   reads may not overlap.
+3. Every ``checkpoint_every`` applied events, every ``checkpoint_seconds``, on
+   :meth:`LiveService.checkpoint` and on :meth:`LiveService.close`, the writer saves the model
+   with the last applied sequence number in ``model.extra["journal_seq"]`` (the save is atomic),
+   then drops the journal entries the checkpoint covers.
+
+On start the service replays the journal entries after the checkpoint's sequence number: nothing
+accepted is lost, nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmrn.data.events import EventBatch
+from nmrn.data.idmap import _as_id_array
+from nmrn.errors import ConfigError, NMRNError
+from nmrn.serving.journal import Journal, JournalError
+from nmrn.training.base import Recommendations, Recommender
+
+log = logging.getLogger("nmrn.serving")
+
+SEQ_KEY = "journal_seq"
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)
+
+
+class ServiceUnavailable(NMRNError, RuntimeError):
+    """The service cannot take the request now (closed, or too far behind); HTTP 503."""
+
+
+class Histogram:
+    """A thread-safe cumulative histogram in the Prometheus sense (``le`` buckets, sum, count).
+
+    Examples
+    --------
+    >>> h = Histogram((0.1, 1.0))
+    >>> for x in (0.05, 0.5, 3.0):
+    ...     h.observe(x)
+    >>> h.snapshot()
+    ([1, 2, 3], 3.55, 3)
+    """
+
+    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.buckets = tuple(float(b) for b in buckets)
+        self._counts = [0] * (len(self.buckets) + 1)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        """Record one observation."""
+        j = bisect.bisect_left(self.buckets, value)
+        with self._lock:
+            self._counts[j] += 1
+            self._sum += value
+
+    def snapshot(self) -> tuple[list[int], float, int]:
+        """``(cumulative counts per bucket, +Inf included; sum; count)``."""
+        with self._lock:
+            counts = list(self._counts)
+            total = self._sum
+        cumulative = np.cumsum(counts).tolist()
+        return cumulative, total, cumulative[-1]
+
+    def render(self, name: str, help_text: str) -> list[str]:
+        """Prometheus text-format lines for this histogram."""
+        cumulative, total, count = self.snapshot()
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        for bound, c in zip((*self.buckets, float("inf")), cumulative, strict=True):
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            lines.append(f'{name}_bucket{{le="{le}"}} {c}')
+        lines += [f"{name}_sum {total!r}", f"{name}_count {count}"]
+        return lines
+
+
+class _CheckpointRequest:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+
+def default_journal_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """``<checkpoint>.journal``, next to (never inside) the checkpoint directory, which every
+    save replaces."""
+    path = Path(checkpoint)
+    return path.with_name(path.name + ".journal")
+
+
+class LiveService:
+    """One model, served live: ordered single-writer updates, durable ingest, checkpoints.
+
+    The service is running once constructed (journal replayed, writer thread started); call
+    :meth:`close` (or use it as a context manager) to apply what is queued, checkpoint and stop.
+
+    Parameters
+    ----------
+    model
+        Any :class:`~nmrn.training.base.Recommender`. ``model.extra["journal_seq"]`` (absent: 0)
+        is the last journal sequence number the model already holds.
+    checkpoint_path
+        Where checkpoints are written; ``None`` disables them (and journal truncation).
+    journal_path
+        The journal file; ``None`` keeps nothing on disk (accepted events are then lost on a
+        crash: for tests and benchmarks only).
+    checkpoint_every
+        Checkpoint after this many applied events (``None``: never by count).
+    checkpoint_seconds
+        Checkpoint when this many seconds have passed since the last one and events were
+        applied since (``None``: never by time).
+    apply_batch
+        Most events one ``learn`` call gets: the longest a read can wait is one such call.
+    max_pending
+        Most accepted-but-unapplied events; :meth:`submit` refuses more with
+        :class:`ServiceUnavailable` (backpressure instead of an unbounded queue).
+    fsync
+        fsync the journal on every accepted request (turn off only for tests and benchmarks).
+
+    Raises
+    ------
+    JournalError
+        The journal is damaged, or it starts after the checkpoint's sequence number (events in
+        between are missing: the journal belongs to a newer checkpoint).
+    """
+
+    def __init__(
+        self,
+        model: Recommender,
+        *,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        journal_path: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = 10_000,
+        checkpoint_seconds: float | None = 60.0,
+        apply_batch: int = 256,
+        max_pending: int = 1_000_000,
+        fsync: bool = True,
+    ) -> None:
+        if not isinstance(model, Recommender):
+            raise ConfigError(f"LiveService needs a Recommender, got {type(model).__name__}")
+        for name, value in (("apply_batch", apply_batch), ("max_pending", max_pending)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+        if checkpoint_every is not None and (
+            isinstance(checkpoint_every, bool)
+            or not isinstance(checkpoint_every, int)
+            or checkpoint_every < 1
+        ):
+            raise ConfigError(
+                f"checkpoint_every must be an int >= 1 or None, got {checkpoint_every!r}"
+            )
+        if checkpoint_seconds is not None and not checkpoint_seconds > 0:
+            raise ConfigError(f"checkpoint_seconds must be > 0 or None, got {checkpoint_seconds!r}")
+        self.model = model
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self.apply_batch = apply_batch
+        self.max_pending = max_pending
+
+        self._model_lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[int, EventBatch]] = deque()
+        self._checkpoint_requests: list[_CheckpointRequest] = []
+        self._stopping = False
+        self._closed = False
+
+        self.learn_latency = Histogram()
+        self.recommend_latency = Histogram()
+        self.errors: dict[str, int] = {}
+        self._errors_lock = threading.Lock()
+        self.checkpoints = 0
+        self.checkpoint_seconds_total = 0.0
+        self.last_checkpoint_duration = 0.0
+        self.last_checkpoint_time = time.time()
+        self.started = time.time()
+
+        extra_seq = model.extra.get(SEQ_KEY, 0)
+        if isinstance(extra_seq, bool) or not isinstance(extra_seq, int) or extra_seq < 0:
+            raise JournalError(f"model.extra[{SEQ_KEY!r}] must be an int >= 0, got {extra_seq!r}")
+        self.applied_seq = extra_seq
+        self.checkpoint_seq = extra_seq
+        self.replayed = 0
+        self.journal: Journal | None = None
+        if journal_path is not None:
+            self.journal = Journal(journal_path, start_seq=extra_seq + 1, fsync=fsync)
+            first = self.journal.first_seq
+            if first > extra_seq + 1:
+                self.journal.close()
+                raise JournalError(
+                    f"{journal_path}: the journal starts at event {first} but the model holds "
+                    f"events up to {extra_seq}; events {extra_seq + 1}..{first - 1} are missing "
+                    "(is this the journal of a newer checkpoint?)"
+                )
+            self._replay()
+            self.accepted_seq = self.journal.next_seq - 1
+        else:
+            self.accepted_seq = extra_seq
+        self._writer = threading.Thread(target=self._run, name="nmrn-writer", daemon=True)
+        self._writer.start()
+
+    @classmethod
+    def open(
+        cls,
+        checkpoint: str | os.PathLike[str],
+        *,
+        journal: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> LiveService:
+        """Load a checkpoint (any model) and serve it; the journal defaults to
+        ``<checkpoint>.journal``. ``options`` go to the constructor."""
+        _register_models()
+        model = Recommender.load(checkpoint)
+        return cls(
+            model,
+            checkpoint_path=checkpoint,
+            journal_path=default_journal_path(checkpoint) if journal is None else journal,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<LiveService {type(self.model).__name__} accepted={self.accepted_seq} "
+            f"applied={self.applied_seq}>"
+        )
+
+    def __enter__(self) -> LiveService:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- ingest ----------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Accepted events not applied yet."""
+        return self.accepted_seq - self.applied_seq
+
+    @property
+    def writer_alive(self) -> bool:
+        """Whether the writer thread is running."""
+        return self._writer.is_alive()
+
+    def submit(self, events: Sequence[Sequence[Any]]) -> tuple[int, int]:
+        """Accept events: journal them (durably) and queue them; returns ``(first, last)`` seq.
+
+        Parameters
+        ----------
+        events
+            ``(user, item, timestamp[, weight])`` tuples with int/str ids and finite numbers
+            (the HTTP layer has checked them; they are checked again here).
+
+        Raises
+        ------
+        ServiceUnavailable
+            The service is closing, or ``max_pending`` events are already waiting.
+        nmrn.errors.DataError
+            Malformed events.
+        """
+        batch = _batch(events)
+        if len(batch) == 0:
+            raise ValueError("no events to submit")
+        with self._submit_lock:
+            if self._stopping:
+                raise ServiceUnavailable("the service is shutting down; events are not accepted")
+            if not self.writer_alive:
+                raise ServiceUnavailable("the writer thread has stopped; events are not accepted")
+            if self.pending + len(batch) > self.max_pending:
+                raise ServiceUnavailable(
+                    f"{self.pending} events are waiting to be applied (limit {self.max_pending}); "
+                    "retry later"
+                )
+            if self.journal is not None:
+                first, last = self.journal.append(events)
+            else:
+                first, last = self.accepted_seq + 1, self.accepted_seq + len(batch)
+            with self._cond:
+                self._queue.append((first, batch))
+                self.accepted_seq = last
+                self._cond.notify()
+        return first, last
+
+    def wait_applied(self, seq: int | None = None, timeout: float = 10.0) -> bool:
+        """Block until events up to ``seq`` (default: every accepted one) are applied."""
+        target = self.accepted_seq if seq is None else seq
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.applied_seq < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.writer_alive:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    # -- reads -----------------------------------------------------------------------------------
+    def recommend(
+        self, users: Sequence[int | str], k: int = 10, exclude_seen: bool = True,
+        *, text_ids: bool = False,
+    ) -> tuple[list[int | str], Recommendations]:
+        """Top-``k`` for ``users`` from a consistent state; returns ``(users as looked up, recs)``.
+
+        With ``text_ids`` (ids that arrived as text, e.g. in a URL path), an id the model does
+        not know as text but knows as an int (``"196"`` -> ``196``) is looked up as the int.
+        ``recs.items``/``recs.scores`` are ``[n, k']``, ``recs.cold`` is ``[n]``.
+        """
+        with self._model_lock:
+            start = time.perf_counter()
+            if text_ids:
+                users = [self._resolve_text(u) for u in users]
+            recs = self.model.recommend(list(users), k=k, exclude_seen=exclude_seen)
+            self.recommend_latency.observe(time.perf_counter() - start)
+        return list(users), recs
+
+    def _resolve_text(self, user: int | str) -> int | str:
+        if not isinstance(user, str) or user in self.model.users:
+            return user
+        text = user.strip()
+        if text.lstrip("-").isdigit() and text.count("-") <= 1 and not text.startswith("+"):
+            as_int = int(text)
+            if as_int in self.model.users:
+                return as_int
+        return user
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def checkpoint(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Checkpoint now (on the writer thread, between two batches); returns
+        ``{"seq", "seconds", "path"}``.
+
+        Raises
+        ------
+        ServiceUnavailable
+            No checkpoint path is configured, the service is closed, or it timed out.
+        """
+        if self.checkpoint_path is None:
+            raise ServiceUnavailable("no checkpoint path is configured for this service")
+        request = _CheckpointRequest()
+        with self._cond:
+            if self._closed or not self.writer_alive:
+                raise ServiceUnavailable("the service is closed")
+            self._checkpoint_requests.append(request)
+            self._cond.notify()
+        if not request.done.wait(timeout):
+            raise ServiceUnavailable(f"the checkpoint did not finish within {timeout} s")
+        if request.error is not None:
+            raise ServiceUnavailable(f"the checkpoint failed: {request.error}")
+        assert request.result is not None
+        return request.result
+
+    def _save(self) -> dict[str, Any]:
+        assert self.checkpoint_path is not None
+        with self._model_lock:
+            start = time.perf_counter()
+            self.model.extra[SEQ_KEY] = self.applied_seq
+            self.model.save(self.checkpoint_path)
+            seconds = time.perf_counter() - start
+        seq = self.applied_seq
+        if self.journal is not None:
+            self.journal.truncate(seq)
+        self.checkpoint_seq = seq
+        self.checkpoints += 1
+        self.checkpoint_seconds_total += seconds
+        self.last_checkpoint_duration = seconds
+        self.last_checkpoint_time = time.time()
+        log.info("checkpoint at event %d in %.3f s: %s", seq, seconds, self.checkpoint_path)
+        return {"seq": seq, "seconds": seconds, "path": str(self.checkpoint_path)}
+
+    def _checkpoint_due(self) -> bool:
+        if self.checkpoint_path is None or self.applied_seq == self.checkpoint_seq:
+            return False
+        if self.checkpoint_every is not None:
+            if self.applied_seq - self.checkpoint_seq >= self.checkpoint_every:
+                return True
+        if self.checkpoint_seconds is not None:
+            return time.time() - self.last_checkpoint_time >= self.checkpoint_seconds
+        return False
+
+    # -- the writer ------------------------------------------------------------------------------
+    def _apply(self, first: int, batch: EventBatch) -> None:
+        last = first + len(batch) - 1
+        with self._model_lock:
+            start = time.perf_counter()
+            try:
+                self.model.learn(batch)
+            except Exception as err:  # noqa: BLE001 - one bad batch must not stop the service
+                self.count_error("learn")
+                log.error("learn failed on events %d..%d (skipped): %s", first, last, err)
+            self.model.extra[SEQ_KEY] = last
+            self.learn_latency.observe(time.perf_counter() - start)
+        with self._cond:
+            self.applied_seq = last
+            self._cond.notify_all()
+
+    def _replay(self) -> None:
+        assert self.journal is not None
+        for entry in self.journal.entries(after=self.applied_seq):
+            batch = _batch(entry.events)
+            for lo in range(0, len(batch), self.apply_batch):
+                self._apply(entry.seq + lo, batch[lo : lo + self.apply_batch])
+                self.replayed += min(self.apply_batch, len(batch) - lo)
+        if self.replayed:
+            log.info("replayed %d journalled events, up to %d", self.replayed, self.applied_seq)
+
+    def _take(self) -> tuple[int, EventBatch] | None:
+        """The next slice of at most ``apply_batch`` queued events (caller holds ``_cond``)."""
+        if not self._queue:
+            return None
+        first, batch = self._queue[0]
+        if len(batch) <= self.apply_batch:
+            self._queue.popleft()
+            return first, batch
+        self._queue[0] = (first + self.apply_batch, batch[self.apply_batch :])
+        return first, batch[: self.apply_batch]
+
+    def _wait_seconds(self) -> float:
+        if self.checkpoint_seconds is None or self.checkpoint_path is None:
+            return 1.0
+        due = self.last_checkpoint_time + self.checkpoint_seconds - time.time()
+        return float(min(max(due, 0.01), 1.0))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._queue or self._checkpoint_requests or self._stopping):
+                    if self._checkpoint_due():
+                        break
+                    self._cond.wait(self._wait_seconds())
+                work = self._take()
+                requests, self._checkpoint_requests = self._checkpoint_requests, []
+                stop = self._stopping and not self._queue and work is None
+            if work is not None:
+                self._apply(*work)
+            if requests or (not stop and self._checkpoint_due()):
+                try:
+                    result = self._save() if self.checkpoint_path is not None else None
+                except Exception as err:  # noqa: BLE001 - reported to the callers, counted
+                    self.count_error("checkpoint")
+                    log.error("checkpoint failed: %s", err)
+                    for r in requests:
+                        r.error = err
+                        r.done.set()
+                else:
+                    for r in requests:
+                        r.result = result
+                        r.done.set()
+            if stop:
+                return
+
+    # -- shutdown --------------------------------------------------------------------------------
+    def close(self, *, checkpoint: bool = True, timeout: float = 120.0) -> None:
+        """Stop accepting, apply what is queued, checkpoint (if a path is set) and stop."""
+        if self._closed:
+            return
+        with self._submit_lock, self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._writer.join(timeout)
+        with self._cond:
+            self._closed = True
+            pending = self._checkpoint_requests
+            self._checkpoint_requests = []
+        for r in pending:
+            r.error = ServiceUnavailable("the service closed")
+            r.done.set()
+        unsaved = self.applied_seq != self.checkpoint_seq
+        if checkpoint and self.checkpoint_path is not None and unsaved:
+            self._save()
+        if self.journal is not None:
+            self.journal.close()
+
+    def abandon(self) -> None:
+        """Stop the writer without applying the queue or checkpointing (a crash, for tests):
+        whatever was accepted is only in the journal."""
+        with self._submit_lock, self._cond:
+            self._stopping = True
+            self._queue.clear()
+            self._cond.notify_all()
+        self._writer.join(10.0)
+        self._closed = True
+        if self.journal is not None:
+            self.journal.close()
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def count_error(self, kind: str) -> None:
+        """Count one error of ``kind`` (shown in :meth:`metrics_text`)."""
+        with self._errors_lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def metrics_text(self) -> str:
+        """Every metric in the Prometheus text exposition format (version 0.0.4)."""
+        accepted, applied = self.accepted_seq, self.applied_seq
+        lines = [
+            "# HELP nmrn_events_accepted_total Events accepted (journalled) since sequence 0.",
+            "# TYPE nmrn_events_accepted_total counter",
+            f"nmrn_events_accepted_total {accepted}",
+            "# HELP nmrn_events_applied_total Events applied to the model since sequence 0.",
+            "# TYPE nmrn_events_applied_total counter",
+            f"nmrn_events_applied_total {applied}",
+            "# HELP nmrn_apply_lag_events Accepted events not applied yet.",
+            "# TYPE nmrn_apply_lag_events gauge",
+            f"nmrn_apply_lag_events {accepted - applied}",
+            "# HELP nmrn_events_replayed_total Journalled events replayed at start.",
+            "# TYPE nmrn_events_replayed_total counter",
+            f"nmrn_events_replayed_total {self.replayed}",
+        ]
+        lines += self.learn_latency.render(
+            "nmrn_learn_seconds", "Time of one learn call (one batch of events)."
+        )
+        lines += self.recommend_latency.render(
+            "nmrn_recommend_seconds", "Time of one recommend call (lock held)."
+        )
+        lines += [
+            "# HELP nmrn_errors_total Refused requests and internal failures, by kind.",
+            "# TYPE nmrn_errors_total counter",
+        ]
+        with self._errors_lock:
+            errors = sorted(self.errors.items())
+        lines += [f'nmrn_errors_total{{kind="{kind}"}} {n}' for kind, n in errors]
+        lines += [
+            "# HELP nmrn_checkpoints_total Checkpoints written since start.",
+            "# TYPE nmrn_checkpoints_total counter",
+            f"nmrn_checkpoints_total {self.checkpoints}",
+            "# HELP nmrn_checkpoint_seconds_total Time spent writing checkpoints.",
+            "# TYPE nmrn_checkpoint_seconds_total counter",
+            f"nmrn_checkpoint_seconds_total {self.checkpoint_seconds_total!r}",
+            "# HELP nmrn_checkpoint_last_seconds Duration of the last checkpoint.",
+            "# TYPE nmrn_checkpoint_last_seconds gauge",
+            f"nmrn_checkpoint_last_seconds {self.last_checkpoint_duration!r}",
+            "# HELP nmrn_checkpoint_seq Last event sequence number held by a checkpoint.",
+            "# TYPE nmrn_checkpoint_seq gauge",
+            f"nmrn_checkpoint_seq {self.checkpoint_seq}",
+            "# HELP nmrn_known_users Users the model knows.",
+            "# TYPE nmrn_known_users gauge",
+            f"nmrn_known_users {len(self.model.users)}",
+            "# HELP nmrn_known_items Items the model knows.",
+            "# TYPE nmrn_known_items gauge",
+            f"nmrn_known_items {len(self.model.items)}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _register_models() -> None:
+    """Import the model presets so that their classes are registered for ``Recommender.load``
+    (a fresh process knows no model class until its module is imported)."""
+    try:
+        import nmrn.models  # noqa: F401
+    except ImportError as err:  # a broken optional model must not stop the others loading
+        log.warning("could not import nmrn.models (%s); only imported models can be loaded", err)
+
+
+def _batch(events: Sequence[Sequence[Any]]) -> EventBatch:
+    """``(user, item, timestamp[, weight])`` rows -> :class:`EventBatch` (weights default 1)."""
+    rows = list(events)
+    users = _as_id_array([r[0] for r in rows], "user")
+    items = _as_id_array([r[1] for r in rows], "item")
+    ts = np.array([float(r[2]) for r in rows], dtype=np.float64)
+    weights = None
+    if any(len(r) > 3 for r in rows):
+        weights = np.array([float(r[3]) if len(r) > 3 else 1.0 for r in rows], dtype=np.float64)
+    return EventBatch(users, items, ts, weights)

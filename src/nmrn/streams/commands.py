@@ -1,0 +1,185 @@
+"""``nmrn consume``: keep a checkpointed model up to date from an event stream.
+
+::
+
+    nmrn consume --checkpoint model.ckpt --model bpr \\
+        --source redis://127.0.0.1:6379/0 --stream events --group nmrn
+    nmrn consume --checkpoint model.ckpt --source file:events.jsonl --follow --sentinel __END__
+    cat events.jsonl | nmrn consume --checkpoint model.ckpt --source -
+
+If the checkpoint exists it is loaded and consumption resumes after its stream position;
+otherwise ``--model NAME`` builds a fresh model (:func:`nmrn.models.make_model`). The command
+prints one JSON line of statistics when it stops (end of input, ``--max-events``,
+``--idle-timeout``, or SIGTERM/SIGINT) and exits 0.
+
+The module also runs on its own: ``python -m nmrn.streams.commands consume ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from nmrn.errors import ConfigError, NMRNError
+from nmrn.streams.consumer import Consumer
+from nmrn.streams.sources import EventSource, FileSource
+
+__all__ = ["add_consume_command", "make_source", "run_consume"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``consume`` sub-command to an ``argparse`` sub-parsers object; returns it."""
+    p = subparsers.add_parser(
+        "consume",
+        help="apply a stream of events (Redis, file, stdin) to a checkpointed model",
+        description=(
+            "Read events in order, learn them in small batches, checkpoint every N events with "
+            "the stream position inside, acknowledge only after the checkpoint is durable. "
+            "A restart resumes after the checkpoint's position."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (read and written)")
+    p.add_argument(
+        "--source",
+        required=True,
+        help="redis://HOST:PORT/DB, file:PATH, or - for stdin",
+    )
+    p.add_argument("--model", help="model preset for a fresh checkpoint (e.g. bpr, pop)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a fresh model (default 0)")
+    redis_opts = p.add_argument_group("Redis")
+    redis_opts.add_argument("--stream", help="the stream key")
+    redis_opts.add_argument("--group", help="the consumer group (created if missing)")
+    redis_opts.add_argument("--consumer", default="nmrn", help="consumer name (default nmrn)")
+    redis_opts.add_argument("--dead-letter", help="dead-letter stream (default <stream>:dead)")
+    file_opts = p.add_argument_group("file / stdin")
+    file_opts.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    file_opts.add_argument("--follow", action="store_true", help="tail a growing file")
+    file_opts.add_argument("--sentinel", help="a line that ends the stream, e.g. __END__")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=1000, metavar="N")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N")
+    p.add_argument("--max-events", type=_positive_int, metavar="N", help="stop after N events")
+    p.add_argument(
+        "--idle-timeout", type=_positive_float, metavar="S", help="stop after S idle seconds"
+    )
+    p.set_defaults(handler=run_consume)
+    return p
+
+
+def make_source(args: argparse.Namespace) -> EventSource:
+    """Build the event source named by ``--source`` (and its options)."""
+    spec: str = args.source
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        if not args.stream or not args.group:
+            raise ConfigError("--source redis://... needs --stream KEY and --group NAME")
+        from nmrn.streams.redis_source import RedisStreamSource
+
+        return RedisStreamSource(
+            args.stream,
+            args.group,
+            args.consumer,
+            url=spec,
+            dead_letter=getattr(args, "dead_letter", None),
+        )
+    if spec == "-" or spec.startswith("file:"):
+        if args.stream or args.group:
+            raise ConfigError("--stream and --group apply to a redis:// source only")
+        path = "-" if spec == "-" else spec[len("file:") :]
+        if not path:
+            raise ConfigError("--source file: needs a path, e.g. file:events.jsonl")
+        if args.follow and path == "-":
+            raise ConfigError("--follow tails a file; stdin is read until it is closed anyway")
+        return FileSource(path, format=args.format, follow=args.follow, sentinel=args.sentinel)
+    raise ConfigError(
+        f"--source {spec!r} is not understood; use redis://HOST:PORT/DB, file:PATH, or -"
+    )
+
+
+def run_consume(args: argparse.Namespace) -> int:
+    """Run ``nmrn consume``; returns the exit status (errors raise :class:`NMRNError`)."""
+    from nmrn.training.checkpoint import checkpoint_exists, load_checkpoint
+
+    if checkpoint_exists(args.checkpoint):
+        model, _ = load_checkpoint(args.checkpoint)
+        if args.model and args.model != model.name:
+            raise ConfigError(
+                f"{args.checkpoint} holds a {model.name!r} model but --model {args.model} was "
+                "given; drop --model to resume it, or use another --checkpoint path"
+            )
+    elif args.model:
+        from nmrn.models import make_model
+
+        model = make_model(args.model, seed=args.seed)
+    else:
+        raise ConfigError(
+            f"{args.checkpoint} does not exist; pass --model NAME to start a fresh model"
+        )
+    source = make_source(args)
+    try:
+        consumer = Consumer(
+            model,
+            source,
+            args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            batch_size=args.batch_size,
+        )
+        stats = consumer.run(max_events=args.max_events, idle_timeout=args.idle_timeout)
+    finally:
+        source.close()
+    print(
+        json.dumps(
+            {
+                "applied": stats.applied,
+                "invalid": stats.invalid,
+                "checkpoints": stats.checkpoints,
+                "total_applied": stats.total_applied,
+                "stopped": stats.stopped,
+                "position": stats.position,
+                "elapsed_s": round(stats.elapsed_s, 3),
+                "events_per_s": round(stats.events_per_s, 1),
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m nmrn.streams.commands consume ...`` (the same as ``nmrn consume``)."""
+    parser = argparse.ArgumentParser(prog="nmrn")
+    add_consume_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return run_consume(args)
+    except NMRNError as err:
+        print(f"nmrn: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nmrn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
