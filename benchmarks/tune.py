@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--fit-fraction", type=float, default=0.6)
     parser.add_argument("--protocols", default="blocks,chunks")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--tag", default="", help="suffix of the output file name")
     args = parser.parse_args()
     grid = json.loads(args.grid)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -57,8 +58,15 @@ def main() -> None:
         for seed in seeds:
             for protocol in protocols:
                 model = make_model(args.model, seed=seed, **params)
-                result = evaluate(model, base, protocol=protocol, base_fraction=fit_fraction,
-                                  n_blocks=5, chunk_size=1000, seed=seed)
+                result = evaluate(
+                    model,
+                    base,
+                    protocol=protocol,
+                    base_fraction=fit_fraction,
+                    n_blocks=5,
+                    chunk_size=1000,
+                    seed=seed,
+                )
                 scores[protocol].append(result.metrics["Hits@10"])
         row = {
             "params": params,
@@ -71,9 +79,20 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     rows.sort(key=lambda r: -r["objective"])
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"tune_{args.model}.json"
-    out.write_text(json.dumps({"model": args.model, "seeds": seeds, "fit_fraction": fit_fraction,
-                               "protocols": protocols, "rows": rows}, indent=1))
+    out = args.out / f"tune_{args.model}{'-' + args.tag if args.tag else ''}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "grid": grid,
+                "seeds": seeds,
+                "fit_fraction": fit_fraction,
+                "protocols": protocols,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     print(f"\n| params | {' | '.join(protocols)} | objective |")
     print("|---|" + "---|" * (len(protocols) + 1))
     for r in rows:

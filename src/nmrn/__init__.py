@@ -21,6 +21,7 @@ from nmrn.errors import (
     UnknownIdError,
 )
 from nmrn.training.base import Recommendations, Recommender, load_recommender
+from nmrn.training.nmrn import NMRN
 
 __all__ = [
     "CheckpointError",
@@ -31,6 +32,7 @@ __all__ = [
     "History",
     "IdMap",
     "ModelFitError",
+    "NMRN",
     "NMRNError",
     "Recommendations",
     "Recommender",

@@ -15,12 +15,16 @@ from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import Popularity, RecentPopularity
 from nmrn.errors import ConfigError
 from nmrn.training.base import Recommender
+from nmrn.training.nmrn import NMRN
 
 PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     "pop": (Popularity, {}),
     "recent-pop": (RecentPopularity, {}),
     "item-knn": (ItemKNN, {}),
     "bpr": (BPR, {}),
+    # the paper's model as DESIGN §1 specifies it: dot addressing, global value memory, plain
+    # Euclidean distance, uniform negatives; every variant off
+    "nmrn-faithful": (NMRN, {}),
 }
 
 

@@ -1,0 +1,214 @@
+"""Validated, frozen configuration of the NMRN recommender.
+
+:class:`NMRNConfig` is the single source of truth for every hyper-parameter of
+:class:`nmrn.training.nmrn.NMRN`. It is frozen (hashable, safe to share), checked on
+construction (:class:`~nmrn.errors.ConfigError` names the field, the value and what is allowed),
+and round-trips through plain dicts (:meth:`NMRNConfig.to_dict` / :meth:`NMRNConfig.from_dict`)
+for checkpoints and config files. Unknown keys fail loudly, with a suggestion.
+
+Examples
+--------
+>>> cfg = NMRNConfig(dim=32, memory_slots=8)
+>>> cfg.dim, cfg.addressing
+(32, 'dot')
+>>> NMRNConfig.from_dict({"dim": 32, "memory_slot": 8})
+Traceback (most recent call last):
+...
+nmrn.errors.ConfigError: unknown config key 'memory_slot'; did you mean 'memory_slots'?
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nmrn.errors import ConfigError
+
+ADDRESSING = ("dot", "neg_dist")
+OPTIMIZERS = ("adagrad", "sgd")
+COLD_USER_INIT = ("random", "item_mean")
+
+
+@dataclass(frozen=True)
+class NMRNConfig:
+    """Hyper-parameters of NMRN (the recommender D of the paper) and of its training.
+
+    Every option of the model that departs from the paper is off by default, so
+    ``NMRNConfig()`` is the paper-faithful model (DESIGN §1).
+
+    Parameters
+    ----------
+    dim
+        d, the size of user/item embeddings and of memory rows.
+    memory_slots
+        H, the number of key/value memory slots.
+    margin
+        m, the margin of the hinge loss.
+    n_candidates
+        T, how many negative candidates are drawn per positive event; the hardest one enters the
+        hinge, and the count of violators estimates the rank weight.
+    lr
+        Learning rate of the optimizer.
+    batch_size
+        Events per mini-batch (gradients flow through memory writes within a mini-batch).
+    epochs
+        Passes over the history in :meth:`~nmrn.training.nmrn.NMRN.fit`.
+    learn_passes
+        Gradient passes over each :meth:`~nmrn.training.nmrn.NMRN.learn` call's events (the
+        memory state still evolves exactly once per event).
+    sampler
+        Negative sampler name (see :data:`nmrn.sampling.SAMPLERS`).
+    max_norm
+        Rows of the user/item tables, the keys and the initial value memory are clipped to
+        ``||row|| <= max_norm`` after each step (as CML does).
+    grad_clip
+        Clip the global gradient norm to this value; ``None`` or ``0`` disables.
+    optimizer
+        ``"adagrad"`` (row-sparse for the tables) or ``"sgd"``.
+    init_std
+        Standard deviation of the normal initialisation of embeddings and memories.
+    addressing
+        ``"dot"`` (``u . k_i``, DKVMN, the default) or ``"neg_dist"`` (``-||u - k_i||``).
+    temperature
+        Softmax temperature of the address (``softmax(logits / temperature)``).
+    learn_temperature
+        Learn the temperature (initialised at ``temperature``, kept positive via its log).
+    personal_offset
+        Score with ``s + u`` instead of ``s`` (a personal offset added to the memory read).
+    item_bias
+        Add a learned per-item bias ``b_v`` to the distance (``score = -d - b_v``).
+    squared_distance
+        Use ``||s - v||^2`` instead of ``||s - v||``.
+    per_user_memory
+        Each user keeps their own value memory (``H x d`` floats per user, i.e.
+        ``4 * H * d`` bytes: 5 KiB at H=20, d=64), initialised from the learned global initial
+        memory when the user is first seen; otherwise one memory is shared by all users.
+    cold_user_init
+        ``"random"`` (default) or ``"item_mean"``: a user first seen in ``learn`` starts at the
+        mean of the vectors of the items of their first events (clipped to ``max_norm``).
+    device
+        Torch device of the tables (``"cpu"``, ``"cuda"``, ...).
+    seed
+        Seed of the model's private random generator.
+    """
+
+    dim: int = 64  # d
+    memory_slots: int = 20  # H
+    margin: float = 0.5  # m in the hinge
+    n_candidates: int = 10  # T
+    lr: float = 0.05
+    batch_size: int = 256
+    epochs: int = 10
+    learn_passes: int = 1
+    sampler: str = "uniform"
+    max_norm: float = 1.0
+    grad_clip: float | None = None
+    optimizer: str = "adagrad"
+    init_std: float = 0.1
+    addressing: str = "dot"
+    temperature: float = 1.0
+    learn_temperature: bool = False
+    personal_offset: bool = False
+    item_bias: bool = False
+    squared_distance: bool = False
+    per_user_memory: bool = False
+    cold_user_init: str = "random"
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "memory_slots", "n_candidates", "batch_size", "learn_passes"):
+            _check_int(name, getattr(self, name), low=1)
+        _check_int("epochs", self.epochs, low=0)
+        _check_int("seed", self.seed, low=None)
+        for name in ("lr", "max_norm", "temperature", "init_std"):
+            _check_float(name, getattr(self, name), positive=True)
+        _check_float("margin", self.margin, positive=False)
+        if self.margin < 0:
+            raise ConfigError(f"NMRNConfig.margin must be >= 0, got {self.margin}")
+        if self.grad_clip is not None:
+            _check_float("grad_clip", self.grad_clip, positive=False)
+            if self.grad_clip < 0:
+                raise ConfigError(
+                    f"NMRNConfig.grad_clip must be >= 0 or None, got {self.grad_clip}"
+                )
+        for name, allowed in (
+            ("addressing", ADDRESSING),
+            ("optimizer", OPTIMIZERS),
+            ("cold_user_init", COLD_USER_INIT),
+        ):
+            _check_choice(name, getattr(self, name), allowed)
+        for name in (
+            "learn_temperature",
+            "personal_offset",
+            "item_bias",
+            "squared_distance",
+            "per_user_memory",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"NMRNConfig.{name} must be a bool, got {type(getattr(self, name)).__name__}"
+                )
+        if not isinstance(self.sampler, str) or not self.sampler:
+            raise ConfigError(f"NMRNConfig.sampler must be a sampler name, got {self.sampler!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"NMRNConfig.device must be a device string, got {self.device!r}")
+
+    # -- dict round trip -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of every field, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> NMRNConfig:
+        """Build from a mapping; unknown keys raise :class:`~nmrn.errors.ConfigError`."""
+        check_keys(values, cls.field_names(), what="config key")
+        return cls(**dict(values))
+
+    def replace(self, **changes: Any) -> NMRNConfig:
+        """A copy with some fields changed (validated; unknown names raise ConfigError)."""
+        check_keys(changes, self.field_names(), what="config key")
+        return dataclasses.replace(self, **changes)
+
+
+def check_keys(values: Mapping[str, Any], allowed: tuple[str, ...], *, what: str) -> None:
+    """Raise :class:`~nmrn.errors.ConfigError` for the first key not in ``allowed``."""
+    for key in values:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(allowed)}"
+            raise ConfigError(f"unknown {what} {key!r}{hint}")
+
+
+def _check_int(name: str, value: Any, *, low: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"NMRNConfig.{name} must be an int, got {type(value).__name__} {value!r}")
+    if low is not None and value < low:
+        raise ConfigError(f"NMRNConfig.{name} must be >= {low}, got {value}")
+
+
+def _check_float(name: str, value: Any, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"NMRNConfig.{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ConfigError(f"NMRNConfig.{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ConfigError(f"NMRNConfig.{name} must be > 0, got {value}")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"NMRNConfig.{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}{hint}"
+        )

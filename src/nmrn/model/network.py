@@ -1,0 +1,311 @@
+"""NMRNNetwork: the recommender D of NMRN as a torch module (tensors in, tensors out).
+
+Named dimensions: B events, T negative candidates per event, H memory slots, d embedding size,
+N items, n users asked about.
+
+The module holds the parameters; it knows nothing of ids, histories or optimizers. Its methods
+take *vectors* (rows already gathered from the tables), so that a trainer can gather each touched
+row once and update only those rows (see :class:`nmrn.training.nmrn.NMRN`). The value memory's
+current *state* is not a parameter and is passed in and out explicitly.
+
+Variants (all off by default, which is the paper-faithful model):
+
+- ``addressing="neg_dist"``: attention from ``-||u - k_i||`` instead of ``u . k_i``.
+- ``learn_temperature``: a learned softmax temperature (kept positive through its log).
+- ``personal_offset``: the interest is ``s + u`` instead of ``s``.
+- ``item_bias``: a learned per-item bias is added to the distance (``score = -d - b_v``).
+- ``squared_distance``: ``||s - v||^2`` instead of ``||s - v||``.
+- per-user value memories: pass ``[n, H, d]`` values (and an ``index`` to :meth:`forward`);
+  the trainer owns them (see ``NMRNConfig.per_user_memory``).
+
+References
+----------
+Wang, Yin, Hu, Lian, Wang, Huang. "Neural Memory Streaming Recommender Networks with
+Adversarial Training", KDD 2018.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from nmrn.model.memory import ADDRESS_MODES, address, evolve, read
+
+_DIST_EPS = 1e-12
+
+
+class NMRNNetwork(nn.Module):
+    """User/item tables, key memory, learned initial value memory and write gates.
+
+    Parameters
+    ----------
+    n_users, n_items
+        Initial table sizes (they can grow, see :meth:`grow`).
+    dim
+        d.
+    memory_slots
+        H.
+    addressing
+        ``"dot"`` or ``"neg_dist"`` (see :func:`nmrn.model.memory.address`).
+    temperature
+        Softmax temperature of the address (initial value when learned).
+    learn_temperature
+        Learn the temperature.
+    personal_offset
+        Interest ``s + u``.
+    item_bias
+        Learned per-item bias on the distance.
+    squared_distance
+        Squared Euclidean distance.
+    init_std
+        Std of the normal initialisation of tables and memories.
+    generator
+        Torch generator used for the initialisation (the caller's private one).
+
+    Attributes
+    ----------
+    user_emb : Parameter ``[n_users, d]``
+        A, the user table.
+    item_emb : Parameter ``[n_items, d]``
+        B, the item table.
+    keys : Parameter ``[H, d]``
+        M^k, the key memory.
+    init_values : Parameter ``[H, d]``
+        The learned initial value memory M^v_0.
+    erase_weight, erase_bias, add_weight, add_bias
+        W_e ``[d, d]``, b_e ``[d]``, W_a ``[d, d]``, b_a ``[d]``.
+    bias : Parameter ``[n_items]`` or None
+        Per-item bias (``item_bias=True``).
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> net = NMRNNetwork(3, 5, dim=4, memory_slots=2, generator=g)
+    >>> u, v = net.user_emb[:2], net.item_emb[:2]
+    >>> neg = net.item_emb[2:4][None].expand(2, 2, 4)
+    >>> d_pos, d_neg, final = net(u, v, neg, net.init_values)
+    >>> tuple(d_pos.shape), tuple(d_neg.shape), tuple(final.shape)
+    ((2,), (2, 2), (2, 4))
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        memory_slots: int,
+        *,
+        addressing: str = "dot",
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+        personal_offset: bool = False,
+        item_bias: bool = False,
+        squared_distance: bool = False,
+        init_std: float = 0.1,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if addressing not in ADDRESS_MODES:
+            raise ValueError(f"addressing must be one of {ADDRESS_MODES}, got {addressing!r}")
+        if dim < 1 or memory_slots < 1:
+            raise ValueError(f"dim and memory_slots must be >= 1, got {dim}, {memory_slots}")
+        self.dim = dim
+        self.memory_slots = memory_slots
+        self.addressing = addressing
+        self.personal_offset = personal_offset
+        self.squared_distance = squared_distance
+        self.init_std = init_std
+        g = generator
+
+        def normal(*shape: int) -> Tensor:
+            return torch.randn(*shape, generator=g) * init_std
+
+        self.user_emb = nn.Parameter(normal(n_users, dim))
+        self.item_emb = nn.Parameter(normal(n_items, dim))
+        self.keys = nn.Parameter(normal(memory_slots, dim))
+        self.init_values = nn.Parameter(normal(memory_slots, dim))
+        bound = 1.0 / math.sqrt(dim)  # the nn.Linear default range
+        self.erase_weight = nn.Parameter((torch.rand(dim, dim, generator=g) * 2 - 1) * bound)
+        self.erase_bias = nn.Parameter(torch.zeros(dim))
+        self.add_weight = nn.Parameter((torch.rand(dim, dim, generator=g) * 2 - 1) * bound)
+        self.add_bias = nn.Parameter(torch.zeros(dim))
+        log_t = torch.tensor(math.log(temperature))
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+        self.bias = nn.Parameter(torch.zeros(n_items)) if item_bias else None
+
+    # -- sizes and growth --------------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return self.user_emb.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.item_emb.shape[0]
+
+    def grow(self, n_users: int, n_items: int, generator: torch.Generator | None = None) -> None:
+        """Append freshly initialised rows so the tables hold ``n_users`` / ``n_items`` rows.
+
+        Existing rows are kept exactly and the Parameter objects are kept (their ``.data`` is
+        replaced), so references held by a trainer stay valid. Never shrinks.
+        """
+        extra_u = n_users - self.n_users
+        if extra_u > 0:
+            new = torch.randn(extra_u, self.dim, generator=generator) * self.init_std
+            self.user_emb.data = torch.cat([self.user_emb.data, new.to(self.user_emb.device)])
+        extra_i = n_items - self.n_items
+        if extra_i > 0:
+            new = torch.randn(extra_i, self.dim, generator=generator) * self.init_std
+            self.item_emb.data = torch.cat([self.item_emb.data, new.to(self.item_emb.device)])
+            if self.bias is not None:
+                self.bias.data = torch.cat([self.bias.data, self.bias.new_zeros(extra_i)])
+
+    # -- pieces -----------------------------------------------------------------------------------
+    def temperature(self) -> Tensor:
+        """The softmax temperature (0-d tensor)."""
+        return self.log_temperature.exp()
+
+    def address(self, u: Tensor) -> Tensor:
+        """Attention ``[B, H]`` of users ``u [B, d]`` over the slots."""
+        return address(u, self.keys, self.addressing, self.temperature())
+
+    def gates(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Erase ``e = sigmoid(W_e v + b_e)`` and add ``a = tanh(W_a v + b_a)``, both ``[B, d]``."""
+        erase = torch.sigmoid(torch.addmm(self.erase_bias, v, self.erase_weight.T))
+        add = torch.tanh(torch.addmm(self.add_bias, v, self.add_weight.T))
+        return erase, add
+
+    def interest(self, u: Tensor, w: Tensor, values: Tensor) -> Tensor:
+        """The user's current interest ``s = read(w, values)`` (``+ u`` with a personal offset).
+
+        ``u [B, d]``, ``w [B, H]``, ``values [H, d]`` or ``[B, H, d]`` -> ``[B, d]``.
+        """
+        s = read(w, values)
+        return s + u if self.personal_offset else s
+
+    def distance(self, s: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``||s - v||`` (or its square), plus the item bias when given.
+
+        Parameters
+        ----------
+        s
+            ``[B, d]`` interests.
+        v
+            ``[B, d]`` (one item per row) or ``[B, T, d]`` (T items per row).
+        bias
+            ``[B]`` or ``[B, T]`` item biases, or None.
+
+        Returns
+        -------
+        Tensor
+            ``[B]`` or ``[B, T]``. The square root has an epsilon inside, so its gradient is
+            finite when ``s == v``.
+        """
+        diff = (s if v.dim() == 2 else s[:, None, :]) - v  # [B, d] or [B, T, d]
+        sq = (diff * diff).sum(dim=-1)
+        dist = sq if self.squared_distance else torch.sqrt(sq + _DIST_EPS)
+        return dist if bias is None else dist + bias
+
+    # -- the whole forward pass of a mini-batch ----------------------------------------------------
+    def forward(
+        self,
+        u: Tensor,
+        v_pos: Tensor,
+        v_neg: Tensor,
+        values0: Tensor,
+        index: Tensor | None = None,
+        pos_bias: Tensor | None = None,
+        neg_bias: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Score a time-ordered mini-batch of events, then apply their writes.
+
+        Event ``t`` is scored against the memory as left by events ``< t``; its positive item
+        then writes. Gradients flow through the writes (:func:`nmrn.model.memory.evolve`).
+
+        Parameters
+        ----------
+        u
+            ``[B, d]`` user vectors of the events.
+        v_pos
+            ``[B, d]`` positive item vectors.
+        v_neg
+            ``[B, T, d]`` negative candidate vectors (they never write).
+        values0
+            ``[H, d]`` the shared value memory before the batch, or ``[S, H, d]`` with
+            ``index`` (per-user memories).
+        index
+            ``[B]`` long: which of the S memories each event uses, or None.
+        pos_bias, neg_bias
+            ``[B]`` and ``[B, T]`` item biases (``item_bias=True``), or None.
+
+        Returns
+        -------
+        d_pos : Tensor
+            ``[B]``.
+        d_neg : Tensor
+            ``[B, T]``.
+        final : Tensor
+            The value memory after the batch, shaped like ``values0``.
+        """
+        s, final = self.read_batch(u, v_pos, values0, index)  # [B, d], like values0
+        return self.distance(s, v_pos, pos_bias), self.distance(s, v_neg, neg_bias), final
+
+    def read_batch(
+        self, u: Tensor, v_pos: Tensor, values0: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Interests of a time-ordered mini-batch, and the memory after its writes.
+
+        ``u [B, d]``, ``v_pos [B, d]``, ``values0 [H, d]`` (or ``[S, H, d]`` with ``index
+        [B]``) -> ``(s [B, d], final)``: event ``t``'s interest is read from the memory as left
+        by events ``< t``; its positive item then writes (:func:`nmrn.model.memory.evolve`).
+        """
+        w = self.address(u)  # [B, H]
+        erase, add = self.gates(v_pos)  # [B, d] each
+        s, final = evolve(values0, w, erase, add, index)  # [B, d], like values0
+        return (s + u if self.personal_offset else s), final
+
+    @torch.no_grad()
+    def score_all(
+        self,
+        u: Tensor,
+        values: Tensor,
+        items: Tensor | None = None,
+        item_sq_norms: Tensor | None = None,
+    ) -> Tensor:
+        """Distances from each user's interest to every item (lower is better), in float64.
+
+        The dot products ``s . v`` are computed in the tables' dtype as ``items @ s^T`` (one
+        pass over the item table, which is what bounds the latency); the rest of
+        ``||s||^2 - 2 s.v + ||v||^2`` and the square root in float64.
+
+        Parameters
+        ----------
+        u
+            ``[n, d]`` user vectors.
+        values
+            ``[H, d]`` the shared value memory, or ``[n, H, d]`` one per user.
+        items
+            ``[N, d]`` item vectors; defaults to the whole item table.
+        item_sq_norms
+            ``[N]`` cached ``||v||^2`` of ``items`` (saves one pass over the table).
+
+        Returns
+        -------
+        Tensor
+            ``[n, N]`` float64 distances, with the item bias added when enabled.
+        """
+        items = self.item_emb if items is None else items
+        s = self.interest(u, self.address(u), values)  # [n, d]
+        if item_sq_norms is None:
+            item_sq_norms = (items.double() ** 2).sum(dim=-1)
+        dots = torch.mm(items, s.T).T.double()  # [n, N]; items row-major: a plain gemv for n=1
+        s64 = s.double()
+        # ||s - v||^2 = ||s||^2 - 2 s.v + ||v||^2, clamped against negative round-off
+        sq = (item_sq_norms.double()[None, :] - 2.0 * dots).add_((s64 * s64).sum(-1, keepdim=True))
+        dist = sq.clamp_min_(0.0)
+        dist = dist if self.squared_distance else dist.sqrt_()
+        return dist if self.bias is None else dist + self.bias.double()[None, :]

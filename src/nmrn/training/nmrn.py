@@ -1,0 +1,531 @@
+"""NMRN: the Neural Memory Recommender Network behind the public :class:`Recommender` contract.
+
+Training loop (one mini-batch of B time-ordered events, T candidates each):
+
+1. draw T negative candidates per event from the sampler (the model's private generator);
+2. gather each touched user row and positive item row once (``[U, d]``, ``[P, d]``) as leaf
+   tensors, so that their gradients are the sparse row updates;
+3. forward: address, gates, the memory evolution through the batch's writes (event t reads the
+   memory as left by events < t, :func:`nmrn.model.memory.evolve`), the interests ``s``;
+4. distances to all T candidates *without* autograd, pick the hardest (nearest) candidate per
+   event, and compute its distance again with autograd: the hinge takes the minimum, whose
+   gradient is zero except at the argmin, so this is the same gradient for a fraction of the
+   cost;
+5. rank-weighted hinge (:func:`nmrn.model.losses.rank_weighted_hinge`), mean over the batch;
+   a non-finite loss raises :class:`~nmrn.errors.ModelFitError` before anything is updated;
+6. gradients, optional global-norm clipping (``grad_clip``);
+7. optimizer step: Adagrad (or SGD) on the touched rows only for the tables (their accumulators
+   are tables of the same shape that grow with them, so growth keeps the optimizer state
+   consistent; a new row starts with a zero accumulator), dense on the small parameters (keys,
+   initial memory, gates, temperature);
+8. norm bounds: touched table rows, the keys and the initial value memory are clipped to
+   ``||row|| <= max_norm`` (as CML does). The evolving value-memory *state* is not clipped, so
+   that it does not depend on how the stream is cut into mini-batches;
+9. the memory state after the batch is kept, detached (truncated back-propagation);
+10. ``sampler.update(users, positives, negatives, reward=-d_neg)`` (a no-op for uniform).
+
+Threads: the library never calls ``torch.set_num_threads``; on a small, shared CPU one thread
+(``torch.set_num_threads(1)``) is often fastest, since the ops are small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nmrn.config import NMRNConfig
+from nmrn.errors import CheckpointError, ConfigError, ModelFitError
+from nmrn.model.losses import rank_weighted_hinge
+from nmrn.model.memory import evolve
+from nmrn.model.network import NMRNNetwork
+from nmrn.sampling import make_sampler
+from nmrn.training.base import Recommender
+
+_ADAGRAD_EPS = 1e-10
+# Config fields that fix the shapes and meaning of the saved tensors.
+_ARCHITECTURE = (
+    "dim",
+    "memory_slots",
+    "addressing",
+    "learn_temperature",
+    "personal_offset",
+    "item_bias",
+    "squared_distance",
+    "per_user_memory",
+    "optimizer",
+    "sampler",
+)
+_TABLES = ("user_emb", "item_emb", "bias")  # row-sparse updates; the rest is dense
+_DEFAULTS = NMRNConfig()
+
+
+class NMRN(Recommender):
+    """Neural Memory Recommender Network (the recommender D of Wang et al., KDD 2018).
+
+    Users attend over a key memory; their interest is the attention-weighted read of a value
+    memory that every event writes to (erase/add gates from the positive item); items are
+    ranked by Euclidean distance to the interest (``score = -distance``). See DESIGN §1 and
+    :class:`nmrn.config.NMRNConfig` for every option.
+
+    Parameters
+    ----------
+    config
+        An :class:`~nmrn.config.NMRNConfig` or a mapping of its fields. Keyword arguments that
+        differ from their defaults override it.
+    dim, memory_slots, margin, n_candidates, lr, batch_size, epochs, learn_passes, sampler,
+    max_norm, grad_clip, optimizer, init_std, addressing, temperature, learn_temperature,
+    personal_offset, item_bias, squared_distance, per_user_memory, cold_user_init, device, seed
+        As in :class:`~nmrn.config.NMRNConfig`.
+
+    Notes
+    -----
+    Memory state. ``fit`` starts each epoch from the learned initial memory and leaves the
+    state as it is at the end of the history. ``learn`` continues from the current state; with
+    ``learn_passes > 1``, every pass starts from the state at the start of the call and only the
+    last pass's state is kept, so the memory evolves exactly once per event. Event weights are
+    ignored (implicit feedback).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> events = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [10, 11, 10, 12, 11],
+    ...                        "timestamp": [0, 1, 2, 3, 4]})
+    >>> rec = NMRN(dim=8, memory_slots=4, epochs=2, batch_size=2).fit(events)
+    >>> items, scores = rec.recommend(1, k=2, exclude_seen=False)
+    >>> len(items), bool(scores[0] >= scores[1])
+    (2, True)
+    """
+
+    name = "nmrn"
+
+    def __init__(
+        self,
+        config: NMRNConfig | Mapping[str, Any] | None = None,
+        *,
+        dim: int = _DEFAULTS.dim,
+        memory_slots: int = _DEFAULTS.memory_slots,
+        margin: float = _DEFAULTS.margin,
+        n_candidates: int = _DEFAULTS.n_candidates,
+        lr: float = _DEFAULTS.lr,
+        batch_size: int = _DEFAULTS.batch_size,
+        epochs: int = _DEFAULTS.epochs,
+        learn_passes: int = _DEFAULTS.learn_passes,
+        sampler: str = _DEFAULTS.sampler,
+        max_norm: float = _DEFAULTS.max_norm,
+        grad_clip: float | None = _DEFAULTS.grad_clip,
+        optimizer: str = _DEFAULTS.optimizer,
+        init_std: float = _DEFAULTS.init_std,
+        addressing: str = _DEFAULTS.addressing,
+        temperature: float = _DEFAULTS.temperature,
+        learn_temperature: bool = _DEFAULTS.learn_temperature,
+        personal_offset: bool = _DEFAULTS.personal_offset,
+        item_bias: bool = _DEFAULTS.item_bias,
+        squared_distance: bool = _DEFAULTS.squared_distance,
+        per_user_memory: bool = _DEFAULTS.per_user_memory,
+        cold_user_init: str = _DEFAULTS.cold_user_init,
+        device: str = _DEFAULTS.device,
+        seed: int = _DEFAULTS.seed,
+    ) -> None:
+        given = {k: v for k, v in locals().items() if k not in ("self", "config", "__class__")}
+        if config is None:
+            cfg = NMRNConfig(**given)
+        else:
+            if isinstance(config, Mapping):
+                config = NMRNConfig.from_dict(config)
+            elif not isinstance(config, NMRNConfig):
+                raise ConfigError(
+                    f"config must be an NMRNConfig or a mapping, got {type(config).__name__}"
+                )
+            overrides = {k: v for k, v in given.items() if v != getattr(_DEFAULTS, k)}
+            cfg = config.replace(**overrides)
+        super().__init__(seed=cfg.seed)
+        #: The effective configuration (also spread over attributes of the same names).
+        self.cfg = cfg
+        self.config = None  # the constructor argument, expanded into the attributes below
+        for field in NMRNConfig.field_names():
+            setattr(self, field, getattr(cfg, field))
+        try:
+            self._device = torch.device(cfg.device)
+        except RuntimeError as err:
+            msg = f"NMRNConfig.device {cfg.device!r} is not a torch device: {err}"
+            raise ConfigError(msg) from None
+        self._gen = torch.Generator().manual_seed(cfg.seed)  # private; never the global RNG
+        self.network = NMRNNetwork(
+            0,
+            0,
+            cfg.dim,
+            cfg.memory_slots,
+            addressing=cfg.addressing,
+            temperature=cfg.temperature,
+            learn_temperature=cfg.learn_temperature,
+            personal_offset=cfg.personal_offset,
+            item_bias=cfg.item_bias,
+            squared_distance=cfg.squared_distance,
+            init_std=cfg.init_std,
+            generator=self._gen,
+        ).to(self._device)
+        self._sampler = make_sampler(cfg.sampler)
+        # Value-memory state: None = at the learned initial memory. Per-user: [n_users, H, d]
+        # plus a flag per user (False = still at the learned initial memory).
+        self._memory: Tensor | None = None
+        self._has_memory = torch.zeros(0, dtype=torch.bool, device=self._device)
+        self._accumulators: dict[str, Tensor] = {
+            name: torch.zeros_like(p) for name, p in self._parameters_by_name().items()
+        }
+        self._step = 0
+        self._version = 0  # bumped whenever the item table changes (score cache key)
+        self._score_cache: tuple[int, Tensor] | None = None
+        self._fresh_from: int | None = None  # first user index not yet seen by _learn
+
+    # -- parameters and optimizer state ------------------------------------------------------------
+    def _parameters_by_name(self) -> dict[str, Tensor]:
+        return dict(self.network.named_parameters())
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        net = self.network
+        old_users, old_items = net.n_users, net.n_items
+        if n_users <= old_users and n_items <= old_items:
+            return
+        net.grow(n_users, n_items, self._gen)
+        for name, param in self._parameters_by_name().items():
+            acc = self._accumulators[name]
+            if acc.shape != param.shape:  # a table grew: new rows start with a zero accumulator
+                extra = param.shape[0] - acc.shape[0]
+                self._accumulators[name] = torch.cat([acc, acc.new_zeros((extra,) + acc.shape[1:])])
+        if self.per_user_memory and n_users > old_users:
+            extra = n_users - old_users
+            h, d = self.memory_slots, self.dim
+            bank = self._memory if self._memory is not None else net.init_values.new_zeros(0, h, d)
+            self._memory = torch.cat([bank.detach(), bank.new_zeros(extra, h, d)])
+            self._has_memory = torch.cat([self._has_memory, self._has_memory.new_zeros(extra)])
+        if n_users > old_users and self._fresh_from is None:
+            self._fresh_from = old_users
+        self._sampler.grow(n_items)
+        self._version += 1
+
+    # -- training ----------------------------------------------------------------------------------
+    def _fit(
+        self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, weights: Any
+    ) -> None:
+        self._fresh_from = None  # cold_user_init applies to users first seen in learn()
+        if self.epochs == 0:
+            self._advance(users, items)
+            return
+        for epoch in range(self.epochs):
+            self._reset_memory()  # every epoch starts from the learned initial memory
+            self._run_batches(users, items, where=f"fit epoch {epoch + 1}/{self.epochs}")
+
+    def _learn(
+        self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, weights: Any
+    ) -> None:
+        if self.cold_user_init == "item_mean" and self._fresh_from is not None:
+            self._init_fresh_users(users, items, self._fresh_from)
+        self._fresh_from = None
+        start = self._snapshot_memory()
+        for p in range(self.learn_passes):
+            if p > 0:  # replay from the same state: the memory evolves once per event
+                self._restore_memory(start)
+            self._run_batches(users, items, where=f"learn pass {p + 1}/{self.learn_passes}")
+
+    def _run_batches(self, users: np.ndarray, items: np.ndarray, *, where: str) -> None:
+        u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
+        i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
+        for lo in range(0, len(u_all), self.batch_size):
+            self._train_batch(
+                u_all[lo : lo + self.batch_size], i_all[lo : lo + self.batch_size], where
+            )
+
+    def _reset_memory(self) -> None:
+        if self.per_user_memory:
+            if self._memory is not None:
+                self._memory.zero_()
+            self._has_memory.zero_()
+        else:
+            self._memory = None
+
+    def _snapshot_memory(self) -> tuple[Tensor | None, Tensor]:
+        mem = None if self._memory is None else self._memory.clone()
+        return mem, self._has_memory.clone()
+
+    def _restore_memory(self, snapshot: tuple[Tensor | None, Tensor]) -> None:
+        mem, flags = snapshot
+        self._memory = None if mem is None else mem.clone()
+        self._has_memory = flags.clone()
+
+    def _batch_memory(self, uniq_users: Tensor) -> Tensor:
+        """Value memories the batch starts from: ``[H, d]`` shared or ``[U, H, d]`` per user.
+
+        Where the state is at the learned initial memory, the parameter itself is used (not a
+        copy), so that its gradient flows.
+        """
+        init = self.network.init_values
+        if not self.per_user_memory:
+            return init if self._memory is None else self._memory
+        assert self._memory is not None
+        has = self._has_memory[uniq_users][:, None, None]  # [U, 1, 1]
+        return torch.where(has, self._memory[uniq_users], init[None])
+
+    def _store_memory(self, uniq_users: Tensor, final: Tensor) -> None:
+        if self.per_user_memory:
+            assert self._memory is not None
+            self._memory[uniq_users] = final.detach()
+            self._has_memory[uniq_users] = True
+        else:
+            self._memory = final.detach()
+
+    def _train_batch(self, users: Tensor, items: Tensor, where: str) -> None:
+        net, dev = self.network, self._device
+        n_cand = self.n_candidates
+        negatives = self._sampler.sample(users, items, n_cand, generator=self._gen)  # [B, T]
+        users, items, negatives = users.to(dev), items.to(dev), negatives.to(dev)
+        # Gather each touched row once, as a leaf: its gradient is the sparse row update.
+        uniq_u, inv_u = torch.unique(users, return_inverse=True)  # [U], [B]
+        uniq_p, inv_p = torch.unique(items, return_inverse=True)  # [P], [B]
+        u_rows = net.user_emb.detach()[uniq_u].requires_grad_()  # [U, d]
+        p_rows = net.item_emb.detach()[uniq_p].requires_grad_()  # [P, d]
+        u = u_rows.index_select(0, inv_u)  # [B, d]; backward = index_add
+        v_pos = p_rows.index_select(0, inv_p)  # [B, d]
+        index = inv_u if self.per_user_memory else None
+        s, final = net.read_batch(u, v_pos, self._batch_memory(uniq_u), index)  # [B, d]
+        # Only the hardest of the T candidates gets a gradient (the hinge takes their min), so
+        # all T distances are computed without autograd and the hardest one again with it.
+        with torch.no_grad():
+            neg_bias = None if net.bias is None else net.bias[negatives]
+            d_neg = net.distance(s.detach(), net.item_emb[negatives], neg_bias)  # [B, T]
+            hard = negatives.gather(1, d_neg.argmin(dim=1, keepdim=True)).squeeze(1)  # [B]
+        uniq_h, inv_h = torch.unique(hard, return_inverse=True)  # [Q], [B]
+        h_rows = net.item_emb.detach()[uniq_h].requires_grad_()  # [Q, d]
+        leaves = [u_rows, p_rows, h_rows]
+        pos_bias = hard_bias = None
+        if net.bias is not None:
+            pb_rows = net.bias.detach()[uniq_p].requires_grad_()  # [P]
+            hb_rows = net.bias.detach()[uniq_h].requires_grad_()  # [Q]
+            pos_bias, hard_bias = pb_rows[inv_p], hb_rows[inv_h]
+            leaves += [pb_rows, hb_rows]
+        d_pos = net.distance(s, v_pos, pos_bias)  # [B]
+        d_hard = net.distance(s, h_rows.index_select(0, inv_h), hard_bias)  # [B]
+        loss = rank_weighted_hinge(d_pos, d_neg, self.margin, net.n_items, hardest=d_hard).mean()
+        if not torch.isfinite(loss):
+            raise ModelFitError(
+                f"non-finite loss ({loss.item()}) at step {self._step + 1} ({where}, mini-batch "
+                f"of {users.shape[0]} events): lower lr (now {self.lr}), set grad_clip, or check "
+                "the model's weights for NaN/inf"
+            )
+        dense = {n: p for n, p in net.named_parameters() if n not in _TABLES}
+        grads = list(torch.autograd.grad(loss, leaves + list(dense.values()), allow_unused=True))
+        grads = [_or_zeros(g, x) for g, x in zip(grads[: len(leaves)], leaves, strict=True)] + [
+            g for g in grads[len(leaves) :]
+        ]
+        if self.grad_clip:
+            norms = torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])
+            scale = (self.grad_clip / (torch.linalg.vector_norm(norms) + 1e-12)).clamp(max=1.0)
+            grads = [None if g is None else g * scale for g in grads]
+        with torch.no_grad():
+            # A row can be both a positive and a hardest negative: sum its two gradients.
+            uniq_i, inv_i = torch.unique(torch.cat([uniq_p, uniq_h]), return_inverse=True)
+            self._update_rows("user_emb", uniq_u, grads[0])
+            self._update_rows("item_emb", uniq_i, _merge(len(uniq_i), inv_i, grads[1], grads[2]))
+            if net.bias is not None:
+                self._update_rows("bias", uniq_i, _merge(len(uniq_i), inv_i, grads[3], grads[4]))
+            for (name, param), grad in zip(dense.items(), grads[len(leaves) :], strict=True):
+                if grad is not None:
+                    self._update_dense(name, param, grad)
+            _clip_rows(net.user_emb.data, uniq_u, self.max_norm)
+            _clip_rows(net.item_emb.data, uniq_i, self.max_norm)
+            for name in ("keys", "init_values"):
+                _clip_rows(getattr(net, name).data, None, self.max_norm)
+        self._store_memory(uniq_u, final)
+        self._step += 1
+        self._version += 1
+        self._sampler.update(users, items, negatives, reward=-d_neg)
+
+    def _update_rows(self, name: str, rows: Tensor, grad: Tensor) -> None:
+        param = self._parameters_by_name()[name].data
+        if self.optimizer == "sgd":
+            param.index_add_(0, rows, grad, alpha=-self.lr)
+            return
+        acc = self._accumulators[name]
+        new_acc = acc[rows].addcmul_(grad, grad)
+        acc[rows] = new_acc
+        param.index_add_(0, rows, grad / (new_acc.sqrt_().add_(_ADAGRAD_EPS)), alpha=-self.lr)
+
+    def _update_dense(self, name: str, param: Tensor, grad: Tensor) -> None:
+        if self.optimizer == "sgd":
+            param.data.add_(grad, alpha=-self.lr)
+            return
+        acc = self._accumulators[name]
+        acc.addcmul_(grad, grad)
+        param.data.addcdiv_(grad, acc.sqrt().add_(_ADAGRAD_EPS), value=-self.lr)
+
+    @torch.no_grad()
+    def _advance(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Apply the events' memory writes without training (``epochs=0``)."""
+        net = self.network
+        self._reset_memory()
+        u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64)).to(self._device)
+        i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64)).to(self._device)
+        for lo in range(0, len(u_all), self.batch_size):
+            u = u_all[lo : lo + self.batch_size]
+            uniq_u, inv_u = torch.unique(u, return_inverse=True)
+            erase, add = net.gates(net.item_emb[i_all[lo : lo + self.batch_size]])
+            index = inv_u if self.per_user_memory else None
+            _, final = evolve(
+                self._batch_memory(uniq_u), net.address(net.user_emb[u]), erase, add, index
+            )
+            self._store_memory(uniq_u, final)
+
+    @torch.no_grad()
+    def _init_fresh_users(self, users: np.ndarray, items: np.ndarray, first_new: int) -> None:
+        """``cold_user_init="item_mean"``: new users start at the mean of their items' vectors."""
+        fresh = users >= first_new
+        if not fresh.any():
+            return
+        u = torch.from_numpy(users[fresh]).to(self._device)
+        i = torch.from_numpy(items[fresh]).to(self._device)
+        table = self.network.user_emb.data
+        sums = torch.zeros_like(table).index_add_(0, u, self.network.item_emb.data[i])
+        counts = torch.zeros(table.shape[0], device=self._device).index_add_(
+            0, u, torch.ones_like(u, dtype=table.dtype)
+        )
+        rows = torch.unique(u)
+        table[rows] = sums[rows] / counts[rows, None]
+        _clip_rows(table, rows, self.max_norm)
+        self._version += 1
+
+    # -- scoring ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _score_all(self, users: np.ndarray) -> np.ndarray:
+        """``-distance`` to every item, ``[n] -> [n, N]`` float64.
+
+        Each user is scored on its own (a matrix-vector product over the item table), so that
+        a user's scores are bit-for-bit the same whichever other users share the call; the
+        table pass is memory-bound, so batching users would save little for a single user and
+        cost this guarantee.
+        """
+        net = self.network
+        if self._score_cache is None or self._score_cache[0] != self._version:
+            sq_norms = (net.item_emb.detach().double() ** 2).sum(dim=-1)  # [N], rebuilt on change
+            self._score_cache = (self._version, sq_norms)
+        sq_norms = self._score_cache[1]
+        out = np.empty((len(users), net.n_items), dtype=np.float64)
+        for row, user in enumerate(np.asarray(users, dtype=np.int64).tolist()):
+            u = net.user_emb[user : user + 1]  # [1, d]
+            if not self.per_user_memory:
+                values = net.init_values if self._memory is None else self._memory  # [H, d]
+            elif self._memory is not None and bool(self._has_memory[user]):
+                values = self._memory[user]
+            else:
+                values = net.init_values
+            dist = net.score_all(u, values, item_sq_norms=sq_norms)  # [1, N]
+            out[row] = dist[0].neg_().cpu().numpy()
+        return out
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _architecture(self) -> dict[str, Any]:
+        return {k: getattr(self.cfg, k) for k in _ARCHITECTURE}
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays: dict[str, np.ndarray] = {}
+        for name, tensor in self.network.state_dict().items():
+            arrays[f"net.{name}"] = tensor.detach().cpu().numpy()
+        for name, acc in self._accumulators.items():
+            arrays[f"opt.{name}"] = acc.cpu().numpy()
+        if self._memory is not None:
+            arrays["memory"] = self._memory.detach().cpu().numpy()
+        arrays["has_memory"] = self._has_memory.cpu().numpy()
+        arrays["rng"] = self._gen.get_state().numpy()
+        for key, value in self._sampler.state_dict().items():
+            arrays[f"sampler.{key}"] = np.asarray(value)
+        meta = {
+            "architecture": self._architecture(),
+            "step": self._step,
+            "memory_at_init": self._memory is None,
+            "fresh_from": self._fresh_from,
+        }
+        return arrays, meta
+
+    def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        saved = meta.get("architecture")
+        if saved != self._architecture():
+            raise CheckpointError(
+                f"checkpoint architecture {saved} does not match the model's {self._architecture()}"
+            )
+        state = {}
+        for name, tensor in self.network.state_dict().items():
+            arr = arrays.get(f"net.{name}")
+            if arr is None or tuple(arr.shape) != tuple(tensor.shape):
+                got = None if arr is None else arr.shape
+                raise CheckpointError(
+                    f"tensor net.{name}: expected {tuple(tensor.shape)}, got {got}"
+                )
+            state[name] = torch.from_numpy(arr.copy())
+        self.network.load_state_dict(state)
+        for name, acc in self._accumulators.items():
+            arr = arrays[f"opt.{name}"]
+            if tuple(arr.shape) != tuple(acc.shape):
+                raise CheckpointError(
+                    f"optimizer state opt.{name}: shape {arr.shape} != {acc.shape}"
+                )
+            self._accumulators[name] = torch.from_numpy(arr.copy()).to(self._device)
+        if meta["memory_at_init"]:
+            self._memory = None
+        else:
+            self._memory = torch.from_numpy(arrays["memory"].copy()).to(self._device)
+        self._has_memory = torch.from_numpy(arrays["has_memory"].copy()).to(self._device)
+        self._gen.set_state(torch.from_numpy(arrays["rng"].copy()))
+        self._sampler.load_state_dict(
+            {k[len("sampler.") :]: v for k, v in arrays.items() if k.startswith("sampler.")}
+        )
+        self._step = int(meta["step"])
+        self._fresh_from = meta.get("fresh_from")
+        self._version += 1
+        self._score_cache = None
+
+    # -- introspection -----------------------------------------------------------------------------
+    def bytes_per_row(self) -> dict[str, int]:
+        """Bytes of model state per user and per item (tables, optimizer state, memories)."""
+        elem = self.network.user_emb.element_size()
+        opt = 2 if self.optimizer == "adagrad" else 1
+        per_user = opt * self.dim * elem
+        if self.per_user_memory:
+            per_user += self.memory_slots * self.dim * elem + 1
+        per_item = opt * (self.dim + int(self.item_bias)) * elem
+        return {"user": per_user, "item": per_item}
+
+    def to_config(self) -> NMRNConfig:
+        """The effective configuration (an :class:`~nmrn.config.NMRNConfig`)."""
+        return dataclasses.replace(self.cfg)
+
+
+def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _merge(n_rows: int, inverse: Tensor, first: Tensor, second: Tensor) -> Tensor:
+    """Sum per-row gradients of two leaves onto their ``n_rows`` unique rows."""
+    out = first.new_zeros((n_rows,) + first.shape[1:])
+    return out.index_add_(0, inverse, torch.cat([first, second]))
+
+
+def _clip_rows(table: Tensor, rows: Tensor | None, max_norm: float) -> None:
+    """Rescale rows with ``||row|| > max_norm`` onto the ball (in place).
+
+    A row whose norm overflows becomes NaN rather than silently zero, so that divergence is
+    reported (as a non-finite loss) instead of hidden.
+    """
+    block = table if rows is None else table[rows]
+    norms = torch.linalg.vector_norm(block, dim=-1, keepdim=True)
+    scale = (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
+    scale = torch.where(torch.isfinite(norms), scale, torch.full_like(scale, float("nan")))
+    if rows is None:
+        table.mul_(scale)
+    else:
+        table[rows] = block * scale
+
+
+__all__ = ["NMRN"]

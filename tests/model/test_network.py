@@ -1,0 +1,93 @@
+"""NMRNNetwork: distances, growth, variants, and agreement of the batch and all-items paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nmrn.model.memory import address, evolve_sequential
+from nmrn.model.network import NMRNNetwork
+
+
+def _net(**kw) -> NMRNNetwork:
+    g = torch.Generator().manual_seed(0)
+    return NMRNNetwork(4, 6, dim=3, memory_slots=2, generator=g, **kw).double()
+
+
+def test_distance_is_euclidean_with_finite_gradient_at_zero() -> None:
+    net = _net()
+    s = torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    v = torch.tensor([[3.0, 4.0, 0.0]], dtype=torch.float64)
+    assert net.distance(s, v).item() == pytest.approx(5.0)
+    net.distance(s, s.detach().clone()).sum().backward()
+    assert torch.isfinite(s.grad).all()
+    sq = _net(squared_distance=True)
+    assert sq.distance(s.detach(), v).item() == pytest.approx(25.0)
+
+
+def test_forward_matches_a_per_event_oracle() -> None:
+    net = _net(personal_offset=True, item_bias=True)
+    with torch.no_grad():
+        net.bias.copy_(torch.arange(6, dtype=torch.float64) / 10)
+    users, pos = torch.tensor([0, 2, 0]), torch.tensor([1, 5, 3])
+    neg = torch.tensor([[2, 3], [0, 4], [5, 1]])
+    u, v, vn = net.user_emb[users], net.item_emb[pos], net.item_emb[neg]
+    d_pos, d_neg, final = net(u, v, vn, net.init_values, None, net.bias[pos], net.bias[neg])
+    w = address(u, net.keys)
+    erase, add = net.gates(v)
+    reads, final_ref = evolve_sequential(net.init_values, w, erase, add)
+    for t in range(3):  # row t against a direct computation for event t (no reshape mix-up)
+        s = reads[t] + u[t]
+        assert d_pos[t].item() == pytest.approx((s - v[t]).norm().item() + net.bias[pos[t]].item())
+        for j in range(2):
+            want = (s - net.item_emb[neg[t, j]]).norm() + net.bias[neg[t, j]]
+            assert d_neg[t, j].item() == pytest.approx(want.item())
+    torch.testing.assert_close(final, final_ref)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"squared_distance": True, "item_bias": True},
+        {"addressing": "neg_dist", "personal_offset": True},
+    ],
+)
+def test_score_all_agrees_with_distance(kw: dict) -> None:
+    net = _net(**kw)
+    users = torch.tensor([1, 3])
+    u = net.user_emb[users]
+    values = torch.randn(2, 3, dtype=torch.float64)
+    all_d = net.score_all(u, values)
+    s = net.interest(u, net.address(u), values)
+    for j in range(6):
+        v = net.item_emb[j].expand(2, 3)
+        bias = None if net.bias is None else net.bias[j].expand(2)
+        torch.testing.assert_close(all_d[:, j], net.distance(s, v, bias).detach().double())
+
+
+def test_learned_temperature_is_a_parameter() -> None:
+    net = _net(learn_temperature=True, temperature=0.5)
+    assert "log_temperature" in dict(net.named_parameters())
+    assert net.temperature().item() == pytest.approx(0.5)
+    assert "log_temperature" not in dict(_net().named_parameters())
+
+
+def test_growth_keeps_old_rows_exactly() -> None:
+    net = _net(item_bias=True)
+    users, items, bias = net.user_emb.detach().clone(), net.item_emb.detach().clone(), None
+    bias = net.bias.detach().clone()
+    param = net.user_emb
+    net.grow(7, 9, torch.Generator().manual_seed(1))
+    assert net.user_emb is param  # same Parameter object
+    assert net.n_users == 7 and net.n_items == 9 and net.bias.shape == (9,)
+    assert torch.equal(net.user_emb[:4], users)
+    assert torch.equal(net.item_emb[:6], items)
+    assert torch.equal(net.bias[:6], bias) and (net.bias[6:] == 0).all()
+    net.grow(2, 2)  # never shrinks
+    assert net.n_users == 7
+
+
+def test_bad_addressing_rejected() -> None:
+    with pytest.raises(ValueError, match="addressing"):
+        NMRNNetwork(1, 1, dim=2, memory_slots=1, addressing="cos")

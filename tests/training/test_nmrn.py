@@ -1,0 +1,294 @@
+"""NMRN behind the Recommender contract: training, growth, checkpoints, determinism, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nmrn.config import NMRNConfig
+from nmrn.errors import CheckpointError, ConfigError, ModelFitError
+from nmrn.model.memory import evolve_sequential
+from nmrn.training.base import Recommender
+from nmrn.training.nmrn import NMRN
+
+SMALL = {"dim": 8, "memory_slots": 4, "batch_size": 16, "epochs": 2, "n_candidates": 5}
+
+
+def _stream(
+    n: int = 240, n_users: int = 12, n_items: int = 30, seed: int = 0, t0: int = 0
+) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "user": rng.integers(0, n_users, n),
+            "item": rng.integers(0, n_items, n),
+            "timestamp": np.arange(t0, t0 + n),
+        }
+    )
+
+
+def _model(**kw) -> NMRN:
+    return NMRN(**{**SMALL, **kw})
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def test_config_object_and_keywords_agree() -> None:
+    cfg = NMRNConfig(**SMALL)
+    a, b = NMRN(cfg), NMRN(**SMALL)
+    assert a.to_config() == b.to_config() == cfg
+    assert NMRN(cfg, dim=16).dim == 16  # a non-default keyword overrides the config
+    assert NMRN({"dim": 12}).dim == 12
+    assert a.get_params()["config"] is None and a.get_params()["dim"] == 8
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"dim": 0}, "dim must be >= 1"),
+        ({"lr": float("inf")}, "lr must be finite"),
+        ({"addressing": "dott"}, "did you mean 'dot'"),
+        ({"sampler": "unifrom"}, "did you mean"),
+        ({"memory_slots": 2.5}, "must be an int"),
+    ],
+)
+def test_bad_config_rejected(kw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        NMRN(**kw)
+
+
+def test_unknown_config_key_suggests() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'margin'"):
+        NMRN({"margn": 0.1})
+
+
+# -- learning --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kw", [{"addressing": "neg_dist", "temperature": 0.1}, {"personal_offset": True}]
+)
+def test_fit_learns_a_two_group_world(kw: dict) -> None:
+    # users 0..5 only ever see items 0..4; users 6..11 only items 5..9. (The paper-faithful
+    # dot addressing with norms clipped to 1 separates the groups too slowly for a fast test.)
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, 12, 600)
+    items = np.where(users < 6, rng.integers(0, 5, 600), rng.integers(5, 10, 600))
+    df = pd.DataFrame({"user": users, "item": items, "timestamp": np.arange(600)})
+    rec = _model(epochs=15, lr=0.1, **kw).fit(df)
+    scores = rec.score(np.arange(12), np.arange(10))  # [12, 10]
+    own = np.where(np.arange(12)[:, None] < 6, np.arange(10) < 5, np.arange(10) >= 5)
+    assert scores[own].mean() > scores[~own].mean()
+    hits = [set(rec.recommend(u, k=5, exclude_seen=False).items) for u in range(12)]
+    correct = sum(len(h & set(range(0, 5) if u < 6 else range(5, 10))) for u, h in enumerate(hits))
+    assert correct >= 0.8 * 60
+
+
+def test_fit_memory_state_is_end_of_history_state() -> None:
+    df = _stream(50)
+    rec = _model(epochs=0).fit(df)  # no training: the state is the init evolved by the history
+    net = rec.network
+    u = torch.from_numpy(rec.users.encode(df["user"].to_numpy()))
+    i = torch.from_numpy(rec.items.encode(df["item"].to_numpy()))
+    with torch.no_grad():
+        erase, add = net.gates(net.item_emb[i])
+        _, final = evolve_sequential(net.init_values, net.address(net.user_emb[u]), erase, add)
+    torch.testing.assert_close(rec._memory, final)
+
+
+def test_learn_passes_evolve_memory_once_per_event() -> None:
+    base = _stream(120)
+    new = _stream(40, seed=3, t0=200)
+    one = _model(learn_passes=1, lr=1e-9, optimizer="sgd").fit(base)
+    three = _model(learn_passes=3, lr=1e-9, optimizer="sgd").fit(base)
+    one.learn(new)
+    three.learn(new)
+    # with a negligible learning rate, extra passes change nothing but the number of steps
+    torch.testing.assert_close(one._memory, three._memory, rtol=1e-5, atol=1e-6)
+    assert three._step - one._step == 2 * (-(-40 // SMALL["batch_size"]))
+
+
+def test_growth_keeps_rows_and_optimizer_state_consistent() -> None:
+    rec = _model().fit(_stream(100, n_users=5, n_items=10))
+    users_before = rec.network.user_emb.detach().clone()
+    items_before = rec.network.item_emb.detach().clone()
+    acc_before = rec._accumulators["item_emb"].clone()
+    assert (acc_before > 0).any()
+    new = pd.DataFrame({"user": ["new-u"], "item": ["new-i"], "timestamp": [1000]})
+    # a single event on new ids: the untouched old rows must stay exactly as they were
+    rec.learn(new)
+    n_u, n_i = len(rec.users), len(rec.items)
+    assert rec.network.user_emb.shape == (n_u, 8) and rec.network.item_emb.shape == (n_i, 8)
+    for name, param in rec.network.named_parameters():
+        assert rec._accumulators[name].shape == param.shape, name
+    touched = set(rec.items.encode(["new-i"]).tolist())
+    step_items = rec._accumulators["item_emb"][: len(acc_before)]
+    changed = torch.nonzero((step_items != acc_before).any(dim=1)).flatten().tolist()
+    # only rows drawn as negatives (or the positive) in that one step moved
+    assert len(changed) <= SMALL["n_candidates"] + 1
+    unchanged = [j for j in range(len(acc_before)) if j not in changed]
+    assert torch.equal(rec.network.item_emb[unchanged], items_before[unchanged])
+    assert torch.equal(rec.network.user_emb[:5], users_before)  # no old user in the step
+    assert touched.isdisjoint(range(len(acc_before)))
+
+
+def test_cold_user_item_mean_init() -> None:
+    rec = _model(cold_user_init="item_mean", lr=1e-9, optimizer="sgd").fit(_stream(60))
+    items = rec.items.encode([1, 2])
+    expected = rec.network.item_emb.detach()[torch.from_numpy(items)].mean(0)
+    rec.learn(pd.DataFrame({"user": ["fresh", "fresh"], "item": [1, 2], "timestamp": [999, 1000]}))
+    got = rec.network.user_emb.detach()[rec.users.get("fresh")]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"per_user_memory": True},
+        {"addressing": "neg_dist", "learn_temperature": True},
+        {"item_bias": True, "personal_offset": True, "squared_distance": True},
+        {"grad_clip": 0.5},
+        {"optimizer": "sgd"},
+    ],
+)
+def test_variants_train_and_round_trip(kw: dict, tmp_path) -> None:
+    rec = _model(**kw).fit(_stream(80))
+    rec.learn(_stream(20, seed=5, t0=500, n_users=15))
+    assert np.isfinite(rec.score(rec.known_users, rec.known_items)).all()
+    back = NMRN.load(rec.save(tmp_path / "ckpt"))
+    users = list(rec.known_users)
+    np.testing.assert_array_equal(rec.recommend(users, k=5).items, back.recommend(users, k=5).items)
+
+
+def test_per_user_memory_is_per_user() -> None:
+    rec = _model(per_user_memory=True, epochs=1).fit(_stream(60, n_users=3))
+    before = rec._memory.clone()
+    rec.learn(pd.DataFrame({"user": [0], "item": [1], "timestamp": [1000]}))
+    moved = (rec._memory != before).flatten(1).any(dim=1)
+    assert moved.tolist() == [i == rec.users.get(0) for i in range(len(rec.users))]
+
+
+# -- checkpoints and determinism -------------------------------------------------------------------
+def test_save_load_identical_recommendations_and_continued_learning(tmp_path) -> None:
+    rec = _model().fit(_stream(150))
+    back = NMRN.load(rec.save(tmp_path / "a"))
+    assert isinstance(back, NMRN) and back.to_config() == rec.to_config()
+    users = list(rec.known_users) + ["unknown"]
+    for a, b in [(rec, back)]:
+        np.testing.assert_array_equal(a.recommend(users, k=7).items, b.recommend(users, k=7).items)
+        np.testing.assert_array_equal(
+            a.recommend(users, k=7).scores, b.recommend(users, k=7).scores
+        )
+    more = _stream(60, n_users=20, n_items=40, seed=9, t0=1000)  # new users and items too
+    rec.learn(more)
+    back.learn(more)
+    for name, p in rec.network.state_dict().items():
+        assert torch.equal(p, back.network.state_dict()[name]), name
+    np.testing.assert_array_equal(
+        rec.score(users, rec.known_items), back.score(users, back.known_items)
+    )
+
+
+def test_checkpoint_architecture_mismatch_rejected(tmp_path) -> None:
+    rec = _model().fit(_stream(40))
+    arrays, meta = rec._state()
+    other = _model(dim=4)
+    with pytest.raises(CheckpointError, match="architecture"):
+        other._load_state(arrays, meta)
+    # loading reads the architecture from the checkpoint, not from the caller
+    assert Recommender.load(rec.save(tmp_path / "c")).dim == 8
+
+
+def test_same_seed_same_model_different_seed_differs() -> None:
+    df = _stream(100)
+    a, b, c = _model(seed=3).fit(df), _model(seed=3).fit(df), _model(seed=4).fit(df)
+    for name, p in a.network.state_dict().items():
+        assert torch.equal(p, b.network.state_dict()[name]), name
+    assert not torch.equal(a.network.user_emb, c.network.user_emb)
+
+
+def test_private_generator_leaves_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _model().fit(_stream(40))
+    assert torch.equal(torch.rand(3), expected)
+
+
+# -- recommend contract ----------------------------------------------------------------------------
+_TRAINED = _model(epochs=1).fit(_stream(200, n_users=10, n_items=25))
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 9), st.integers(1, 40), st.booleans())
+def test_recommend_returns_distinct_known_unexcluded_sorted(user: int, k: int, excl: bool) -> None:
+    rec = _TRAINED
+    items, scores = rec.recommend(user, k=k, exclude_seen=excl)
+    seen = set(rec.items.decode(rec.history.items_of(rec.users.get(user))).tolist())
+    n_cand = len(rec.items) - (len(seen) if excl else 0)
+    valid = [x for x in items.tolist() if x is not None]
+    assert len(items) == min(k, len(rec.items)) and len(valid) == min(k, n_cand)
+    assert len(set(valid)) == len(valid) and set(valid) <= set(rec.known_items.tolist())
+    if excl:
+        assert not set(valid) & seen
+    finite = scores[np.isfinite(scores)]
+    assert np.all(np.diff(finite) <= 0)
+    np.testing.assert_allclose(finite, rec.score([user], valid)[0])
+
+
+# -- divergence ------------------------------------------------------------------------------------
+def test_poisoned_weight_raises_model_fit_error() -> None:
+    rec = _model().fit(_stream(40))
+    with torch.no_grad():
+        rec.network.keys[0, 0] = float("nan")
+    with pytest.raises(ModelFitError, match=r"non-finite loss .* at step \d+ .*lower lr"):
+        rec.learn(_stream(20, t0=100))
+
+
+def test_huge_learning_rate_raises_model_fit_error() -> None:
+    with pytest.raises(ModelFitError, match="step"):
+        _model(lr=1e30, optimizer="sgd", epochs=5, max_norm=1e30).fit(_stream(200))
+
+
+# -- the uniform sampler ---------------------------------------------------------------------------
+@settings(deadline=None, max_examples=50)
+@given(
+    st.integers(2, 40),
+    st.integers(1, 20),
+    st.integers(1, 12),
+    st.integers(0, 2**31 - 1),
+    st.booleans(),
+)
+def test_uniform_sampler_avoids_positive_and_exclusions(
+    n_items: int, n: int, rows: int, seed: int, with_exclude: bool
+) -> None:
+    from nmrn.sampling import UniformSampler
+
+    g = torch.Generator().manual_seed(seed)
+    sampler = UniformSampler(n_items)
+    pos = torch.randint(0, n_items, (rows,), generator=g)
+    exclude = None
+    if with_exclude and n_items > 2:
+        exclude = torch.stack([(pos + 1) % n_items, torch.full_like(pos, -1)], dim=1)  # [B, 2]
+    neg = sampler.sample(torch.zeros(rows, dtype=torch.long), pos, n, generator=g, exclude=exclude)
+    assert neg.shape == (rows, n) and neg.dtype == torch.long
+    assert ((neg >= 0) & (neg < n_items)).all()
+    assert (neg != pos[:, None]).all()
+    if exclude is not None:
+        assert (neg != exclude[:, :1]).all()
+
+
+def test_uniform_sampler_is_uniform_and_rejects_tiny_catalogues() -> None:
+    from nmrn.sampling import SamplingError, UniformSampler, make_sampler
+
+    g = torch.Generator().manual_seed(0)
+    neg = UniformSampler(5).sample(torch.zeros(1), torch.tensor([2]), 20_000, generator=g)
+    counts = torch.bincount(neg[0], minlength=5).double() / 20_000
+    assert counts[2] == 0 and torch.allclose(
+        counts[[0, 1, 3, 4]], torch.full((4,), 0.25, dtype=torch.float64), atol=0.02
+    )
+    with pytest.raises(SamplingError, match="at least 2"):
+        UniformSampler(1).sample(torch.zeros(1), torch.tensor([0]), 3, generator=g)
+    with pytest.raises(ConfigError, match="did you mean 'uniform'"):
+        make_sampler("unifom")
