@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nmrn import __version__
+from nmrn.argtypes import fraction, positive_int
 from nmrn.errors import ConfigError, NMRNError
 
 log = logging.getLogger("nmrn")
@@ -38,26 +39,6 @@ class _Parser(argparse.ArgumentParser):
 
 class _UsageError(Exception):
     pass
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
-    return value
 
 
 def _columns(text: str) -> dict[str, str]:
@@ -140,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated model names (default: %(default)s)",
     )
     ev.add_argument("--protocol", choices=["blocks", "chunks", "both"], default="blocks")
-    ev.add_argument("--chunk-size", type=_positive_int, default=1000)
-    ev.add_argument("--base-fraction", type=_fraction, default=0.6)
-    ev.add_argument("--blocks", type=_positive_int, default=5)
+    ev.add_argument("--chunk-size", type=positive_int, default=1000)
+    ev.add_argument("--base-fraction", type=fraction, default=0.6)
+    ev.add_argument("--blocks", type=positive_int, default=5)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument(
         "--param",
@@ -170,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recommend", help="top-k items for users from a checkpoint")
     rc.add_argument("--checkpoint", type=Path, required=True)
     rc.add_argument("--user", action="append", required=True, help="a user id (repeatable)")
-    rc.add_argument("-k", type=_positive_int, default=10)
+    rc.add_argument("-k", type=positive_int, default=10)
     rc.add_argument("--include-seen", action="store_true")
 
     from nmrn.serving.commands import add_serve_command

@@ -19,8 +19,8 @@ from nmrn.training.nmrn import NMRN
 
 PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     "pop": (Popularity, {}),
-    "recent-pop": (RecentPopularity, {}),
-    "item-knn": (ItemKNN, {}),
+    "recent-pop": (RecentPopularity, {"window": 10_000}),
+    "item-knn": (ItemKNN, {"history_len": 400, "recency_decay": 0.7, "alpha": 1.0}),
     "bpr": (BPR, {}),
     # the paper's model as DESIGN §1 specifies it: dot addressing, global value memory, plain
     # Euclidean distance, uniform negatives; every variant off

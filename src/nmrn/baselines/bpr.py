@@ -14,12 +14,12 @@ Negatives are drawn uniformly over the known items; a draw that the user has alr
 redrawn, up to ``n_resample`` times (after that it is kept: with a few redraws this is rare
 unless a user has consumed most of the catalogue).
 
-Optimiser. ``"adagrad"`` (the default: on MovieLens-100K it beat lazy Adam at equal budgets and
-is the natural choice for sparse rows) keeps a per-parameter sum of squared gradients;
-``"adam"`` is lazy Adam (moments updated only on the touched rows, bias correction by the global
-step, like ``torch.optim.SparseAdam``). Either way the optimiser state has the shape of the
-tables and grows with them: new users and items get fresh rows (``N(0, init_std^2)`` embeddings,
-zero bias, zero optimiser state) while existing rows are left untouched.
+Optimiser. ``"adagrad"`` (the default, the usual choice for sparse rows) keeps a per-parameter
+sum of squared gradients; ``"adam"`` is lazy Adam (moments updated only on the touched rows,
+bias correction by the global step, like ``torch.optim.SparseAdam``). Either way the optimiser
+state has the shape of the tables and grows with them: new users and items get fresh rows
+(``N(0, init_std^2)`` embeddings, zero bias, zero optimiser state) while existing rows are left
+untouched.
 
 ``fit`` runs ``epochs`` shuffled passes over its events with learning rate ``lr``; ``learn`` runs
 ``learn_passes`` shuffled passes over the new batch with ``learn_lr`` (``None``: ``lr``). All

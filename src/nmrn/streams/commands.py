@@ -23,31 +23,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from nmrn.argtypes import positive_int, positive_seconds
 from nmrn.errors import ConfigError, NMRNError
 from nmrn.streams.consumer import Consumer
 from nmrn.streams.sources import EventSource, FileSource
 
 __all__ = ["add_consume_command", "make_source", "run_consume"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
 
 
 def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -78,11 +59,11 @@ def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
     file_opts.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     file_opts.add_argument("--follow", action="store_true", help="tail a growing file")
     file_opts.add_argument("--sentinel", help="a line that ends the stream, e.g. __END__")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=1000, metavar="N")
-    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N")
-    p.add_argument("--max-events", type=_positive_int, metavar="N", help="stop after N events")
+    p.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N")
+    p.add_argument("--max-events", type=positive_int, metavar="N", help="stop after N events")
     p.add_argument(
-        "--idle-timeout", type=_positive_float, metavar="S", help="stop after S idle seconds"
+        "--idle-timeout", type=positive_seconds, metavar="S", help="stop after S idle seconds"
     )
     p.set_defaults(handler=run_consume)
     return p
