@@ -1,12 +1,19 @@
-"""Serving throughput and latency over loopback: a real ``nmrn serve`` process, an async client.
+"""Serving throughput and latency over loopback: a real ``nmrn serve`` process, a lean client.
 
 For each (catalogue, model) it measures ``GET /recommendations/{user}?k=10`` throughput and
-p50/p99 latency, first alone, then while a second client ingests events at a fixed rate through
+p50/p99 latency, first alone, then while events are ingested at a fixed rate through
 ``POST /events`` (fsynced journal, as in production). Every phase is bounded in time and in
-request count, and the server is stopped (SIGTERM, final checkpoint) at the end.
+request count, is repeated ``--repeats`` times (the table shows medians), and the server is
+stopped (SIGTERM, final checkpoint) at the end.
 
-    .venv/bin/python benchmarks/bench_serve.py                 # ~1 minute
-    .venv/bin/python benchmarks/bench_serve.py --seconds 3 --quick
+The client runs in its own process and speaks HTTP/1.1 over raw asyncio keep-alive connections
+(uvloop when installed): a general-purpose client such as httpx costs several times the CPU of
+the server's answer, and on a small machine it would take that CPU from the server. The CPU the
+client and the server used during each phase is reported (in % of one core), so that the share
+of the machine each took is visible next to the throughput.
+
+    .venv/bin/python benchmarks/bench_serve.py                 # ~2.5 minutes
+    .venv/bin/python benchmarks/bench_serve.py --seconds 3 --repeats 1 --quick
 
 Catalogues: ML-100K (``/work/shared/data/ml-100k/ml-100k.inter`` or ``--data``; 943 users,
 1,682 items) and a synthetic 100,000-item catalogue (Zipf item popularity, 20,000 users,
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import signal
 import socket
@@ -27,11 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
 ML100K = Path("/work/shared/data/ml-100k/ml-100k.inter")
+TOKEN = "bench"
 SERVE = """
 import argparse, sys
 from nmrn.serving.commands import add_serve_command, run_serve
@@ -39,6 +49,7 @@ parser = argparse.ArgumentParser()
 add_serve_command(parser.add_subparsers(dest="command"))
 sys.exit(run_serve(parser.parse_args(sys.argv[1:])))
 """
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def ml100k(path: Path) -> pd.DataFrame:
@@ -61,13 +72,169 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(ckpt: Path, port: int) -> subprocess.Popen[bytes]:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+# -- a lean HTTP/1.1 client ------------------------------------------------------------------------
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one request in flight at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        at = head.index(b"content-length:") + 15
+        stop = head.find(b"\r\n", at)
+        length = int(head[at : stop if stop >= 0 else len(head)])
+        if len(self.buffer) < end + 4 + length:
+            return
+        status = int(head[9:12])
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        waiter, self.waiter = self.waiter, None
+        waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the server closed the connection"))
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return await self.waiter
+
+
+async def _connect(port: int) -> _Connection:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(_Connection, "127.0.0.1", port)
+    return conn
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+
+def _post(path: str, body: bytes) -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def _phase(port: int, users: list[Any], items: list[Any], *, seconds: float,
+                 max_requests: int, concurrency: int, ingest_rate: float, ingest_batch: int,
+                 ingest_connections: int) -> dict[str, Any]:
+    rng = np.random.default_rng(1)
+    picks = rng.integers(0, len(users), max_requests).tolist()
+    paths = [_get(f"/recommendations/{quote(str(u), safe='')}?k=10") for u in users]
+    latencies: list[float] = []
+    ingest_lat: list[float] = []
+    counts = {"errors": 0, "ingested": 0}
+    readers = [await _connect(port) for _ in range(concurrency)]
+    ingesters = [await _connect(port) for _ in range(ingest_connections if ingest_rate else 0)]
+    counter = iter(range(max_requests))
+    stop_at = time.perf_counter() + seconds
+
+    async def reader(conn: _Connection) -> None:
+        for j in counter:
+            t0 = time.perf_counter()
+            if t0 > stop_at:
+                return
+            status, _ = await conn.request(paths[picks[j]])
+            latencies.append(time.perf_counter() - t0)
+            counts["errors"] += status != 200
+
+    async def ingester(conn: _Connection, offset: float) -> None:
+        # paced (open loop): a late request is sent at once, so a slow server is not hidden
+        interval = ingest_batch * len(ingesters) / ingest_rate
+        t_next = time.perf_counter() + offset * interval
+        while True:
+            await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
+            if time.perf_counter() > stop_at:
+                return
+            events = [{"user": users[int(rng.integers(len(users)))],
+                       "item": items[int(rng.integers(len(items)))],
+                       "timestamp": time.time()} for _ in range(ingest_batch)]
+            t0 = time.perf_counter()
+            status, _ = await conn.request(_post("/events", json.dumps({"events": events})
+                                                 .encode()))
+            ingest_lat.append(time.perf_counter() - t0)
+            if status == 202:
+                counts["ingested"] += ingest_batch
+            else:
+                counts["errors"] += 1
+            t_next += interval
+
+    cpu0, start = time.process_time(), time.perf_counter()
+    tasks = [reader(c) for c in readers]
+    tasks += [ingester(c, j / max(1, len(ingesters))) for j, c in enumerate(ingesters)]
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    client_cpu = time.process_time() - cpu0
+    for conn in readers + ingesters:
+        assert conn.transport is not None
+        conn.transport.close()
+    lat = np.array(latencies) * 1000
+    out = {
+        "requests": len(latencies), "seconds": round(elapsed, 2),
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2), "errors": counts["errors"],
+        "client_cpu": round(100 * client_cpu / elapsed, 1),
+    }
+    if ingest_rate > 0:
+        il = np.array(ingest_lat) * 1000 if ingest_lat else np.zeros(1)
+        out.update({"events_per_s": round(counts["ingested"] / elapsed, 1),
+                    "ingest_p99_ms": round(float(np.percentile(il, 99)), 2)})
+    return out
+
+
+def _client_process(queue: Any, kwargs: dict[str, Any]) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    queue.put(asyncio.run(_phase(**kwargs)))
+
+
+def run_phase(proc: subprocess.Popen[bytes], port: int, **kwargs: Any) -> dict[str, Any]:
+    """One phase: the client in a fresh process; server CPU from /proc around it."""
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    client = ctx.Process(target=_client_process, args=(queue, {"port": port, **kwargs}))
+    server0, wall0 = process_cpu_seconds(proc.pid), time.perf_counter()
+    client.start()
+    result = queue.get(timeout=kwargs["seconds"] + 120)
+    client.join(30)
+    wall = time.perf_counter() - wall0
+    result["server_cpu"] = round(100 * (process_cpu_seconds(proc.pid) - server0) / wall, 1)
+    result["load1"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+def start_server(ckpt: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     import httpx
 
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, "serve", "--checkpoint", str(ckpt), "--port", str(port),
-         "--log-level", "warning", "--checkpoint-every", "100000", "--checkpoint-seconds", "0"],
-        env=dict(os.environ, NMRN_TOKEN="bench"),
+         "--log-level", "warning", "--checkpoint-every", "100000", "--checkpoint-seconds", "0",
+         *extra],
+        env=dict(os.environ, NMRN_TOKEN=TOKEN),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -80,75 +247,12 @@ def start_server(ckpt: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the server did not start")
 
 
-async def _phase(base: str, users: list[Any], items: list[Any], *, seconds: float,
-                 max_requests: int, concurrency: int, ingest_rate: float, ingest_batch: int
-                 ) -> dict[str, Any]:
+def _apply_lag(port: int) -> float:
     import httpx
 
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + seconds
-    rng = np.random.default_rng(1)
-    picks = rng.integers(0, len(users), max_requests).tolist()
-    counter = iter(range(max_requests))
-    ingested = 0
-    ingest_lat: list[float] = []
-
-    n_conn = concurrency + 2
-    limits = httpx.Limits(max_connections=n_conn, max_keepalive_connections=n_conn)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as client:
-
-        async def reader() -> None:
-            nonlocal errors
-            for j in counter:
-                if time.perf_counter() > stop_at:
-                    return
-                t0 = time.perf_counter()
-                r = await client.get(f"/recommendations/{users[picks[j]]}", params={"k": 10})
-                latencies.append(time.perf_counter() - t0)
-                errors += r.status_code != 200
-
-        async def ingester() -> None:
-            nonlocal ingested, errors
-            interval = ingest_batch / ingest_rate
-            t_next = time.perf_counter()
-            headers = {"Authorization": "Bearer bench"}
-            while time.perf_counter() < stop_at:
-                events = [{"user": users[int(rng.integers(len(users)))],
-                           "item": items[int(rng.integers(len(items)))],
-                           "timestamp": time.time()} for _ in range(ingest_batch)]
-                t0 = time.perf_counter()
-                r = await client.post("/events", json={"events": events}, headers=headers)
-                ingest_lat.append(time.perf_counter() - t0)
-                if r.status_code == 202:
-                    ingested += ingest_batch
-                else:
-                    errors += 1
-                t_next += interval
-                await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
-
-        start = time.perf_counter()
-        tasks = [reader() for _ in range(concurrency)]
-        if ingest_rate > 0:
-            tasks.append(ingester())
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-        metrics = (await client.get("/metrics")).text
-    lag = next(float(line.split()[1]) for line in metrics.splitlines()
-               if line.startswith("nmrn_apply_lag_events "))
-    lat = np.array(latencies) * 1000
-    out = {
-        "requests": len(latencies), "seconds": round(elapsed, 2),
-        "rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 2),
-        "p99_ms": round(float(np.percentile(lat, 99)), 2), "errors": errors,
-    }
-    if ingest_rate > 0:
-        il = np.array(ingest_lat) * 1000
-        out.update({"events_per_s": round(ingested / elapsed, 1),
-                    "ingest_p99_ms": round(float(np.percentile(il, 99)), 2),
-                    "apply_lag_at_end": lag})
-    return out
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return next(float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("nmrn_apply_lag_events "))
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -161,6 +265,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     setups += [("100k items", "pop", big)]
     if not args.quick:
         setups += [("100k items", "item-knn", big)]
+    if args.only:
+        setups = [s for s in setups if f"{s[0]}/{s[1]}" in args.only or s[1] in args.only]
     results = []
     last_frame = None
     for catalogue, model_name, frame in setups:
@@ -168,25 +274,31 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         last_frame = frame
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "model.ckpt"
-            t0 = time.perf_counter()
             model = make_model(model_name).fit(frame)
-            fit_s = time.perf_counter() - t0
             model.save(ckpt)
             users = model.known_users.tolist()
             items = model.known_items.tolist()
             port = free_port()
-            proc = start_server(ckpt, port)
+            proc = start_server(ckpt, port, args.server_arg)
+            common = {"users": users, "items": items, "max_requests": args.max_requests,
+                      "concurrency": args.concurrency, "ingest_batch": args.ingest_batch,
+                      "ingest_connections": args.ingest_connections}
             try:
+                run_phase(proc, port, seconds=1.0, ingest_rate=0.0, **common)  # warm-up
                 for ingest in (0.0, args.ingest_rate):
-                    res = asyncio.run(_phase(
-                        f"http://127.0.0.1:{port}", users, items, seconds=args.seconds,
-                        max_requests=args.max_requests, concurrency=args.concurrency,
-                        ingest_rate=ingest, ingest_batch=args.ingest_batch))
-                    row = {"catalogue": catalogue, "model": model_name,
-                           "items": len(items), "fit_s": round(fit_s, 2),
-                           "ingest": ingest > 0, **res}
+                    runs = []
+                    for _ in range(args.repeats):
+                        res = run_phase(proc, port, seconds=args.seconds, ingest_rate=ingest,
+                                        **common)
+                        res["apply_lag_at_end"] = _apply_lag(port)
+                        runs.append(res)
+                        print(json.dumps({"catalogue": catalogue, "model": model_name, **res}),
+                              flush=True)
+                    row = {"catalogue": catalogue, "model": model_name, "items": len(items),
+                           "ingest": ingest > 0, "repeats": len(runs),
+                           **{key: float(np.median([r[key] for r in runs])) for key in runs[0]}}
+                    row["p99_ms_max"] = max(r["p99_ms"] for r in runs)
                     results.append(row)
-                    print(json.dumps(row), flush=True)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -196,24 +308,50 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table (medians over the repeats)."""
+    lines = [
+        "| catalogue | model | ingest | events/s | req/s | p50 ms | p99 ms (max) | ingest p99 ms "
+        "| server CPU | server CPU µs/req | client CPU | load1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        events = f"{r['events_per_s']:.0f}" if r["ingest"] else "-"
+        ingest_p99 = f"{r['ingest_p99_ms']:.1f}" if r["ingest"] else "-"
+        lines.append(
+            f"| {r['catalogue']} ({r['items']:,} items) | {r['model']} | "
+            f"{'yes' if r['ingest'] else 'no'} | {events} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.1f} ({r['p99_ms_max']:.1f}) | {ingest_p99} | "
+            f"{r['server_cpu']:.0f}% | {10_000 * r['server_cpu'] / r['rps']:.0f} | "
+            f"{r['client_cpu']:.0f}% | {r['load1']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ML100K)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each phase")
-    parser.add_argument("--max-requests", type=int, default=50_000, help="cap per phase")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per phase (medians shown)")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="cap per phase")
+    parser.add_argument("--concurrency", type=int, default=8, help="reader connections")
     parser.add_argument("--ingest-rate", type=float, default=1000.0, help="events per second")
     parser.add_argument("--ingest-batch", type=int, default=10, help="events per POST")
+    parser.add_argument("--ingest-connections", type=int, default=2,
+                        help="ingest connections (requests in flight at once)")
     parser.add_argument("--quick", action="store_true", help="skip item-knn on 100k items")
+    parser.add_argument("--only", nargs="*", default=[],
+                        help="setups to run, e.g. 'ml-100k/pop' or 'item-knn'")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra argument for 'nmrn serve' (repeatable)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
+    print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     results = run(args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
     print()
-    print(f"{'catalogue':<11} {'model':<9} {'ingest':>6} {'req/s':>8} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'ev/s':>7} {'lag':>5}")
-    for r in results:
-        print(f"{r['catalogue']:<11} {r['model']:<9} {str(r['ingest']):>6} {r['rps']:>8} "
-              f"{r['p50_ms']:>7} {r['p99_ms']:>7} {r.get('events_per_s', '-'):>7} "
-              f"{r.get('apply_lag_at_end', '-'):>5}")
+    print(markdown(results))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="most accepted-but-unapplied events before ingest answers 503")
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync the journal per request (loses events on a machine crash)")
+    p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+                   help="event loop (auto: uvloop when installed)")
+    p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
+                   help="HTTP/1.1 parser (auto: httptools when installed)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -126,6 +130,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("replayed %d journalled events after an unclean stop", service.replayed)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
+        loop=args.loop, http=args.http,
         access_log=False, timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)

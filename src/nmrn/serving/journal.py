@@ -1,4 +1,4 @@
-"""The write-ahead journal of accepted events: append-only JSON lines, one fsync per append.
+"""The write-ahead journal of accepted events: append-only JSON lines, fsynced by group commit.
 
 Each accepted request becomes one line::
 
@@ -15,6 +15,15 @@ acknowledged request survives a crash of the process or of the machine. A crash 
 an append can leave a torn last line; that request was never acknowledged, and opening the
 journal drops it (the file is truncated back to the last whole line). A damaged line anywhere
 else is not a torn write, and opening raises :class:`JournalError` rather than guess.
+
+Group commit. :meth:`Journal.append` is :meth:`Journal.write` (numbering and writing, under a
+short lock) followed by :meth:`Journal.sync` (waiting until the line is on the disk). One thread
+at a time fsyncs, outside the write lock, and one fsync covers every line written before it
+started: requests that arrive while a fsync runs wait for the next one and share it, so
+concurrent appends cost one fsync per round rather than one each, and an acknowledgement still
+never comes before the line is durable. If a write or a fsync fails, the journal refuses every
+later write (:class:`JournalError`): after a failed fsync nobody can tell which lines reached the
+disk, and the safe answer is to stop taking events and restart from the file.
 
 Rotation. After a checkpoint that includes every event up to ``seq``, :meth:`Journal.truncate`
 rewrites the file without the entries the checkpoint covers (temporary file, fsync, rename), so
@@ -148,10 +157,15 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str], *, start_seq: int = 1, fsync: bool = True):
         self.path = Path(path)
         self.fsync = bool(fsync)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # numbering, writing, rotating
+        self._sync_cond = threading.Condition()  # durable_seq, the fsync in progress, failure
+        self._syncing = False
+        self._failure: BaseException | None = None
+        self.syncs = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._first, last = self._scan_and_repair()
         self.next_seq = max(int(start_seq), last + 1)
+        self.durable_seq = self.next_seq - 1
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
 
     def __repr__(self) -> str:
@@ -210,25 +224,116 @@ class Journal:
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, events: Sequence[Sequence[Any]]) -> tuple[int, int]:
-        """Write the events as one entry and fsync; returns ``(first seq, last seq)``.
+        """Write the events as one entry and wait until it is durable; returns
+        ``(first seq, last seq)``. The same as :meth:`write` then :meth:`sync`.
 
         Parameters
         ----------
         events
             ``(user, item, timestamp[, weight])`` tuples; at least one.
         """
+        first, last = self.write(events)
+        self.sync(last)
+        return first, last
+
+    @property
+    def failed(self) -> bool:
+        """Whether a write or a fsync failed (the journal then refuses every write)."""
+        return self._failure is not None
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise JournalError(
+                f"{self.path}: a write or fsync failed earlier ({self._failure}); the journal "
+                "takes no more events (restart the service to recover from the file)"
+            )
+
+    def write(self, events: Sequence[Sequence[Any]]) -> tuple[int, int]:
+        """Number the events and write them as one entry, without waiting for the disk;
+        returns ``(first seq, last seq)``. The entry is durable once :meth:`sync` covering its
+        last sequence number returns: nobody may be told it was accepted before that.
+
+        Raises
+        ------
+        JournalError
+            The journal failed earlier, or this write failed (it then fails from now on).
+        """
         rows = [_as_row(e) for e in events]
         if not rows:
             raise ValueError("nothing to append: the entry has no events")
         with self._lock:
+            self._check_usable()
             seq = self.next_seq
-            self._file.write(_encode(seq, rows))
-            self._file.flush()
-            if self.fsync:
-                os.fsync(self._file.fileno())
+            try:
+                self._file.write(_encode(seq, rows))
+                self._file.flush()  # into the OS: a fsync by any thread now covers it
+            except OSError as err:  # a partial line may be in the file: stop appending to it
+                self._fail(err)
+                raise JournalError(f"{self.path}: could not write the journal: {err}") from err
             self.next_seq = seq + len(rows)
             self._first = self._first or seq
         return seq, seq + len(rows) - 1
+
+    def sync(self, seq: int | None = None) -> None:
+        """Return once every event up to ``seq`` (default: every one written) is on the disk.
+
+        Group commit: when no fsync is running, the caller runs one covering everything written
+        so far; otherwise it waits for the running one and, if that does not cover ``seq``,
+        for the next one, which one of the waiting callers runs for all of them.
+
+        Raises
+        ------
+        JournalError
+            The fsync failed (now or earlier); what it was meant to cover may not be durable.
+        """
+        target = self.next_seq - 1 if seq is None else seq
+        with self._sync_cond:
+            while True:
+                self._check_usable()
+                if self.durable_seq >= target:
+                    return
+                if not self._syncing:
+                    break
+                self._sync_cond.wait()
+            self._syncing = True
+        upto = self.durable_seq
+        try:
+            with self._lock:
+                self._check_usable()
+                upto = self.next_seq - 1
+                # a duplicate descriptor: a rotation may close the file while this one syncs
+                # (the rotated file is fsynced whole by truncate(), so syncing the old one is
+                # then merely redundant)
+                fd = os.dup(self._file.fileno())
+            try:
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except JournalError:
+            with self._sync_cond:
+                self._syncing = False
+                self._sync_cond.notify_all()
+            raise
+        except OSError as err:
+            with self._lock:
+                self._fail(err)
+            with self._sync_cond:
+                self._syncing = False
+                self._sync_cond.notify_all()
+            raise JournalError(f"{self.path}: could not fsync the journal: {err}") from err
+        with self._sync_cond:
+            self.durable_seq = max(self.durable_seq, upto)
+            self.syncs += 1
+            self._syncing = False
+            self._sync_cond.notify_all()
+
+    def _fail(self, err: BaseException) -> None:
+        """Record a failed write or fsync (caller holds ``_lock``)."""
+        if self._failure is None:
+            self._failure = err
+        with self._sync_cond:
+            self._sync_cond.notify_all()
 
     def truncate(self, upto: int) -> int:
         """Drop the entries whose events all have a sequence number ``<= upto``.
@@ -253,7 +358,12 @@ class Journal:
             self._file = open(self.path, "ab")  # noqa: SIM115
             first = _decode(kept[0]) if kept else None
             self._first = first.seq if first is not None else 0
-            return len(kept)
+            written = self.next_seq - 1
+        with self._sync_cond:  # every line kept was fsynced with the new file
+            if self.fsync and self._failure is None:
+                self.durable_seq = max(self.durable_seq, written)
+            self._sync_cond.notify_all()
+        return len(kept)
 
     def _lines(self) -> list[bytes]:
         self._file.flush()
@@ -265,7 +375,7 @@ class Journal:
         with self._lock:
             if not self._file.closed:
                 self._file.flush()
-                if self.fsync:
+                if self.fsync and self._failure is None:
                     os.fsync(self._file.fileno())
                 self._file.close()
 

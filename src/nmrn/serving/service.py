@@ -4,10 +4,13 @@ for more than one small batch.
 :class:`LiveService` owns one model (any :class:`~nmrn.training.base.Recommender`). The life of
 an event:
 
-1. :meth:`LiveService.submit` checks the events, appends them to the :class:`Journal` (fsynced)
-   under consecutive sequence numbers and queues them; only then does it return, so an event
-   the caller saw accepted survives a crash.
-2. The writer thread takes queued events in order, at most ``apply_batch`` at a time, and calls
+1. :meth:`LiveService.submit` checks the events, writes them to the :class:`Journal` under
+   consecutive sequence numbers and queues them, then waits for the journal's group commit (one
+   fsync shared by every request waiting for it); only then does it return, so an event the
+   caller saw accepted survives a crash.
+2. The writer thread takes queued events in order once they are durable (an event is never
+   applied, so never seen by a read, before it is on the disk), at most ``apply_batch`` at a
+   time, and calls
    ``model.learn`` under the model lock. A read (:meth:`LiveService.recommend`) takes the same
    lock, so it sees the state before or after a batch, never half of one, and waits at most one
    batch. A single lock (rather than a readers-writer lock or a copy-on-write snapshot) is what a
@@ -297,13 +300,26 @@ class LiveService:
                     "retry later"
                 )
             if self.journal is not None:
-                first, last = self.journal.append(events)
+                try:
+                    first, last = self.journal.write(events)
+                except JournalError as err:
+                    raise ServiceUnavailable(f"events are not accepted: {err}") from err
             else:
                 first, last = self.accepted_seq + 1, self.accepted_seq + len(batch)
             with self._cond:
                 self._queue.append((first, batch))
                 self.accepted_seq = last
-                self._cond.notify()
+        if self.journal is not None:
+            # group commit, outside the submit lock: requests arriving meanwhile write their
+            # lines and share the next fsync
+            try:
+                self.journal.sync(last)
+            except JournalError as err:
+                with self._cond:
+                    self._cond.notify()  # the writer drops what can no longer become durable
+                raise ServiceUnavailable(f"events are not accepted: {err}") from err
+        with self._cond:
+            self._cond.notify()  # durable now: the writer may apply it
         return first, last
 
     def wait_applied(self, seq: int | None = None, timeout: float = 10.0) -> bool:
@@ -330,11 +346,33 @@ class LiveService:
         ``recs.items``/``recs.scores`` are ``[n, k']``, ``recs.cold`` is ``[n]``.
         """
         with self._model_lock:
-            start = time.perf_counter()
-            if text_ids:
-                users = [self._resolve_text(u) for u in users]
-            recs = self.model.recommend(list(users), k=k, exclude_seen=exclude_seen)
-            self.recommend_latency.observe(time.perf_counter() - start)
+            return self._recommend_locked(users, k, exclude_seen, text_ids)
+
+    def try_recommend(
+        self, users: Sequence[int | str], k: int = 10, exclude_seen: bool = True,
+        *, text_ids: bool = False,
+    ) -> tuple[list[int | str], Recommendations] | None:
+        """:meth:`recommend` if the model is free now, else ``None`` at once (never waits).
+
+        The HTTP layer calls this on its event loop, where a read of a millisecond is cheaper
+        than a hop to a worker thread; only when the writer is inside a batch does the read go
+        to a thread that waits for it (:meth:`recommend`).
+        """
+        if not self._model_lock.acquire(blocking=False):
+            return None
+        try:
+            return self._recommend_locked(users, k, exclude_seen, text_ids)
+        finally:
+            self._model_lock.release()
+
+    def _recommend_locked(
+        self, users: Sequence[int | str], k: int, exclude_seen: bool, text_ids: bool
+    ) -> tuple[list[int | str], Recommendations]:
+        start = time.perf_counter()
+        if text_ids:
+            users = [self._resolve_text(u) for u in users]
+        recs = self.model.recommend(list(users), k=k, exclude_seen=exclude_seen)
+        self.recommend_latency.observe(time.perf_counter() - start)
         return list(users), recs
 
     def _resolve_text(self, user: int | str) -> int | str:
@@ -427,10 +465,19 @@ class LiveService:
             log.info("replayed %d journalled events, up to %d", self.replayed, self.applied_seq)
 
     def _take(self) -> tuple[int, EventBatch] | None:
-        """The next slice of at most ``apply_batch`` queued events (caller holds ``_cond``)."""
+        """The next slice of at most ``apply_batch`` queued durable events (caller holds
+        ``_cond``)."""
         if not self._queue:
             return None
         first, batch = self._queue[0]
+        if self.journal is not None and first + len(batch) - 1 > self.journal.durable_seq:
+            if self.journal.failed:  # never acknowledged, and never to be: drop them
+                dropped = sum(len(b) for _, b in self._queue)
+                log.error("dropping %d events the failed journal could not make durable",
+                          dropped)
+                self._queue.clear()
+                self.accepted_seq = self.applied_seq
+            return None
         if len(batch) <= self.apply_batch:
             self._queue.popleft()
             return first, batch
@@ -446,11 +493,14 @@ class LiveService:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._queue or self._checkpoint_requests or self._stopping):
+                work = self._take()
+                while not (
+                    work or self._checkpoint_requests or (self._stopping and not self._queue)
+                ):
                     if self._checkpoint_due():
                         break
                     self._cond.wait(self._wait_seconds())
-                work = self._take()
+                    work = self._take()
                 requests, self._checkpoint_requests = self._checkpoint_requests, []
                 stop = self._stopping and not self._queue and work is None
             if work is not None:

@@ -1,0 +1,196 @@
+"""The fast paths of the service: group commit in the journal, reads on the event loop, and the
+framework-free ``GET /recommendations/{user}``. None of them may weaken a guarantee: an event
+is durable before it is acknowledged and before a read can see it, and the fast read answers
+exactly what the FastAPI route answers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nmrn.baselines.popularity import Popularity
+from nmrn.serving.journal import Journal, JournalError
+from nmrn.serving.service import LiveService, ServiceUnavailable
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from nmrn.serving.app import create_app  # noqa: E402
+
+HISTORY = [(196, "a", 0), (196, "b", 1), ("u1", "a", 2), (5, "a", 3), (5, "b", 4), (5, "c", 5)]
+
+
+class SlowFsync:
+    """``os.fsync`` stand-in that records how much of the file each call covered."""
+
+    def __init__(self, path: Path, seconds: float) -> None:
+        self.path = path
+        self.seconds = seconds
+        self.covered: list[int] = []  # file size (bytes) when each fsync started
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, fd: int) -> None:
+        self.covered.append(os.fstat(fd).st_size)
+        self.gate.wait(10)
+        time.sleep(self.seconds)
+
+
+# -- group commit ------------------------------------------------------------------------------
+def test_concurrent_appends_share_fsyncs_and_each_returns_only_when_covered(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    path = tmp_path / "j"
+    journal = Journal(path)
+    fake = SlowFsync(path, seconds=0.02)
+    monkeypatch.setattr(os, "fsync", fake)
+    done: dict[int, tuple[int, int, int]] = {}  # thread -> (first, last, fsyncs before return)
+
+    def client(n: int) -> None:
+        first, last = journal.append([(n, "i", float(n))])
+        # when append returns, an fsync that started after this line was written has finished
+        done[n] = (first, last, len(fake.covered))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(first for first, _, _ in done.values()) == list(range(1, 17))
+    assert 1 <= journal.syncs == len(fake.covered) < 16  # shared: fewer fsyncs than appends
+    assert journal.durable_seq == 16
+    lines = path.read_bytes().splitlines(keepends=True)
+    ends = {}  # seq -> byte offset where its line ends
+    offset = 0
+    for line in lines:
+        offset += len(line)
+        ends[int(line.split(b'"seq":')[1].split(b",")[0])] = offset
+    for first, _, n_syncs in done.values():
+        assert any(size >= ends[first] for size in fake.covered[:n_syncs])
+
+
+def test_write_is_not_durable_until_sync(tmp_path: Path, monkeypatch: Any) -> None:
+    journal = Journal(tmp_path / "j")
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    assert journal.write([(1, "a", 0.0), (2, "b", 1.0)]) == (1, 2)
+    assert journal.durable_seq == 0 and calls == []
+    journal.sync(1)
+    assert journal.durable_seq == 2 and len(calls) == 1  # one fsync covers all written
+    journal.sync(2)
+    assert len(calls) == 1  # already durable: no second fsync
+
+
+def test_a_failed_fsync_refuses_the_request_and_every_later_write(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.append([(1, "a", 0.0)])
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(JournalError, match="could not fsync"):
+        journal.append([(2, "b", 1.0)])
+    assert journal.failed and journal.durable_seq == 1
+    monkeypatch.undo()
+    with pytest.raises(JournalError, match="takes no more events"):
+        journal.append([(3, "c", 2.0)])
+
+
+def test_the_service_applies_nothing_before_it_is_durable_and_answers_503_on_failure(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    model = Popularity().fit(HISTORY)
+    svc = LiveService(model, journal_path=tmp_path / "j", checkpoint_every=None,
+                      checkpoint_seconds=None)
+    try:
+        fake = SlowFsync(tmp_path / "j", seconds=0.0)
+        fake.gate.clear()  # the fsync blocks until the gate opens
+        monkeypatch.setattr(os, "fsync", fake)
+        result: list[Any] = []
+        th = threading.Thread(target=lambda: result.append(svc.submit([(9, "new", 9.0)])))
+        th.start()
+        deadline = time.monotonic() + 10
+        while not fake.covered and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # the writer had every chance to apply it
+        assert svc.applied_seq == 0 and "new" not in model.items and not result
+        fake.gate.set()
+        th.join(10)
+        assert result == [(1, 1)] and svc.wait_applied(1) and "new" in model.items
+
+        def broken(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", broken)
+        with pytest.raises(ServiceUnavailable, match="could not fsync"):
+            svc.submit([(9, "lost", 10.0)])
+        with pytest.raises(ServiceUnavailable, match="takes no more events"):
+            svc.submit([(9, "lost", 11.0)])
+        time.sleep(0.05)
+        assert "lost" not in model.items and svc.pending == 0  # never acknowledged, dropped
+        assert svc.writer_alive
+    finally:
+        monkeypatch.undo()
+        svc.close(checkpoint=False)
+
+
+# -- reads -------------------------------------------------------------------------------------
+def test_try_recommend_never_waits_for_the_writer() -> None:
+    with LiveService(Popularity().fit(HISTORY)) as svc:
+        users, recs = svc.try_recommend([196], k=1)  # type: ignore[misc]
+        assert users == [196] and recs.items.tolist() == [["c"]]
+        with svc._model_lock:  # the writer inside a batch
+            t0 = time.perf_counter()
+            assert svc.try_recommend([196], k=1) is None
+            assert time.perf_counter() - t0 < 0.5
+
+
+@pytest.mark.parametrize("url", [
+    "/recommendations/196?k=2", "/recommendations/196", "/recommendations/196?exclude_seen=0",
+    "/recommendations/stranger?k=3&k=1", "/recommendations/u1?k=0", "/recommendations/u1?k=x",
+    "/recommendations/u1?top=3", "/recommendations/" + "x" * 300, "/recommendations/a%20b",
+    "/recommendations/", "/recommendations/a/b", "/recommendations/196/",
+])
+def test_the_fast_read_answers_exactly_as_the_fastapi_route(url: str) -> None:
+    with LiveService(Popularity().fit(HISTORY)) as svc:
+        fast = TestClient(create_app(svc))
+        slow_app = create_app(svc)
+        slow_app.user_middleware = [m for m in slow_app.user_middleware
+                                    if m.cls.__name__ != "_FastReads"]
+        slow = TestClient(slow_app)
+        a = fast.get(url, follow_redirects=False)
+        b = slow.get(url, follow_redirects=False)
+        assert (a.status_code, a.content, a.headers.get("content-type")) == (
+            b.status_code, b.content, b.headers.get("content-type"))
+
+
+def test_fast_read_refusals_are_counted(tmp_path: Path) -> None:
+    with LiveService(Popularity().fit(HISTORY)) as svc:
+        client = TestClient(create_app(svc))
+        assert client.get("/recommendations/196?k=0").status_code == 422
+        assert client.get("/recommendations/196?k=1").json()["items"] == ["c"]
+        assert svc.errors == {"invalid": 1}
+        _, _, count = svc.recommend_latency.snapshot()
+        assert count == 1
+
+
+def test_a_read_while_the_writer_holds_the_model_waits_in_a_thread() -> None:
+    with LiveService(Popularity().fit(HISTORY)) as svc:
+        client = TestClient(create_app(svc))
+        svc._model_lock.acquire()
+        timer = threading.Timer(0.2, svc._model_lock.release)
+        timer.start()
+        t0 = time.perf_counter()
+        body = client.get("/recommendations/196?k=1").json()
+        assert time.perf_counter() - t0 >= 0.15  # it waited for the "batch" to end
+        assert body["items"] == ["c"]
+        timer.join()
