@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from nmrn.errors import NMRNError
+from nmrn.training.base import fsync_dir
 
 
 class JournalError(NMRNError, ValueError):
@@ -354,7 +355,7 @@ class Journal:
                 os.fsync(f.fileno())
             self._file.close()
             os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             self._file = open(self.path, "ab")  # noqa: SIM115
             first = _decode(kept[0]) if kept else None
             self._first = first.seq if first is not None else 0
@@ -378,14 +379,3 @@ class Journal:
                 if self.fsync and self._failure is None:
                     os.fsync(self._file.fileno())
                 self._file.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -367,7 +367,7 @@ class Recommender(ABC):
                 json.dump(meta, f)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.rename(path, old)
@@ -375,7 +375,7 @@ class Recommender(ABC):
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -428,7 +428,8 @@ class Recommender(ABC):
         return rec
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that a rename inside it is durable (a no-op where unsupported)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
