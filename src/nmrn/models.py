@@ -21,7 +21,7 @@ PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     "pop": (Popularity, {}),
     "recent-pop": (RecentPopularity, {"window": 10_000}),
     "item-knn": (ItemKNN, {"history_len": 400, "recency_decay": 0.7, "alpha": 1.0}),
-    "bpr": (BPR, {}),
+    "bpr": (BPR, {"dim": 32}),
     # the paper's model as DESIGN §1 specifies it: dot addressing, global value memory, plain
     # Euclidean distance, uniform negatives; every variant off
     "nmrn-faithful": (NMRN, {}),
