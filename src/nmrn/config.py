@@ -31,6 +31,7 @@ from nmrn.errors import ConfigError
 ADDRESSING = ("dot", "neg_dist")
 OPTIMIZERS = ("adagrad", "sgd")
 COLD_USER_INIT = ("random", "item_mean")
+BASELINES = ("batch", "candidates")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class NMRNConfig:
         Torch device of the tables (``"cpu"``, ``"cuda"``, ...).
     seed
         Seed of the model's private random generator.
+    sampler_options
+        Options of the negative sampler (a :class:`SamplerConfig` or a mapping of its fields;
+        ``None``: the defaults).
     """
 
     dim: int = 64  # d
@@ -119,6 +123,7 @@ class NMRNConfig:
     cold_user_init: str = "random"
     device: str = "cpu"
     seed: int = 0
+    sampler_options: SamplerConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("dim", "memory_slots", "n_candidates", "batch_size", "learn_passes"):
@@ -157,6 +162,14 @@ class NMRNConfig:
             raise ConfigError(f"NMRNConfig.sampler must be a sampler name, got {self.sampler!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"NMRNConfig.device must be a device string, got {self.device!r}")
+        options = self.sampler_options
+        if isinstance(options, Mapping):
+            object.__setattr__(self, "sampler_options", SamplerConfig.from_dict(options))
+        elif options is not None and not isinstance(options, SamplerConfig):
+            raise ConfigError(
+                "NMRNConfig.sampler_options must be a SamplerConfig, a mapping or None, "
+                f"got {type(options).__name__}"
+            )
 
     # -- dict round trip -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -180,6 +193,100 @@ class NMRNConfig:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Options of the negative samplers (DESIGN §2); each sampler reads the fields it uses.
+
+    The paper leaves these open; the defaults are documented in ``docs/sampling.md``.
+
+    Parameters
+    ----------
+    beta
+        Popularity sampler: item ``i`` is drawn with probability proportional to
+        ``max(count_i, 1) ** beta`` (0 is uniform, 1 is proportional to popularity).
+    n_candidates
+        Adversarial: how many uniform candidates G chooses among (0: the recommender's
+        ``n_candidates`` T). The recommender's rank estimate uses all of them.
+    generator_dim
+        Adversarial: size of G's own user/item embeddings E, F.
+    hidden
+        Adversarial: width of the hidden layer of G's distance MLP.
+    temperature
+        Adversarial: ``P_G(v') ∝ exp(-d_G(u, v') / temperature)`` over the T candidates.
+    lr
+        Adversarial: learning rate of G's Adagrad optimizer.
+    entropy_weight
+        Adversarial: weight of the entropy bonus of ``P_G`` in G's objective (0 disables).
+    baseline
+        Adversarial: the REINFORCE baseline. ``"batch"`` (the paper's): the mean reward of the
+        previous mini-batch. ``"candidates"``: per event, the expected reward under ``P_G`` of
+        its own T candidates (whose rewards D computes anyway); it removes the between-user
+        spread of rewards from G's gradient.
+    warmup_steps
+        Adversarial: joint mini-batches, counted from G's first joint step, during which D
+        still trains on the hardest of the T uniform candidates while G already learns.
+    pretrain_epochs
+        Adversarial: passes of G over the history against the frozen D in ``fit``.
+    adversarial_epochs
+        Adversarial: how many of D's last ``fit`` epochs are joint (D on G's negatives); the
+        epochs before them pre-train D on uniform negatives. Capped at ``epochs``.
+    init_std
+        Adversarial: standard deviation of the normal initialisation of G.
+    stats_window
+        How many per-step diagnostics a sampler keeps (the oldest are dropped).
+
+    Examples
+    --------
+    >>> SamplerConfig(temperature=0.5).temperature
+    0.5
+    >>> SamplerConfig.from_dict({"temprature": 0.5})
+    Traceback (most recent call last):
+    ...
+    nmrn.errors.ConfigError: unknown sampler option 'temprature'; did you mean 'temperature'?
+    """
+
+    beta: float = 0.75
+    n_candidates: int = 0
+    generator_dim: int = 32
+    hidden: int = 32
+    temperature: float = 1.0
+    lr: float = 0.05
+    entropy_weight: float = 0.0
+    baseline: str = "batch"
+    warmup_steps: int = 0
+    pretrain_epochs: int = 1
+    adversarial_epochs: int = 2
+    init_std: float = 0.1
+    stats_window: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("generator_dim", "hidden", "stats_window"):
+            _check_int(name, getattr(self, name), low=1, owner="SamplerConfig")
+        for name in ("n_candidates", "warmup_steps", "pretrain_epochs", "adversarial_epochs"):
+            _check_int(name, getattr(self, name), low=0, owner="SamplerConfig")
+        for name in ("temperature", "lr", "init_std"):
+            _check_float(name, getattr(self, name), positive=True, owner="SamplerConfig")
+        for name in ("beta", "entropy_weight"):
+            _check_float(name, getattr(self, name), positive=False, owner="SamplerConfig")
+            if getattr(self, name) < 0:
+                raise ConfigError(f"SamplerConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.baseline not in BASELINES:
+            raise ConfigError(
+                f"SamplerConfig.baseline must be one of {', '.join(map(repr, BASELINES))}, "
+                f"got {self.baseline!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SamplerConfig:
+        """Build from a mapping; unknown keys raise :class:`~nmrn.errors.ConfigError`."""
+        check_keys(values, tuple(f.name for f in dataclasses.fields(cls)), what="sampler option")
+        return cls(**dict(values))
+
+
 def check_keys(values: Mapping[str, Any], allowed: tuple[str, ...], *, what: str) -> None:
     """Raise :class:`~nmrn.errors.ConfigError` for the first key not in ``allowed``."""
     for key in values:
@@ -189,20 +296,20 @@ def check_keys(values: Mapping[str, Any], allowed: tuple[str, ...], *, what: str
             raise ConfigError(f"unknown {what} {key!r}{hint}")
 
 
-def _check_int(name: str, value: Any, *, low: int | None) -> None:
+def _check_int(name: str, value: Any, *, low: int | None, owner: str = "NMRNConfig") -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"NMRNConfig.{name} must be an int, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{owner}.{name} must be an int, got {type(value).__name__} {value!r}")
     if low is not None and value < low:
-        raise ConfigError(f"NMRNConfig.{name} must be >= {low}, got {value}")
+        raise ConfigError(f"{owner}.{name} must be >= {low}, got {value}")
 
 
-def _check_float(name: str, value: Any, *, positive: bool) -> None:
+def _check_float(name: str, value: Any, *, positive: bool, owner: str = "NMRNConfig") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"NMRNConfig.{name} must be a number, got {type(value).__name__}")
+        raise ConfigError(f"{owner}.{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
-        raise ConfigError(f"NMRNConfig.{name} must be finite, got {value}")
+        raise ConfigError(f"{owner}.{name} must be finite, got {value}")
     if positive and value <= 0:
-        raise ConfigError(f"NMRNConfig.{name} must be > 0, got {value}")
+        raise ConfigError(f"{owner}.{name} must be > 0, got {value}")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

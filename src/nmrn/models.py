@@ -25,6 +25,12 @@ PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     # the paper's model as DESIGN §1 specifies it: dot addressing, global value memory, plain
     # Euclidean distance, uniform negatives; every variant off
     "nmrn-faithful": (NMRN, {}),
+    # the best NMRN variant on the validation tail of the history (docs/tuning.md, "NMRN"):
+    # sharp distance addressing and one value memory per user; uniform negatives
+    "nmrn": (
+        NMRN,
+        {"addressing": "neg_dist", "temperature": 0.1, "per_user_memory": True},
+    ),
 }
 
 

@@ -30,12 +30,14 @@ random numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from nmrn.errors import ConfigError, ModelFitError
+from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
 from nmrn.training.base import Recommender
 
 OPTIMIZERS = ("adagrad", "adam")
@@ -72,6 +74,17 @@ class BPR(Recommender):
         Standard deviation of the initial embeddings.
     seed
         Seed of the model's private random generator.
+    sampler
+        ``None`` (the default): BPR's own uniform negatives, redrawn when already consumed.
+        Otherwise a name of :data:`nmrn.sampling.SAMPLERS`: ``"uniform"`` or ``"popularity"``
+        draw the negative; ``"adversarial"`` lets the generator G pick it among
+        ``n_candidates`` uniform candidates, rewarded by BPR's score ``x_uj`` (a negative BPR
+        ranks high is hard), on the schedule NMRN uses (``docs/sampling.md``): the last
+        ``adversarial_epochs`` of ``fit`` are joint, after G is pre-trained on the frozen BPR.
+    sampler_options
+        :class:`~nmrn.config.SamplerConfig` fields, as a dict.
+    n_candidates
+        Candidates G chooses among (``sampler="adversarial"``).
 
     Examples
     --------
@@ -97,6 +110,9 @@ class BPR(Recommender):
         init_std: float = 0.1,
         *,
         seed: int = 0,
+        sampler: str | None = None,
+        sampler_options: dict[str, Any] | None = None,
+        n_candidates: int = 10,
     ) -> None:
         super().__init__(seed=seed)
         for name, value, low in (
@@ -135,6 +151,11 @@ class BPR(Recommender):
         self.optimizer = optimizer
         self.n_resample = int(n_resample)
         self.init_std = float(init_std)
+        if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
+            raise ConfigError(f"BPR: n_candidates must be an int >= 1, got {n_candidates!r}")
+        self.sampler = sampler
+        self.sampler_options = None if sampler_options is None else dict(sampler_options)
+        self.n_candidates = n_candidates
 
         self._gen = torch.Generator().manual_seed(self.seed)
         d = self.dim
@@ -146,10 +167,17 @@ class BPR(Recommender):
         self._v = {"user": torch.zeros(0, d), "item": torch.zeros(0, d), "bias": torch.zeros(0)}
         self._step = 0
         self._seen = np.empty(0, dtype=np.int64)  # sorted keys user << 32 | item
+        self._sampler = (
+            None
+            if sampler is None
+            else make_sampler(sampler, options=self.sampler_options, generator=self._gen)
+        )
         self.last_loss = float("nan")
 
     # -- tables ----------------------------------------------------------------------------------
     def _grow(self, n_users: int, n_items: int) -> None:
+        if self._sampler is not None:
+            self._sampler.grow(n_items, n_users=n_users, generator=self._gen)
         d = self.dim
         extra_u = n_users - len(self.user_emb)
         if extra_u > 0:
@@ -199,7 +227,18 @@ class BPR(Recommender):
         weights: np.ndarray | None,
     ) -> None:
         self._remember(users, items)
-        self._train(users, items, self.epochs, self.lr)
+        if self._sampler is not None:
+            self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
+        if not isinstance(self._sampler, AdversarialSampler):
+            self._train(users, items, self.epochs, self.lr)
+            return
+        # Algorithm 1: BPR on uniform negatives, G on the frozen BPR, then both
+        n_joint = min(self._sampler.options.adversarial_epochs, self.epochs)
+        self._sampler.training = False
+        self._train(users, items, self.epochs - n_joint, self.lr)
+        self._sampler.training = True
+        self._pretrain_generator(users, items)
+        self._train(users, items, n_joint, self.lr)
 
     def _learn(
         self,
@@ -209,6 +248,8 @@ class BPR(Recommender):
         weights: np.ndarray | None,
     ) -> None:
         self._remember(users, items)
+        if self._sampler is not None:
+            self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
         lr = self.lr if self.learn_lr is None else self.learn_lr
         self._train(users, items, self.learn_passes, lr)
 
@@ -222,13 +263,62 @@ class BPR(Recommender):
             for lo in range(0, n, self.batch_size):
                 idx = order[lo : lo + self.batch_size]
                 u, i = u_all[idx], i_all[idx]
-                total += self._step_on(u, i, self._negatives(u), lr)
+                if self._sampler is None:
+                    total += self._step_on(u, i, self._negatives(u), lr)
+                    continue
+                j, feedback = self._sampled_negatives(u, i)
+                total += self._step_on(u, i, j, lr)
+                feedback()
             self.last_loss = total / max(n, 1)
             if not np.isfinite(self.last_loss):
                 raise ModelFitError(
                     f"BPR: loss is {self.last_loss} in pass {epoch + 1} of {passes} over "
                     f"{n} events (step {self._step}); lower lr (now {lr}) or raise reg"
                 )
+
+    def _candidate_scores(
+        self, u: torch.Tensor, i: torch.Tensor, cands: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_ui [B]`` and ``x_uc [B, T]`` (no autograd: the tables are plain tensors)."""
+        pu = self.user_emb[u]  # [B, d]
+        x_pos = (pu * self.item_emb[i]).sum(-1) + self.item_bias[i]
+        x_cand = (pu[:, None, :] * self.item_emb[cands]).sum(-1) + self.item_bias[cands]
+        return x_pos, x_cand
+
+    def _sampled_negatives(
+        self, u: torch.Tensor, i: torch.Tensor
+    ) -> tuple[torch.Tensor, Callable[[], None]]:
+        """Negatives from the sampler, and the callback that gives it the step's feedback."""
+        sampler = self._sampler
+        assert sampler is not None
+        learned = isinstance(sampler, AdversarialSampler)
+        prop = sampler.propose(u, i, self.n_candidates if learned else 1, generator=self._gen)
+        cands = prop.candidates  # [B, T]
+        if prop.chosen is not None and prop.use_chosen:
+            j = cands.gather(1, prop.chosen[:, None])[:, 0]
+        else:
+            j = cands[:, 0]  # a draw from the sampler's own distribution
+        x_pos, x_cand = self._candidate_scores(u, i, cands)  # before the step, as NMRN
+
+        def feedback() -> None:
+            sampler.update(
+                u, i, cands, reward=x_cand, chosen=prop.chosen, violating=x_cand >= x_pos[:, None]
+            )
+
+        return j, feedback
+
+    def _pretrain_generator(self, users: np.ndarray, items: np.ndarray) -> None:
+        """G's passes over the events against the frozen BPR (``pretrain_epochs``)."""
+        sampler = self._sampler
+        assert isinstance(sampler, AdversarialSampler)
+        u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
+        i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
+        for _ in range(sampler.options.pretrain_epochs):
+            order = torch.randperm(len(u_all), generator=self._gen)
+            for lo in range(0, len(u_all), self.batch_size):
+                idx = order[lo : lo + self.batch_size]
+                _, feedback = self._sampled_negatives(u_all[idx], i_all[idx])
+                feedback()
 
     def _step_on(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, lr: float) -> float:
         """One gradient step on examples ``(u, i, j)`` (each ``[B]``); returns the summed loss."""
@@ -274,6 +364,15 @@ class BPR(Recommender):
         corr2 = 1 - beta2**self._step
         table[uniq] -= lr * (m_rows / corr1) / ((v_rows / corr2).sqrt() + _EPS)
 
+    @property
+    def negative_sampler(self) -> BaseSampler | None:
+        """The sampler object when ``sampler`` is set (``.stats``: per-step diagnostics)."""
+        return self._sampler
+
+    def sampler_diagnostics(self, last: int | None = None) -> dict[str, float]:
+        """Means of the sampler's per-step statistics (empty without a sampler)."""
+        return {} if self._sampler is None else self._sampler.diagnostics(last)
+
     # -- scoring ---------------------------------------------------------------------------------
     def _score_all(self, users: np.ndarray) -> np.ndarray:
         # float64, so that a user's scores do not depend (beyond ~1e-16) on the other users
@@ -294,6 +393,9 @@ class BPR(Recommender):
         for key in ("user", "item", "bias"):
             arrays[f"m_{key}"] = self._m[key].numpy()
             arrays[f"v_{key}"] = self._v[key].numpy()
+        if self._sampler is not None:
+            for key, value in self._sampler.state_dict().items():
+                arrays[f"sampler.{key}"] = np.asarray(value)
         loss = self.last_loss if np.isfinite(self.last_loss) else None
         return arrays, {"step": self._step, "last_loss": loss}
 
@@ -316,3 +418,7 @@ class BPR(Recommender):
         self._gen.set_state(torch.from_numpy(np.asarray(arrays["rng"], dtype=np.uint8).copy()))
         self._step = int(meta["step"])
         self.last_loss = float("nan") if meta["last_loss"] is None else float(meta["last_loss"])
+        if self._sampler is not None:
+            self._sampler.load_state_dict(
+                {k[len("sampler.") :]: v for k, v in arrays.items() if k.startswith("sampler.")}
+            )

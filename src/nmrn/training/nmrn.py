@@ -2,15 +2,16 @@
 
 Training loop (one mini-batch of B time-ordered events, T candidates each):
 
-1. draw T negative candidates per event from the sampler (the model's private generator);
+1. the sampler proposes T negative candidates per event (the model's private generator) and,
+   for the adversarial sampler, G's pick among them;
 2. gather each touched user row and positive item row once (``[U, d]``, ``[P, d]``) as leaf
    tensors, so that their gradients are the sparse row updates;
 3. forward: address, gates, the memory evolution through the batch's writes (event t reads the
    memory as left by events < t, :func:`nmrn.model.memory.evolve`), the interests ``s``;
 4. distances to all T candidates *without* autograd, pick the hardest (nearest) candidate per
-   event, and compute its distance again with autograd: the hinge takes the minimum, whose
-   gradient is zero except at the argmin, so this is the same gradient for a fraction of the
-   cost;
+   event (or G's pick), and compute its distance again with autograd: the hinge takes the
+   minimum, whose gradient is zero except at the argmin, so this is the same gradient for a
+   fraction of the cost;
 5. rank-weighted hinge (:func:`nmrn.model.losses.rank_weighted_hinge`), mean over the batch;
    a non-finite loss raises :class:`~nmrn.errors.ModelFitError` before anything is updated;
 6. gradients, optional global-norm clipping (``grad_clip``);
@@ -22,7 +23,16 @@ Training loop (one mini-batch of B time-ordered events, T candidates each):
    ``||row|| <= max_norm`` (as CML does). The evolving value-memory *state* is not clipped, so
    that it does not depend on how the stream is cut into mini-batches;
 9. the memory state after the batch is kept, detached (truncated back-propagation);
-10. ``sampler.update(users, positives, negatives, reward=-d_neg)`` (a no-op for uniform).
+10. ``sampler.update(users, positives, candidates, reward=-d_neg, chosen=..., violating=...)``:
+    diagnostics for every sampler, and G's REINFORCE step for the adversarial one.
+
+Adversarial training (``sampler="adversarial"``, DESIGN §2, Algorithm 1 of the paper): ``fit``
+pre-trains D on uniform negatives for its first ``epochs - adversarial_epochs`` epochs, then
+pre-trains G against the frozen D for ``pretrain_epochs`` passes over the history, then runs the
+last ``adversarial_epochs`` epochs jointly: per mini-batch one D step on G's negative and one G
+step (REINFORCE). ``learn`` runs the joint schedule. With G, the rank weight still comes from
+D's distances to the T *uniform* candidates (an unbiased rank estimate) while the hinge is on
+G's sampled negative. Options: :class:`nmrn.config.SamplerConfig` (``sampler_options``).
 
 Threads: the library never calls ``torch.set_num_threads``; on a small, shared CPU one thread
 (``torch.set_num_threads(1)``) is often fastest, since the ops are small.
@@ -43,7 +53,7 @@ from nmrn.errors import CheckpointError, ConfigError, ModelFitError
 from nmrn.model.losses import rank_weighted_hinge
 from nmrn.model.memory import evolve
 from nmrn.model.network import NMRNNetwork
-from nmrn.sampling import make_sampler
+from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
 from nmrn.training.base import Recommender
 
 _ADAGRAD_EPS = 1e-10
@@ -79,8 +89,10 @@ class NMRN(Recommender):
         differ from their defaults override it.
     dim, memory_slots, margin, n_candidates, lr, batch_size, epochs, learn_passes, sampler,
     max_norm, grad_clip, optimizer, init_std, addressing, temperature, learn_temperature,
-    personal_offset, item_bias, squared_distance, per_user_memory, cold_user_init, device, seed
-        As in :class:`~nmrn.config.NMRNConfig`.
+    personal_offset, item_bias, squared_distance, per_user_memory, cold_user_init, device, seed,
+    sampler_options
+        As in :class:`~nmrn.config.NMRNConfig` (``sampler_options``: a
+        :class:`~nmrn.config.SamplerConfig` or a dict of its fields; kept as a dict).
 
     Notes
     -----
@@ -130,6 +142,7 @@ class NMRN(Recommender):
         cold_user_init: str = _DEFAULTS.cold_user_init,
         device: str = _DEFAULTS.device,
         seed: int = _DEFAULTS.seed,
+        sampler_options: Any = None,
     ) -> None:
         given = {k: v for k, v in locals().items() if k not in ("self", "config", "__class__")}
         if config is None:
@@ -149,6 +162,10 @@ class NMRN(Recommender):
         self.config = None  # the constructor argument, expanded into the attributes below
         for field in NMRNConfig.field_names():
             setattr(self, field, getattr(cfg, field))
+        # kept as a plain dict (or None), so that get_params() stays JSON-serialisable
+        self.sampler_options = (
+            None if cfg.sampler_options is None else cfg.sampler_options.to_dict()
+        )
         try:
             self._device = torch.device(cfg.device)
         except RuntimeError as err:
@@ -169,7 +186,9 @@ class NMRN(Recommender):
             init_std=cfg.init_std,
             generator=self._gen,
         ).to(self._device)
-        self._sampler = make_sampler(cfg.sampler)
+        self._sampler = make_sampler(
+            cfg.sampler, options=cfg.sampler_options, generator=self._gen
+        )
         # Value-memory state: None = at the learned initial memory. Per-user: [n_users, H, d]
         # plus a flag per user (False = still at the learned initial memory).
         self._memory: Tensor | None = None
@@ -205,7 +224,7 @@ class NMRN(Recommender):
             self._has_memory = torch.cat([self._has_memory, self._has_memory.new_zeros(extra)])
         if n_users > old_users and self._fresh_from is None:
             self._fresh_from = old_users
-        self._sampler.grow(n_items)
+        self._sampler.grow(n_items, n_users=n_users, generator=self._gen)
         self._version += 1
 
     # -- training ----------------------------------------------------------------------------------
@@ -213,12 +232,20 @@ class NMRN(Recommender):
         self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, weights: Any
     ) -> None:
         self._fresh_from = None  # cold_user_init applies to users first seen in learn()
+        self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
+        adversarial = isinstance(self._sampler, AdversarialSampler)
+        n_joint = min(self._sampler.options.adversarial_epochs, self.epochs) if adversarial else 0
         if self.epochs == 0:
             self._advance(users, items)
-            return
         for epoch in range(self.epochs):
+            if adversarial:  # Algorithm 1: D on uniform negatives, then G on frozen D, then both
+                if epoch == self.epochs - n_joint:
+                    self._pretrain_generator(users, items)
+                self._sampler.training = epoch >= self.epochs - n_joint
             self._reset_memory()  # every epoch starts from the learned initial memory
             self._run_batches(users, items, where=f"fit epoch {epoch + 1}/{self.epochs}")
+        if adversarial and n_joint == 0:
+            self._pretrain_generator(users, items)
 
     def _learn(
         self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, weights: Any
@@ -226,6 +253,7 @@ class NMRN(Recommender):
         if self.cold_user_init == "item_mean" and self._fresh_from is not None:
             self._init_fresh_users(users, items, self._fresh_from)
         self._fresh_from = None
+        self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
         start = self._snapshot_memory()
         for p in range(self.learn_passes):
             if p > 0:  # replay from the same state: the memory evolves once per event
@@ -281,7 +309,8 @@ class NMRN(Recommender):
     def _train_batch(self, users: Tensor, items: Tensor, where: str) -> None:
         net, dev = self.network, self._device
         n_cand = self.n_candidates
-        negatives = self._sampler.sample(users, items, n_cand, generator=self._gen)  # [B, T]
+        proposal = self._sampler.propose(users, items, n_cand, generator=self._gen)
+        negatives = proposal.candidates  # [B, T]
         users, items, negatives = users.to(dev), items.to(dev), negatives.to(dev)
         # Gather each touched row once, as a leaf: its gradient is the sparse row update.
         uniq_u, inv_u = torch.unique(users, return_inverse=True)  # [U], [B]
@@ -297,7 +326,11 @@ class NMRN(Recommender):
         with torch.no_grad():
             neg_bias = None if net.bias is None else net.bias[negatives]
             d_neg = net.distance(s.detach(), net.item_emb[negatives], neg_bias)  # [B, T]
-            hard = negatives.gather(1, d_neg.argmin(dim=1, keepdim=True)).squeeze(1)  # [B]
+            if proposal.chosen is not None and proposal.use_chosen:  # G's negative
+                pick = proposal.chosen.to(dev)[:, None]  # [B, 1]
+            else:
+                pick = d_neg.argmin(dim=1, keepdim=True)  # [B, 1]
+            hard = negatives.gather(1, pick).squeeze(1)  # [B]
         uniq_h, inv_h = torch.unique(hard, return_inverse=True)  # [Q], [B]
         h_rows = net.item_emb.detach()[uniq_h].requires_grad_()  # [Q, d]
         leaves = [u_rows, p_rows, h_rows]
@@ -342,7 +375,53 @@ class NMRN(Recommender):
         self._store_memory(uniq_u, final)
         self._step += 1
         self._version += 1
-        self._sampler.update(users, items, negatives, reward=-d_neg)
+        violating = self.margin + d_pos.detach()[:, None] - d_neg > 0  # [B, T]
+        self._sampler.update(
+            users, items, negatives, reward=-d_neg, chosen=proposal.chosen, violating=violating
+        )
+
+    def _pretrain_generator(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Train G against the frozen D for ``pretrain_epochs`` passes (D and its memory unchanged).
+
+        Each pass replays the events from the learned initial memory, as a ``fit`` epoch does,
+        so that D's distances are those it would compute in training; the memory state is
+        restored afterwards.
+        """
+        sampler = self._sampler
+        assert isinstance(sampler, AdversarialSampler)
+        sampler.training = True
+        net, dev = self.network, self._device
+        saved = self._snapshot_memory()
+        u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
+        i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
+        for _ in range(sampler.options.pretrain_epochs):
+            self._reset_memory()
+            for lo in range(0, len(u_all), self.batch_size):
+                u_cpu, i_cpu = u_all[lo : lo + self.batch_size], i_all[lo : lo + self.batch_size]
+                proposal = sampler.propose(u_cpu, i_cpu, self.n_candidates, generator=self._gen)
+                u, i, cands = u_cpu.to(dev), i_cpu.to(dev), proposal.candidates.to(dev)
+                with torch.no_grad():  # D is frozen: no autograd, no update
+                    uniq_u, inv_u = torch.unique(u, return_inverse=True)
+                    index = inv_u if self.per_user_memory else None
+                    v_pos = net.item_emb[i]
+                    s, final = net.read_batch(
+                        net.user_emb[u], v_pos, self._batch_memory(uniq_u), index
+                    )
+                    bias = net.bias
+                    d_pos = net.distance(s, v_pos, None if bias is None else bias[i])  # [B]
+                    d_neg = net.distance(
+                        s, net.item_emb[cands], None if bias is None else bias[cands]
+                    )  # [B, T]
+                self._store_memory(uniq_u, final)
+                sampler.update(
+                    u,
+                    i,
+                    cands,
+                    reward=-d_neg,
+                    chosen=proposal.chosen,
+                    violating=self.margin + d_pos[:, None] - d_neg > 0,
+                )
+        self._restore_memory(saved)
 
     def _update_rows(self, name: str, rows: Tensor, grad: Tensor) -> None:
         param = self._parameters_by_name()[name].data
@@ -487,6 +566,21 @@ class NMRN(Recommender):
         self._score_cache = None
 
     # -- introspection -----------------------------------------------------------------------------
+    @property
+    def negative_sampler(self) -> BaseSampler:
+        """The sampler object (``sampler`` is its name); ``.stats`` holds per-step diagnostics."""
+        return self._sampler
+
+    def sampler_diagnostics(self, last: int | None = None) -> dict[str, float]:
+        """Means of the sampler's per-step statistics over the ``last`` steps (all if None).
+
+        Every sampler reports ``violation_rate`` (fraction of the T candidates that violate the
+        margin); the adversarial one adds ``reward``, ``baseline``, ``entropy``,
+        ``max_entropy`` (``log T``), ``hardest_rate`` and ``uniform_violation_rate`` (with
+        ``violation_rate`` then measured on G's negatives). See ``docs/sampling.md``.
+        """
+        return self._sampler.diagnostics(last)
+
     def bytes_per_row(self) -> dict[str, int]:
         """Bytes of model state per user and per item (tables, optimizer state, memories)."""
         elem = self.network.user_emb.element_size()
