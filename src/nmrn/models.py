@@ -26,10 +26,17 @@ PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     # Euclidean distance, uniform negatives; every variant off
     "nmrn-faithful": (NMRN, {}),
     # the best NMRN variant on the validation tail of the history (docs/tuning.md, "NMRN"):
-    # sharp distance addressing and one value memory per user; uniform negatives
+    # sharp distance addressing, one value memory per user, margin 1, 3 epochs (more overfit);
+    # uniform negatives
     "nmrn": (
         NMRN,
-        {"addressing": "neg_dist", "temperature": 0.1, "per_user_memory": True},
+        {
+            "addressing": "neg_dist",
+            "temperature": 0.1,
+            "per_user_memory": True,
+            "margin": 1.0,
+            "epochs": 3,
+        },
     ),
 }
 
