@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= results/ml-100k
-MODELS ?= pop,recent-pop,item-knn,bpr
+MODELS ?= pop,recent-pop,item-knn,bpr,nmrn,nmrn-faithful
 
 .PHONY: install demo test lint bench clean
 

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_input(ev)
     ev.add_argument(
         "--models",
-        default="pop,recent-pop,item-knn,bpr",
+        default="pop,recent-pop,item-knn,bpr,nmrn,nmrn-faithful",
         help="comma-separated model names (default: %(default)s)",
     )
     ev.add_argument("--protocol", choices=["blocks", "chunks", "both"], default="blocks")
