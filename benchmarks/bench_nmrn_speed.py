@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_nmrn_speed.py --data /path/to/ml-100k.inter [--threads 1]
+    python benchmarks/bench_nmrn_speed.py [--data /path/to/ml-100k.inter] [--threads 1]
 
 Prints medians (nothing is asserted). ``learn`` events/s are measured with the history's first
 half fitted, then the rest learned in calls of ``batch`` events (one mini-batch per call):
@@ -22,10 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nmrn.data.datasets import load_dataset
 from nmrn.training.nmrn import NMRN
 
 
-def read_ml100k(path: str) -> pd.DataFrame:
+def read_ml100k(path: str | None) -> pd.DataFrame:
+    """The log as a time-sorted DataFrame: a given .inter file, else nmrn's own ml-100k fetch."""
+    if path is None:
+        return load_dataset("ml-100k").to_frame()
     df = pd.read_csv(path, sep="\t")
     df.columns = ["user", "item", "rating", "timestamp"]
     return df.sort_values("timestamp", kind="stable").reset_index(drop=True)
@@ -75,7 +79,7 @@ def bench_recommend(rec: NMRN, n_items: int, n_calls: int) -> tuple[float, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data/ml-100k/ml-100k.inter")
+    parser.add_argument("--data", default=None, help="a RecBole .inter file (default: fetch)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fit-epochs", type=int, default=10)
