@@ -28,6 +28,21 @@ from typing import Any
 
 from nmrn.errors import ConfigError
 
+
+def _check_device(device: str) -> None:
+    """A clear error for a device torch cannot use here (instead of an AssertionError later)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"NMRNConfig.device {device!r} is not a torch device string") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"NMRNConfig.device is {device!r} but CUDA is not available on this machine "
+            f"(use device='cpu')"
+        )
+
 ADDRESSING = ("dot", "neg_dist")
 OPTIMIZERS = ("adagrad", "sgd")
 COLD_USER_INIT = ("random", "item_mean")
@@ -162,6 +177,7 @@ class NMRNConfig:
             raise ConfigError(f"NMRNConfig.sampler must be a sampler name, got {self.sampler!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"NMRNConfig.device must be a device string, got {self.device!r}")
+        _check_device(self.device)
         options = self.sampler_options
         if isinstance(options, Mapping):
             object.__setattr__(self, "sampler_options", SamplerConfig.from_dict(options))

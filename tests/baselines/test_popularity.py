@@ -122,3 +122,11 @@ def test_recent_pop_default_window() -> None:
     items = np.arange(1500) % 7
     rec.fit({"user": np.zeros(1500, int), "item": items, "timestamp": np.zeros(1500)})
     np.testing.assert_array_equal(rec.recent_scores(), np.bincount(items[-1000:]))
+
+
+def test_tiny_half_life_still_counts_the_newest_event():
+    # a huge decay per event used to drop every event of a batch (keep == 0)
+    model = RecentPopularity(half_life=0.001).fit([(1, "a", 0.0), (1, "b", 1.0), (2, "c", 2.0)])
+    scores = model.recent_scores()
+    assert scores[model.items.get("c")] > 0
+    assert scores[model.items.get("c")] > scores[model.items.get("a")]

@@ -62,3 +62,9 @@ def test_concat_and_slicing():
     assert c.users.tolist() == [1, "x"] and c.weights.tolist() == [1.0, 0.5]
     assert len(c[1:]) == 1 and c[np.array([True, False])].users.tolist() == [1]
     assert len(EventBatch.concat([])) == 0
+
+
+@pytest.mark.parametrize("bad", [float("inf"), 1e20, -1e19])
+def test_float_ids_outside_int64_are_rejected_not_wrapped(bad):
+    with pytest.raises(DataError, match="row 1: item id"):
+        as_events(pd.DataFrame({"user": [1, 2], "item": [5.0, bad], "timestamp": [1, 2]}))

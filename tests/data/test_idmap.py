@@ -105,3 +105,14 @@ def test_scales_to_a_million_ids():
     idx = m.encode(ids, grow=True)
     assert idx[-1] == 999_999 and len(m) == 1_000_000
     assert np.array_equal(m.decode(idx[::1000]), ids[::1000])
+
+
+@pytest.mark.parametrize(
+    "bad", [[1, True], [1, 1.0], ["a", (1, 2)], [1, b"x"], [np.int64(1), np.bool_(True)]]
+)
+def test_mixed_arrays_are_checked_element_by_element(bad):
+    # pandas infers "mixed-integer" for these; in a dict 1, True and 1.0 are one key
+    m = IdMap(what="user")
+    with pytest.raises(DataError, match="ids must be int or str"):
+        m.encode(np.array(bad, dtype=object), grow=True)
+    assert len(m) == 0

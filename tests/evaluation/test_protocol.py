@@ -471,3 +471,14 @@ def test_popularity_on_movielens_100k_reference_figure(ml100k_path):
     ).sorted_by_time()
     result = evaluate(Popularity(), log, base_fraction=0.5, n_blocks=5)
     assert round(result.metrics["Hits@10"], 4) == 0.0642
+
+
+def test_nan_scores_raise_a_model_fit_error_naming_the_model():
+    from nmrn.errors import ModelFitError
+
+    class Diverged(Constant):
+        def score(self, users, items):
+            return np.full((len(users), len(items)), np.nan)
+
+    with pytest.raises(ModelFitError, match="returned NaN"):
+        evaluate(Diverged(), random_log(0))

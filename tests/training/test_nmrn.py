@@ -292,3 +292,13 @@ def test_uniform_sampler_is_uniform_and_rejects_tiny_catalogues() -> None:
         UniformSampler(1).sample(torch.zeros(1), torch.tensor([0]), 3, generator=g)
     with pytest.raises(ConfigError, match="did you mean 'uniform'"):
         make_sampler("unifom")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present on this machine")
+def test_cuda_device_without_cuda_is_a_config_error() -> None:
+    from nmrn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        NMRN(device="cuda")
+    with pytest.raises(ConfigError, match="not a torch device"):
+        NMRN(device="gpu0")

@@ -200,7 +200,7 @@ class RecentPopularity(Recommender):
             self._mass *= self._gamma**self._clock
             self._clock = 0
         if -log_gamma * n > np.log(_RESCALE_AT):  # a huge batch: only its tail matters
-            keep = int(np.log(_RESCALE_AT) / -log_gamma)
+            keep = max(1, int(np.log(_RESCALE_AT) / -log_gamma))
             self._mass *= self._gamma ** (n - keep)
             items = items[n - keep :]
             n = keep

@@ -126,9 +126,11 @@ def _ids(values: Any, what: str, where: str) -> np.ndarray:
         raise DataError(f"{where}: row {j}: {what} id is missing")
     if s.dtype.kind == "f":  # e.g. an int column read with a NaN somewhere, or true floats
         arr = s.to_numpy()
-        if np.all(arr == np.round(arr)):
+        # integral and inside int64 (inf and 1e20 would wrap around in the cast)
+        ok = (arr == np.round(arr)) & (np.abs(arr) < 2.0**63)
+        if ok.all():
             return arr.astype(np.int64)
-        j = int(np.flatnonzero(arr != np.round(arr))[0])
+        j = int(np.flatnonzero(~ok)[0])
         raise DataError(f"{where}: row {j}: {what} id {float(arr[j])!r} is not an int or a string")
     try:
         return _as_id_array(s.to_numpy(), what)

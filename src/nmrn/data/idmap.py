@@ -19,6 +19,11 @@ from nmrn.errors import DataError, UnknownIdError
 _ID_KINDS = {"integer", "string", "mixed-integer", "empty"}
 
 
+def _is_id(x: Any) -> bool:
+    """An int (not a bool) or a str, numpy scalars included."""
+    return isinstance(x, (int, str, np.integer, np.str_)) and not isinstance(x, (bool, np.bool_))
+
+
 def _as_id_array(ids: Any, what: str) -> np.ndarray:
     """Return ``ids`` as a 1-D numpy array of python-hashable ids, checking their types.
 
@@ -42,14 +47,14 @@ def _as_id_array(ids: Any, what: str) -> np.ndarray:
         return arr.astype(object)
     if arr.dtype.kind == "O":
         kind = pd.api.types.infer_dtype(arr, skipna=False)
-        if kind not in _ID_KINDS:
-            bad = next(
-                (x for x in arr.tolist() if isinstance(x, bool) or not isinstance(x, (int, str))),
-                None,
-            )
-            raise DataError(
-                f"{what} id {bad!r} has type {type(bad).__name__}; ids must be int or str"
-            )
+        if kind not in ("integer", "string"):
+            # pandas calls [1, True, 1.0] "mixed-integer", and in a dict those three are one
+            # key: check every element of a mixed array, not just the inferred kind
+            bad = next((x for x in arr.tolist() if not _is_id(x)), None)
+            if bad is not None or kind not in _ID_KINDS:
+                raise DataError(
+                    f"{what} id {bad!r} has type {type(bad).__name__}; ids must be int or str"
+                )
         if kind == "integer":
             try:
                 return arr.astype(np.int64)

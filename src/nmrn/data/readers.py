@@ -782,11 +782,12 @@ def _ids(values: pd.Series, what: str, issues: list[tuple[int, str]]) -> np.ndar
         missing = np.isnan(arr)
         if missing.any():
             issues.append((_first(missing), f"{what} id is missing"))
-        fractional = ~missing & (arr != np.round(arr))
+        # not integral, infinite, or beyond int64 (where the cast would wrap around)
+        fractional = ~missing & ~((arr == np.round(arr)) & (np.abs(arr) < 2.0**63))
         if fractional.any():
             j = _first(fractional)
             issues.append((j, f"{what} id {float(arr[j])!r} is not an integer; ids are int or str"))
-        return np.where(missing, 0, arr).astype(np.int64)
+        return np.where(missing | fractional, 0, arr).astype(np.int64)
     if isinstance(values.dtype, pd.StringDtype) or (
         values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string"
     ):

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from nmrn.data.events import EventBatch, as_events
-from nmrn.errors import ConfigError, DataError
+from nmrn.errors import ConfigError, DataError, ModelFitError
 from nmrn.evaluation.metrics import expected_hits, expected_ndcg, expected_rr, rank_counts
 
 __all__ = [
@@ -551,6 +551,11 @@ class Evaluation(Iterator[SegmentResult]):
         inside = items < m  # items first seen inside this part are not candidates anyway
         excluded[rows[inside], items[inside]] = True
         excluded[np.arange(n), targets] = False  # the target is never excluded
+        if np.isnan(scores).any():
+            raise ModelFitError(
+                f"{self.name}: score() returned NaN (the model has diverged); lower its "
+                f"learning rate or enable gradient clipping"
+            )
         n_greater, n_tied = rank_counts(scores, targets, excluded)
 
         eligible = ~excluded

@@ -356,8 +356,17 @@ class Recommender(ABC):
             "model_meta": model_meta,
             "extra": self.extra,
         }
+        if path.exists() and not _is_checkpoint(path):
+            raise CheckpointError(
+                f"{path}: exists and is not an nmrn checkpoint; refusing to replace it "
+                f"(choose another path or remove it)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        # mkdtemp makes the directory 0700; give it the permissions a plain mkdir would have
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         try:
             with open(tmp / ARRAYS_FILE, "wb") as f:
                 np.savez(f, **all_arrays)
@@ -426,6 +435,15 @@ class Recommender(ABC):
         except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
             raise CheckpointError(f"{path}: inconsistent checkpoint: {err}") from None
         return rec
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a directory whose meta.json says it is an nmrn checkpoint."""
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def fsync_dir(path: Path) -> None:
