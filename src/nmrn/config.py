@@ -266,12 +266,12 @@ class SamplerConfig:
     generator_dim: int = 32
     hidden: int = 32
     temperature: float = 1.0
-    lr: float = 0.05
+    lr: float = 0.01
     entropy_weight: float = 0.0
     baseline: str = "batch"
     warmup_steps: int = 0
     pretrain_epochs: int = 1
-    adversarial_epochs: int = 2
+    adversarial_epochs: int = 1
     init_std: float = 0.1
     stats_window: int = 1000
 
