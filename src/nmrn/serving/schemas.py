@@ -79,6 +79,19 @@ class Limits:
                 raise ConfigError(f"Limits.{name} must be an int >= 1, got {value!r}")
 
 
+
+def _bounded_list(value: Any, field: str, of: str, limit: int) -> list[Any]:
+    """``value`` as a non-empty JSON array of at most ``limit`` elements (else BadRequest)."""
+    if not isinstance(value, list):
+        raise BadRequest(f"{field}: must be an array of {of}, got {_type_name(value)}")
+    if not value:
+        raise BadRequest(f"{field}: is empty; send at least one")
+    if len(value) > limit:
+        raise BadRequest(
+            f"{field}: {len(value)} {field} in one request; the limit is {limit}", status=413
+        )
+    return value
+
 def _type_name(x: Any) -> str:
     return {dict: "object", list: "array", type(None): "null", bool: "bool"}.get(
         type(x), type(x).__name__
@@ -157,16 +170,7 @@ def parse_events(body: Any, limits: Limits) -> list[tuple[Any, ...]]:
     extra = [key for key in body if key != "events"]
     if extra:
         raise BadRequest(f"body: unknown field {extra[0]!r} next to 'events'")
-    events = body["events"]
-    if not isinstance(events, list):
-        raise BadRequest(f"events: must be an array of event objects, got {_type_name(events)}")
-    if not events:
-        raise BadRequest("events: is empty; send at least one event")
-    if len(events) > limits.max_events:
-        raise BadRequest(
-            f"events: {len(events)} events in one request; the limit is {limits.max_events}",
-            status=413,
-        )
+    events = _bounded_list(body["events"], "events", "event objects", limits.max_events)
     return [_event(e, f"events[{j}]", limits) for j, e in enumerate(events)]
 
 
@@ -216,16 +220,7 @@ def parse_recommend(body: Any, limits: Limits) -> tuple[list[int | str], int, bo
         raise BadRequest(f"body: unknown field {unknown[0]!r} (known: users, k, exclude_seen)")
     if "users" not in body:
         raise BadRequest("users: missing (send {\"users\": [id, ...]})")
-    users = body["users"]
-    if not isinstance(users, list):
-        raise BadRequest(f"users: must be an array of ids, got {_type_name(users)}")
-    if not users:
-        raise BadRequest("users: is empty; send at least one id")
-    if len(users) > limits.max_users:
-        raise BadRequest(
-            f"users: {len(users)} users in one request; the limit is {limits.max_users}",
-            status=413,
-        )
+    users = _bounded_list(body["users"], "users", "ids", limits.max_users)
     ids = [parse_id(u, f"users[{j}]", limits) for j, u in enumerate(users)]
     k, exclude = body.get("k", 10), body.get("exclude_seen", True)
     if isinstance(k, bool) or not isinstance(k, int):  # JSON must say 10, not "10"
