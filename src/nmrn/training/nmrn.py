@@ -424,7 +424,7 @@ class NMRN(Recommender):
         self._restore_memory(saved)
 
     def _update_rows(self, name: str, rows: Tensor, grad: Tensor) -> None:
-        param = self._parameters_by_name()[name].data
+        param = self.network.get_parameter(name).data  # no dict of every parameter per call
         if self.optimizer == "sgd":
             param.index_add_(0, rows, grad, alpha=-self.lr)
             return
