@@ -18,32 +18,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from nmrn.argtypes import int_at_least, non_negative_seconds
 from nmrn.errors import ConfigError
 
 log = logging.getLogger("nmrn.serving")
-
-
-def _int_at_least(low: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
 
 
 def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -53,26 +31,26 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="checkpoint directory to serve (and to write checkpoints to)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=_int_at_least(0), default=8000,
+    p.add_argument("--port", type=int_at_least(0), default=8000,
                    help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--token", default=None,
                    help="bearer token required for writes (default: $NMRN_TOKEN; none: open)")
     p.add_argument("--journal", type=Path, default=None,
                    help="journal file (default: <checkpoint>.journal)")
-    p.add_argument("--checkpoint-every", type=_int_at_least(0), default=10_000, metavar="N",
+    p.add_argument("--checkpoint-every", type=int_at_least(0), default=10_000, metavar="N",
                    help="checkpoint after N applied events (0: never; default %(default)s)")
-    p.add_argument("--checkpoint-seconds", type=_seconds, default=60.0, metavar="S",
+    p.add_argument("--checkpoint-seconds", type=non_negative_seconds, default=60.0, metavar="S",
                    help="checkpoint every S seconds if events arrived (0: never; default "
                    "%(default)s)")
-    p.add_argument("--apply-batch", type=_int_at_least(1), default=256, metavar="N",
+    p.add_argument("--apply-batch", type=int_at_least(1), default=256, metavar="N",
                    help="most events per learn call (bounds how long a read waits)")
-    p.add_argument("--max-batch", type=_int_at_least(1), default=10_000, metavar="N",
+    p.add_argument("--max-batch", type=int_at_least(1), default=10_000, metavar="N",
                    help="most events per POST /events (default %(default)s)")
-    p.add_argument("--max-body-bytes", type=_int_at_least(1), default=1_048_576, metavar="N")
-    p.add_argument("--max-k", type=_int_at_least(1), default=1_000, metavar="N")
-    p.add_argument("--max-users", type=_int_at_least(1), default=1_000, metavar="N",
+    p.add_argument("--max-body-bytes", type=int_at_least(1), default=1_048_576, metavar="N")
+    p.add_argument("--max-k", type=int_at_least(1), default=1_000, metavar="N")
+    p.add_argument("--max-users", type=int_at_least(1), default=1_000, metavar="N",
                    help="most users per POST /recommendations (default %(default)s)")
-    p.add_argument("--max-pending", type=_int_at_least(1), default=1_000_000, metavar="N",
+    p.add_argument("--max-pending", type=int_at_least(1), default=1_000_000, metavar="N",
                    help="most accepted-but-unapplied events before ingest answers 503")
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync the journal per request (loses events on a machine crash)")
