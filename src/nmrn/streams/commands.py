@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nmrn.argtypes import positive_int, positive_seconds
-from nmrn.errors import ConfigError, NMRNError
+from nmrn.errors import ConfigError
 from nmrn.streams.consumer import Consumer
 from nmrn.streams.sources import EventSource, FileSource
 
@@ -148,18 +148,10 @@ def run_consume(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nmrn.streams.commands consume ...`` (the same as ``nmrn consume``)."""
-    parser = argparse.ArgumentParser(prog="nmrn")
-    add_consume_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return run_consume(args)
-    except NMRNError as err:
-        print(f"nmrn: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("nmrn: interrupted", file=sys.stderr)
-        return 130
+    """``python -m nmrn.streams.commands consume ...``: the same entry point as ``nmrn``."""
+    from nmrn.cli import main as cli_main  # the CLI imports this module; import it late
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
