@@ -114,6 +114,10 @@ def test_train_then_recommend_round_trip(log_csv, tmp_path, capsys):
         (["evaluate"], "one of the arguments --dataset --data is required"),
         (["frobnicate"], "invalid choice"),
         (["recommend", "--checkpoint", "x", "--user", "1", "-k", "-3"], "expected a number >= 1"),
+        (["serve", "--checkpoint", "x", "--switch-interval", "0"], "expected a finite number > 0"),
+        (["serve", "--checkpoint", "x", "--switch-interval", "inf"], "finite number > 0, got inf"),
+        (["consume", "--checkpoint", "x", "--source", "-", "--idle-timeout", "nan"],
+         "finite number > 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message, capsys):

@@ -7,6 +7,7 @@ what was given, which argparse turns into ``nmrn <command>: error: ...`` and exi
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 
@@ -46,8 +47,8 @@ def positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
     return value
 
 

@@ -183,14 +183,66 @@ def test_fast_read_refusals_are_counted(tmp_path: Path) -> None:
         assert count == 1
 
 
-def test_a_read_while_the_writer_holds_the_model_waits_in_a_thread() -> None:
+class GatedPopularity(Popularity):
+    """Popularity whose ``learn`` blocks until ``gate`` opens: a writer stuck inside a batch."""
+
+    name = ""  # not registered
+
+    def __init__(self, *, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.inside = threading.Event()
+
+    def _learn(self, users: Any, items: Any, timestamps: Any, weights: Any) -> None:
+        self.inside.set()
+        assert self.gate.wait(10)
+
+
+def test_a_read_during_a_batch_waits_for_it_while_the_loop_keeps_serving() -> None:
+    model = GatedPopularity().fit(HISTORY)
+    with LiveService(model) as svc:
+        client = TestClient(create_app(svc))
+        model.gate.clear()
+        svc.submit([(7, "b", 6.0), (8, "b", 7.0)])  # "b" becomes the most popular item
+        assert model.inside.wait(10)  # the writer is inside the batch, holding the model
+        answers: list[Any] = []
+        reader = threading.Thread(
+            target=lambda: answers.append(client.get("/recommendations/u1?k=1").json())
+        )
+        reader.start()
+        time.sleep(0.2)
+        assert not answers  # the read waits for the batch ...
+        health = client.get("/healthz").json()  # ... while the event loop still answers
+        assert health["applied_seq"] == 0 and health["accepted_seq"] == 2
+        model.gate.set()
+        reader.join(10)
+        # it saw the state after the whole batch: "b" has 4 events, "c" 1 ("a" is seen by u1)
+        assert answers == [{"user": "u1", "items": ["b"], "scores": [4.0], "cold": False}]
+
+
+def test_a_missed_wake_up_costs_a_retry_not_a_hung_read(monkeypatch: Any) -> None:
     with LiveService(Popularity().fit(HISTORY)) as svc:
         client = TestClient(create_app(svc))
-        svc._model_lock.acquire()
-        timer = threading.Timer(0.2, svc._model_lock.release)
+        svc._model_lock.acquire()  # held, and released below without waking anyone
+        monkeypatch.setattr(svc, "notify_when_free", lambda callback: True)
+        timer = threading.Timer(0.1, svc._model_lock.release)
         timer.start()
         t0 = time.perf_counter()
-        body = client.get("/recommendations/196?k=1").json()
-        assert time.perf_counter() - t0 >= 0.15  # it waited for the "batch" to end
-        assert body["items"] == ["c"]
+        assert client.get("/recommendations/196?k=1").json()["items"] == ["c"]
+        assert time.perf_counter() - t0 < 5
         timer.join()
+
+
+def test_notify_when_free_never_misses_a_release() -> None:
+    with LiveService(Popularity().fit(HISTORY)) as svc:
+        assert svc.notify_when_free(lambda: None) is False  # free now: nothing registered
+        woken: list[int] = []
+        for n in range(200):  # registration racing a release in another thread
+            svc._model_lock.acquire()
+            releaser = threading.Thread(target=svc._release_model)
+            releaser.start()
+            registered = svc.notify_when_free(lambda n=n: woken.append(n))
+            releaser.join()
+            # either the lock was already free (retry at once) or the release woke us
+            assert (not registered) or woken[-1:] == [n]

@@ -17,6 +17,7 @@ no stack trace ever reaches a client.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -45,11 +46,11 @@ from nmrn.serving.service import LiveService, ServiceUnavailable
 
 log = logging.getLogger("nmrn.serving")
 
-# Reads for at most INLINE_USERS users of a catalogue of at most INLINE_ITEMS items run on the
-# event loop itself; larger ones in a worker thread, where numpy's top-k over a long score row
-# runs without the GIL while the loop serves other requests.
+# Reads for at most INLINE_USERS users run on the event loop itself; larger ones in a worker
+# thread, so that the loop keeps serving while they run.
 INLINE_USERS = 8
-INLINE_ITEMS = 20_000
+# A read waiting for the writer's batch tries again after this long even if no wake-up came.
+WAKE_TIMEOUT = 0.05
 _KINDS = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
@@ -245,15 +246,35 @@ def create_app(
 
         return await guarded(work)
 
+    free: dict[str, asyncio.Future[None]] = {}  # "next": resolved when the writer's batch ends
+
+    async def model_free() -> None:
+        """Wait (without blocking the loop) until the model lock is next released."""
+        future = free.get("next")
+        if future is None or future.done():
+            loop = asyncio.get_running_loop()
+            future = free["next"] = loop.create_future()
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+
+            if not service.notify_when_free(wake):
+                future.set_result(None)  # already free: try again at once
+            else:  # belt and braces: a missed wake-up costs a retry, never a hung read
+                loop.call_later(WAKE_TIMEOUT, lambda: future.done() or future.set_result(None))
+        await future
+
     async def _answer(users: list[Any], k: int, exclude: bool, *, text: bool
                       ) -> list[dict[str, Any]]:
-        # A small read runs right here on the event loop (a recommend costs about a millisecond,
-        # less than a hop to a worker thread); a large one, or one that would wait for the
-        # writer's batch, runs in a worker thread so that the loop keeps serving.
-        found = None
-        if len(users) <= INLINE_USERS and len(service.model.items) <= INLINE_ITEMS:
-            found = service.try_recommend(users, k, exclude, text_ids=text)
-        if found is None:
+        # A small read runs right here on the event loop: a recommend costs well under a
+        # millisecond, less than a hop to a worker thread. If the writer is inside a batch, the
+        # read waits for the batch's end (the loop serves other requests meanwhile) and tries
+        # again; reads are never parked in threads, where each would hold the model lock in
+        # turn and push the next read off the loop too. A large read runs in a worker thread.
+        if len(users) <= INLINE_USERS:
+            while (found := service.try_recommend(users, k, exclude, text_ids=text)) is None:
+                await model_free()
+        else:
             found = await run_in_threadpool(service.recommend, users, k, exclude, text_ids=text)
         looked_up, recs = found
         return recommendation_rows(looked_up, recs.items, recs.scores, recs.cold)

@@ -15,10 +15,11 @@ import argparse
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
-from nmrn.argtypes import int_at_least, non_negative_seconds
+from nmrn.argtypes import int_at_least, non_negative_seconds, positive_seconds
 from nmrn.errors import ConfigError
 
 log = logging.getLogger("nmrn.serving")
@@ -54,6 +55,9 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="most accepted-but-unapplied events before ingest answers 503")
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync the journal per request (loses events on a machine crash)")
+    p.add_argument("--switch-interval", type=positive_seconds, default=0.0005, metavar="S",
+                   help="Python's thread switch interval while serving (default %(default)s s; "
+                   "Python's own is 0.005)")
     p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
@@ -103,6 +107,11 @@ def run_serve(args: argparse.Namespace) -> int:
     """
     import uvicorn
 
+    # The writer thread and the event loop share the GIL. With Python's default switch interval
+    # (5 ms) the writer, holding the model lock, waits up to 5 ms for the GIL each time numpy or
+    # torch hands it back, and every read waits with it; a short interval keeps a batch short
+    # (docs/serving.md#8-performance has the measurements).
+    sys.setswitchinterval(args.switch_interval)
     service, app = build_app_from_args(args)
     if service.replayed:
         log.warning("replayed %d journalled events after an unclean stop", service.replayed)

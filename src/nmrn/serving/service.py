@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ from nmrn.training.base import Recommendations, Recommender
 log = logging.getLogger("nmrn.serving")
 
 SEQ_KEY = "journal_seq"
+# After a batch that reads waited for, the writer pauses this long before taking the model again.
+READER_TURN_SECONDS = 0.0005
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -187,6 +189,9 @@ class LiveService:
         self.max_pending = max_pending
 
         self._model_lock = threading.Lock()
+        # callbacks to run once the model lock is next released (see notify_when_free)
+        self._free_lock = threading.Lock()
+        self._free_callbacks: list[Callable[[], None]] = []
         self._submit_lock = threading.Lock()
         self._cond = threading.Condition()
         self._queue: deque[tuple[int, EventBatch]] = deque()
@@ -345,8 +350,11 @@ class LiveService:
         not know as text but knows as an int (``"196"`` -> ``196``) is looked up as the int.
         ``recs.items``/``recs.scores`` are ``[n, k']``, ``recs.cold`` is ``[n]``.
         """
-        with self._model_lock:
+        self._model_lock.acquire()
+        try:
             return self._recommend_locked(users, k, exclude_seen, text_ids)
+        finally:
+            self._release_model()
 
     def try_recommend(
         self, users: Sequence[int | str], k: int = 10, exclude_seen: bool = True,
@@ -355,15 +363,42 @@ class LiveService:
         """:meth:`recommend` if the model is free now, else ``None`` at once (never waits).
 
         The HTTP layer calls this on its event loop, where a read of a millisecond is cheaper
-        than a hop to a worker thread; only when the writer is inside a batch does the read go
-        to a thread that waits for it (:meth:`recommend`).
+        than a hop to a worker thread; when the writer is inside a batch, the loop asks
+        :meth:`notify_when_free` to wake it when the batch ends, serves other requests
+        meanwhile, and tries again.
         """
         if not self._model_lock.acquire(blocking=False):
             return None
         try:
             return self._recommend_locked(users, k, exclude_seen, text_ids)
         finally:
-            self._model_lock.release()
+            self._release_model()
+
+    def notify_when_free(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback()`` (from the releasing thread) when the model lock is next released.
+
+        Returns ``False``, registering nothing, if the lock is free now (try again at once).
+        The check and the registration are one step with respect to a release, so a wake-up is
+        never missed. ``callback`` must be quick and must not raise, e.g.
+        ``loop.call_soon_threadsafe(...)``.
+        """
+        with self._free_lock:
+            if not self._model_lock.locked():
+                return False
+            self._free_callbacks.append(callback)
+            return True
+
+    def _release_model(self) -> int:
+        """Release the model lock and run the waiting callbacks; returns how many ran."""
+        self._model_lock.release()
+        with self._free_lock:
+            callbacks, self._free_callbacks = self._free_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a waiter's problem must not stop the writer
+                log.exception("a model-free callback failed")
+        return len(callbacks)
 
     def _recommend_locked(
         self, users: Sequence[int | str], k: int, exclude_seen: bool, text_ids: bool
@@ -412,11 +447,14 @@ class LiveService:
 
     def _save(self) -> dict[str, Any]:
         assert self.checkpoint_path is not None
-        with self._model_lock:
+        self._model_lock.acquire()
+        try:
             start = time.perf_counter()
             self.model.extra[SEQ_KEY] = self.applied_seq
             self.model.save(self.checkpoint_path)
             seconds = time.perf_counter() - start
+        finally:
+            self._release_model()
         seq = self.applied_seq
         if self.journal is not None:
             self.journal.truncate(seq)
@@ -441,7 +479,8 @@ class LiveService:
     # -- the writer ------------------------------------------------------------------------------
     def _apply(self, first: int, batch: EventBatch) -> None:
         last = first + len(batch) - 1
-        with self._model_lock:
+        self._model_lock.acquire()
+        try:
             start = time.perf_counter()
             try:
                 self.model.learn(batch)
@@ -450,9 +489,15 @@ class LiveService:
                 log.error("learn failed on events %d..%d (skipped): %s", first, last, err)
             self.model.extra[SEQ_KEY] = last
             self.learn_latency.observe(time.perf_counter() - start)
-        with self._cond:
-            self.applied_seq = last
-            self._cond.notify_all()
+            with self._cond:
+                self.applied_seq = last
+                self._cond.notify_all()
+        finally:
+            woken = self._release_model()
+        if woken:
+            # reads were waiting for this batch: give them the model before the next batch
+            # (threading.Lock is not fair, and this thread would otherwise take it straight back)
+            time.sleep(READER_TURN_SECONDS)
 
     def _replay(self) -> None:
         assert self.journal is not None
