@@ -64,6 +64,9 @@ class Popularity(Recommender):
     ) -> None:
         pass
 
+    def _shared_scores(self) -> np.ndarray:
+        return self.item_counts
+
     def _score_all(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.item_counts, (len(users), len(self.item_counts)))
 
@@ -215,10 +218,13 @@ class RecentPopularity(Recommender):
             return self._mass * self._gamma**self._clock
         return self._counts.astype(np.float64)
 
-    def _score_all(self, users: np.ndarray) -> np.ndarray:
+    def _shared_scores(self) -> np.ndarray:
         share = self.item_counts / (self.n_events + 1.0)
         eps = DECAY_TIE_EPS if self._decay else 1.0
-        row = self.recent_scores() + eps * share
+        return self.recent_scores() + eps * share
+
+    def _score_all(self, users: np.ndarray) -> np.ndarray:
+        row = self._shared_scores()
         return np.broadcast_to(row, (len(users), len(row)))
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -41,6 +41,9 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 ARRAYS_FILE = "arrays.npz"
 MAX_K = 100_000
+# How many of the best items a cached ranking keeps (see _Ranking); reads that need more fall
+# back to scoring every item.
+RANKING_PREFIX = 2048
 
 _REGISTRY: dict[str, type[Recommender]] = {}
 
@@ -98,6 +101,14 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.empty((n, 0), np.int64), np.empty((n, 0), scores.dtype)
     if k < m:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        # argpartition keeps an arbitrary subset of the items tied with the k-th best score;
+        # the rule is the lowest indices, so a row with more such ties than slots is redone.
+        kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+        crowded = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
+        for r in crowded.tolist():
+            row, t = scores[r], kth[r]
+            above = np.flatnonzero(row > t)
+            part[r] = np.concatenate([above, np.flatnonzero(row == t)[: k - len(above)]])
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()
     vals = np.take_along_axis(scores, part, axis=1)
@@ -105,6 +116,50 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((part, -vals), axis=1)
     idx = np.take_along_axis(part, order, axis=1)
     return idx.astype(np.int64), np.take_along_axis(vals, order, axis=1)
+
+
+class _Ranking:
+    """The best ``size`` items of one score row, ranked once: best first, ties by lower index.
+
+    Serves models whose row is shared by many users (popularity for every known user, the
+    popularity fallback for every unknown one): a user's top-k is the first ``k`` ranked items
+    they have not seen, so a read costs ``O(k + seen)`` instead of a pass over every item.
+    Everything outside the prefix ranks below everything in it, so an answer found inside the
+    prefix is exactly :func:`top_k`'s.
+    """
+
+    __slots__ = ("complete", "items", "scores", "version")
+
+    def __init__(self, row: np.ndarray, size: int, version: int) -> None:
+        n = len(row)
+        if size < n:
+            threshold = np.partition(row, n - size)[n - size]  # the size-th largest score
+            above = np.flatnonzero(row > threshold)
+            ties = np.flatnonzero(row == threshold)[: size - len(above)]
+            cand = np.concatenate([above, ties])
+        else:
+            cand = np.arange(n)
+        order = np.lexsort((cand, -row[cand]))
+        self.items = cand[order].astype(np.int64)
+        self.scores = row[self.items].astype(np.float64)
+        self.complete = size >= n
+        self.version = version
+
+    def top(self, k: int, seen: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The first ``k`` ranked items not in ``seen``, or ``None`` if the prefix runs out."""
+        if seen is None or len(seen) == 0:
+            keep = slice(0, k)
+            if k <= len(self.items):
+                return self.items[keep], self.scores[keep]
+        else:
+            mask = ~np.isin(self.items, seen)
+            idx = np.flatnonzero(mask)[:k]
+            if len(idx) == k:
+                return self.items[idx], self.scores[idx]
+            keep = idx  # type: ignore[assignment]
+        if not self.complete:
+            return None
+        return self.items[keep], self.scores[keep]  # every candidate, fewer than k
 
 
 class Recommender(ABC):
@@ -137,6 +192,8 @@ class Recommender(ABC):
         # JSON-serialisable facts that travel with checkpoints (e.g. the last applied stream
         # position of a consumer); the model itself never reads it.
         self.extra: dict[str, Any] = {}
+        # bumped by every fit/learn: cached rankings of an older state are stale
+        self._version = 0
 
     # -- parameters ----------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -178,6 +235,7 @@ class Recommender(ABC):
             self.learn_seconds += elapsed
         self.history.append(users, items)
         np.add.at(self.item_counts, items, 1.0)
+        self._version += 1
         self.n_events += len(batch)
         self.last_timestamp = max(self.last_timestamp, float(batch.timestamps.max()))
 
@@ -220,6 +278,50 @@ class Recommender(ABC):
     def _cold_scores(self) -> np.ndarray:
         """Scores for an unknown user, ``[n_items]``: item popularity so far."""
         return self.item_counts.astype(np.float64)
+
+    def _shared_scores(self) -> np.ndarray | None:
+        """The one ``[n_items]`` score row every known user gets, for a model that ignores the
+        user (popularity); ``None`` (the default) for a personalised model.
+
+        When it is given, :meth:`recommend` ranks the items once per model state and answers
+        each user by skipping the items they have seen (see :class:`_Ranking`).
+        """
+        return None
+
+    def _ranking(self, which: str) -> _Ranking:
+        """The cached ranking of the shared (``"shared"``) or cold (``"cold"``) score row,
+        rebuilt when the model has learned since."""
+        cache: dict[str, _Ranking] = self.__dict__.setdefault("_rankings", {})
+        found = cache.get(which)
+        if found is None or found.version != self._version:
+            row = self._shared_scores() if which == "shared" else self._cold_scores()
+            assert row is not None
+            found = cache[which] = _Ranking(row, RANKING_PREFIX, self._version)
+        return found
+
+    def _ranked_top_k(
+        self, u: np.ndarray, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """:func:`top_k` of the (excluded) scores of users ``u`` from cached rankings, or
+        ``None`` when some user's row is personal or a ranking's prefix is too short."""
+        known = u >= 0
+        if known.any() and type(self)._shared_scores is Recommender._shared_scores:
+            return None  # personalised scores
+        shared = self._ranking("shared") if known.any() else None
+        cold = self._ranking("cold") if (~known).any() else None
+        width = min(k, len(self.items))
+        idx = np.zeros((len(u), width), dtype=np.int64)
+        vals = np.full((len(u), width), -np.inf)
+        for row, user in enumerate(u.tolist()):
+            ranking = shared if user >= 0 else cold
+            assert ranking is not None
+            seen = self.history.items_of(user) if exclude_seen and user >= 0 else None
+            found = ranking.top(width, seen)
+            if found is None:
+                return None
+            n = len(found[0])
+            idx[row, :n], vals[row, :n] = found
+        return idx, vals
 
     def _scores_for(self, user_idx: np.ndarray) -> np.ndarray:
         """``[n, n_items]`` float64 scores; rows of unknown users (index -1) use the fallback."""
@@ -285,11 +387,15 @@ class Recommender(ABC):
         k = _check_k(k)
         user_arr, scalar = self._user_array(users)
         u = self.users.encode(user_arr, missing=-1)
-        scores = self._scores_for(u)
-        if exclude_seen and len(u):
-            rows, cols = self.history.seen_pairs(u)
-            scores[rows, cols] = -np.inf
-        idx, vals = top_k(scores, k)
+        ranked = self._ranked_top_k(u, k, exclude_seen) if len(u) else None
+        if ranked is not None:
+            idx, vals = ranked
+        else:
+            scores = self._scores_for(u)
+            if exclude_seen and len(u):
+                rows, cols = self.history.seen_pairs(u)
+                scores[rows, cols] = -np.inf
+            idx, vals = top_k(scores, k)
         valid = vals > -np.inf
         if valid.all():
             items = self.items.decode(idx)
