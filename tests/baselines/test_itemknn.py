@@ -160,3 +160,31 @@ def test_history_len_bounds_pairs_per_event() -> None:
 def test_rejects_bad_parameters(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         ItemKNN(**kwargs)
+
+
+@pytest.mark.parametrize("dense_max_items", [4096, 5])
+def test_repeated_items_in_a_profile_add_up(dense_max_items: int) -> None:
+    # user u re-consumes x: tail (oldest first) x, y, x -> weights x: rho**2 + rho**0, y: rho
+    log = [("v", "x", 0), ("v", "y", 1), ("v", "z", 2), ("w", "y", 3), ("w", "z", 4),
+           ("u", "x", 5), ("u", "y", 6), ("u", "x", 7)]
+    rho = 0.5
+    rec = ItemKNN(history_len=3, recency_decay=rho, dense_max_items=dense_max_items).fit(log)
+    c = rec.cooccurrence().toarray().astype(np.float64)
+    ix = {item: j for j, item in enumerate(rec.known_items.tolist())}
+    n = rec.item_counts
+    x, y, z = ix["x"], ix["y"], ix["z"]
+    want = (rho**2 + 1) * c[x, z] / n[x] + rho * c[y, z] / n[y] + TIE * n[z] / (len(log) + 1)
+    np.testing.assert_allclose(rec.score(["u"], ["z"])[0, 0], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dense_max_items", [4096, 30])
+def test_a_users_scores_do_not_depend_on_who_is_scored_alongside(dense_max_items: int) -> None:
+    stream = synthetic_stream(n_users=12, n_items=40, n_events=500, seed=5)
+    rec = ItemKNN(history_len=8, recency_decay=0.8, dense_max_items=dense_max_items).fit(stream)
+    rec.learn(stream.iloc[::7].assign(timestamp=stream["timestamp"].max() + 1.0))  # re-consume
+    users = rec.known_users
+    together = rec.score(users, rec.known_items)
+    for j, user in enumerate(users.tolist()):
+        np.testing.assert_array_equal(rec.score([user], rec.known_items)[0], together[j])
+        np.testing.assert_array_equal(rec.score(users[::-1], rec.known_items)[-1 - j],
+                                      together[j])

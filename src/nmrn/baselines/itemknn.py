@@ -247,23 +247,49 @@ class ItemKNN(Recommender):
             (vals.astype(np.float32), (rows, cols)), shape=(len(users), self._n), dtype=np.float32
         )
 
+    def _raw_dense(self, user: int) -> np.ndarray:
+        """``sum_a rho**a c[h_a, :] / n_{h_a}**alpha`` for one user, from the dense counts.
+
+        Profile weights are rounded to float32 (the counts' precision); an item that occurs
+        more than once in the tail has its weights summed in float32 in ascending order; the
+        weighted rows are summed in float64 in ascending item order. The result is a function
+        of the user's history alone (never of who else is scored alongside).
+        """
+        assert self._dense is not None
+        tail = self.history.items_of(user)[-self.history_len :]
+        n = len(tail)
+        if n == 0:
+            return np.zeros(self._n)
+        age = np.arange(n - 1, -1, -1, dtype=np.float64)  # 0 for the most recent item
+        inv_norm = np.maximum(self.item_counts[tail], 1.0) ** -self.alpha
+        vals = (self.recency_decay**age * inv_norm).astype(np.float32)
+        order = np.lexsort((vals, tail))
+        cols, vals = tail[order], vals[order]
+        first = np.empty(n, dtype=bool)
+        first[0] = True
+        np.not_equal(cols[1:], cols[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        weights = np.add.reduceat(vals, starts).astype(np.float64)
+        # reducing over axis 0 adds the rows one after the other, in item order
+        return (weights[:, None] * self._dense[cols[starts], : self._n]).sum(axis=0)
+
     def _score_all(self, users: np.ndarray) -> np.ndarray:
-        profile = self._profile(users)
-        # Sparse-times-dense and sparse-times-sparse products sum each row in the order of its
-        # profile's columns, whatever the other rows: a user's scores (and the ties between
-        # items) do not depend on who else is in the batch.
         if self._dense is not None:
-            used = np.unique(profile.indices)
-            neighbours = self._dense[used, : self._n].astype(np.float64)
-            raw = profile.astype(np.float64)[:, used] @ neighbours
+            raw = np.empty((len(users), self._n))
+            for row, user in enumerate(users.tolist()):
+                raw[row] = self._raw_dense(user)
         else:
             assert self._main is not None
-            raw = (profile @ self._main).toarray()
+            # Sparse products sum each row in the order of its profile's columns, whatever the
+            # other rows: a user's scores (and ties) do not depend on who else is in the batch.
+            profile = self._profile(users)
+            raw32 = (profile @ self._main).toarray()
             if self._pending_count:
-                raw += (profile @ self._pending_matrix()).toarray()
+                raw32 += (profile @ self._pending_matrix()).toarray()
+            raw = raw32.astype(np.float64)
         col_norm = np.maximum(self.item_counts, 1.0) ** (self.alpha - 1.0)
         share = self.item_counts / (self.n_events + 1.0)
-        return raw.astype(np.float64) * col_norm[None, :] + TIE_EPS * share[None, :]
+        return raw * col_norm[None, :] + TIE_EPS * share[None, :]
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
