@@ -119,6 +119,8 @@ def run_serve(args: argparse.Namespace) -> int:
         app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
         loop=args.loop, http=args.http,
         access_log=False, timeout_graceful_shutdown=10,
+        # the service never uses client addresses: no X-Forwarded-* rewriting layer per request
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once it is done; a handler that only records
