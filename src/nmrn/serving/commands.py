@@ -45,6 +45,9 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    "%(default)s)")
     p.add_argument("--apply-batch", type=int_at_least(1), default=256, metavar="N",
                    help="most events per learn call (bounds how long a read waits)")
+    p.add_argument("--apply-wait", type=non_negative_seconds, default=0.05, metavar="S",
+                   help="wait up to S seconds to gather more events into one learn call "
+                   "(0: apply at once; default %(default)s)")
     p.add_argument("--max-batch", type=int_at_least(1), default=10_000, metavar="N",
                    help="most events per POST /events (default %(default)s)")
     p.add_argument("--max-body-bytes", type=int_at_least(1), default=1_048_576, metavar="N")
@@ -55,6 +58,9 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="most accepted-but-unapplied events before ingest answers 503")
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync the journal per request (loses events on a machine crash)")
+    p.add_argument("--torch-threads", type=int_at_least(1), default=1, metavar="N",
+                   help="threads torch may use for one operation (NMRN, BPR; default "
+                   "%(default)s: the event loop and the writer need the other cores)")
     p.add_argument("--switch-interval", type=positive_seconds, default=0.0005, metavar="S",
                    help="Python's thread switch interval while serving (default %(default)s s; "
                    "Python's own is 0.005)")
@@ -88,6 +94,7 @@ def build_app_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
         checkpoint_every=args.checkpoint_every or None,
         checkpoint_seconds=args.checkpoint_seconds or None,
         apply_batch=args.apply_batch,
+        apply_wait=args.apply_wait,
         max_pending=args.max_pending,
         fsync=not args.no_fsync,
     )
@@ -113,6 +120,10 @@ def run_serve(args: argparse.Namespace) -> int:
     # (docs/serving.md#8-performance has the measurements).
     sys.setswitchinterval(args.switch_interval)
     service, app = build_app_from_args(args)
+    if "torch" in sys.modules:  # the checkpoint's model uses torch
+        # One thread per op: the ops of one read or one small batch are too small to gain
+        # from more, and extra threads compete with the event loop for the same cores.
+        sys.modules["torch"].set_num_threads(args.torch_threads)
     if service.replayed:
         log.warning("replayed %d journalled events after an unclean stop", service.replayed)
     config = uvicorn.Config(

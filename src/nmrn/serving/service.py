@@ -9,13 +9,13 @@ an event:
    fsync shared by every request waiting for it); only then does it return, so an event the
    caller saw accepted survives a crash.
 2. The writer thread takes queued events in order once they are durable (an event is never
-   applied, so never seen by a read, before it is on the disk), at most ``apply_batch`` at a
-   time, and calls
-   ``model.learn`` under the model lock. A read (:meth:`LiveService.recommend`) takes the same
-   lock, so it sees the state before or after a batch, never half of one, and waits at most one
-   batch. A single lock (rather than a readers-writer lock or a copy-on-write snapshot) is what a
-   model of any kind can be trusted with: some models fill caches while scoring, so even two
-   reads may not overlap.
+   applied, so never seen by a read, before it is on the disk), merging small requests into
+   one run of at most ``apply_batch`` events (waiting up to ``apply_wait`` seconds for a run to
+   fill), and calls ``model.learn`` on it under the model lock. A read
+   (:meth:`LiveService.recommend`) takes the same lock, so it sees the state before or after a
+   run, never half of one, and waits at most one run. A single lock (rather than a
+   readers-writer lock or a copy-on-write snapshot) is what a model of any kind can be trusted
+   with: some models fill caches while scoring, so even two reads may not overlap.
 3. Every ``checkpoint_every`` applied events, every ``checkpoint_seconds``, on
    :meth:`LiveService.checkpoint` and on :meth:`LiveService.close`, the writer saves the model
    with the last applied sequence number in ``model.extra["journal_seq"]`` (the save is atomic),
@@ -141,6 +141,11 @@ class LiveService:
         applied since (``None``: never by time).
     apply_batch
         Most events one ``learn`` call gets: the longest a read can wait is one such call.
+    apply_wait
+        Seconds the writer may wait for more events before applying fewer than
+        ``apply_batch`` (0: apply whatever is durable at once). Events from many requests then
+        share one ``learn`` call, whose fixed cost (milliseconds for NMRN) dominates small
+        batches; the price is at most this much extra delay before an event is seen by reads.
     max_pending
         Most accepted-but-unapplied events; :meth:`submit` refuses more with
         :class:`ServiceUnavailable` (backpressure instead of an unbounded queue).
@@ -163,6 +168,7 @@ class LiveService:
         checkpoint_every: int | None = 10_000,
         checkpoint_seconds: float | None = 60.0,
         apply_batch: int = 256,
+        apply_wait: float = 0.05,
         max_pending: int = 1_000_000,
         fsync: bool = True,
     ) -> None:
@@ -179,6 +185,11 @@ class LiveService:
             raise ConfigError(
                 f"checkpoint_every must be an int >= 1 or None, got {checkpoint_every!r}"
             )
+        if isinstance(apply_wait, bool) or not isinstance(apply_wait, (int, float)) or not (
+            0 <= apply_wait < float("inf")
+        ):
+            raise ConfigError(f"apply_wait must be a finite number of seconds >= 0, got "
+                              f"{apply_wait!r}")
         if checkpoint_seconds is not None and not checkpoint_seconds > 0:
             raise ConfigError(f"checkpoint_seconds must be > 0 or None, got {checkpoint_seconds!r}")
         self.model = model
@@ -186,6 +197,7 @@ class LiveService:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
         self.apply_batch = apply_batch
+        self.apply_wait = float(apply_wait)
         self.max_pending = max_pending
 
         self._model_lock = threading.Lock()
@@ -194,7 +206,8 @@ class LiveService:
         self._free_callbacks: list[Callable[[], None]] = []
         self._submit_lock = threading.Lock()
         self._cond = threading.Condition()
-        self._queue: deque[tuple[int, EventBatch]] = deque()
+        # (first seq, events, time.monotonic() when accepted), in sequence order
+        self._queue: deque[tuple[int, EventBatch, float]] = deque()
         self._checkpoint_requests: list[_CheckpointRequest] = []
         self._stopping = False
         self._closed = False
@@ -312,7 +325,7 @@ class LiveService:
             else:
                 first, last = self.accepted_seq + 1, self.accepted_seq + len(batch)
             with self._cond:
-                self._queue.append((first, batch))
+                self._queue.append((first, batch, time.monotonic()))
                 self.accepted_seq = last
         if self.journal is not None:
             # group commit, outside the submit lock: requests arriving meanwhile write their
@@ -509,25 +522,52 @@ class LiveService:
         if self.replayed:
             log.info("replayed %d journalled events, up to %d", self.replayed, self.applied_seq)
 
-    def _take(self) -> tuple[int, EventBatch] | None:
-        """The next slice of at most ``apply_batch`` queued durable events (caller holds
-        ``_cond``)."""
+    def _take(self) -> tuple[int, EventBatch] | float | None:
+        """The next run of queued durable events for one ``learn`` call (caller holds
+        ``_cond``): at most ``apply_batch`` events, merged across requests, in order.
+
+        Returns ``None`` when no event is ready, or the seconds to wait for more when fewer
+        than ``apply_batch`` are ready and the oldest arrived less than ``apply_wait`` ago
+        (one ``learn`` call for many small requests costs far less than one call each).
+        """
         if not self._queue:
             return None
-        first, batch = self._queue[0]
-        if self.journal is not None and first + len(batch) - 1 > self.journal.durable_seq:
-            if self.journal.failed:  # never acknowledged, and never to be: drop them
-                dropped = sum(len(b) for _, b in self._queue)
+        durable = self.journal.durable_seq if self.journal is not None else self.accepted_seq
+        first, batch, arrived = self._queue[0]
+        if first + len(batch) - 1 > durable:
+            if self.journal is not None and self.journal.failed:
+                # never acknowledged, and never to be: drop them
+                dropped = sum(len(b) for _, b, _ in self._queue)
                 log.error("dropping %d events the failed journal could not make durable",
                           dropped)
                 self._queue.clear()
                 self.accepted_seq = self.applied_seq
             return None
-        if len(batch) <= self.apply_batch:
-            self._queue.popleft()
-            return first, batch
-        self._queue[0] = (first + self.apply_batch, batch[self.apply_batch :])
-        return first, batch[: self.apply_batch]
+        if self.apply_wait > 0 and not self._stopping:
+            ready = 0
+            for f, b, _ in self._queue:
+                if f + len(b) - 1 > durable or ready >= self.apply_batch:
+                    break
+                ready += len(b)
+            left = arrived + self.apply_wait - time.monotonic()
+            if ready < self.apply_batch and left > 0:
+                return left
+        parts: list[EventBatch] = []
+        taken = 0
+        while self._queue and taken < self.apply_batch:
+            f, b, t = self._queue[0]
+            if f + len(b) - 1 > durable:
+                break
+            room = self.apply_batch - taken
+            if len(b) <= room:
+                self._queue.popleft()
+                parts.append(b)
+                taken += len(b)
+            else:
+                self._queue[0] = (f + room, b[room:], t)
+                parts.append(b[:room])
+                taken += room
+        return first, _concat(parts)
 
     def _wait_seconds(self) -> float:
         if self.checkpoint_seconds is None or self.checkpoint_path is None:
@@ -538,14 +578,18 @@ class LiveService:
     def _run(self) -> None:
         while True:
             with self._cond:
-                work = self._take()
+                found = self._take()
                 while not (
-                    work or self._checkpoint_requests or (self._stopping and not self._queue)
+                    isinstance(found, tuple)
+                    or self._checkpoint_requests
+                    or (self._stopping and not self._queue)
                 ):
                     if self._checkpoint_due():
                         break
-                    self._cond.wait(self._wait_seconds())
-                    work = self._take()
+                    wait = self._wait_seconds()
+                    self._cond.wait(wait if found is None else min(found, wait))
+                    found = self._take()
+                work = found if isinstance(found, tuple) else None
                 requests, self._checkpoint_requests = self._checkpoint_requests, []
                 stop = self._stopping and not self._queue and work is None
             if work is not None:
@@ -666,6 +710,23 @@ def _register_models() -> None:
         import nmrn.models  # noqa: F401
     except ImportError as err:  # a broken optional model must not stop the others loading
         log.warning("could not import nmrn.models (%s); only imported models can be loaded", err)
+
+
+def _concat(parts: list[EventBatch]) -> EventBatch:
+    """Consecutive batches as one (ids of mixed kinds become an object array)."""
+    if len(parts) == 1:
+        return parts[0]
+    weights = None
+    if any(p.weights is not None for p in parts):
+        weights = np.concatenate(
+            [p.weights if p.weights is not None else np.ones(len(p)) for p in parts]
+        )
+    return EventBatch(
+        np.concatenate([p.users for p in parts]),
+        np.concatenate([p.items for p in parts]),
+        np.concatenate([p.timestamps for p in parts]),
+        weights,
+    )
 
 
 def _batch(events: Sequence[Sequence[Any]]) -> EventBatch:
