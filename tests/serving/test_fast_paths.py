@@ -243,3 +243,28 @@ def test_notify_when_free_never_misses_a_release() -> None:
             releaser.join()
             # either the lock was already free (retry at once) or the release woke us
             assert (not registered) or woken[-1:] == [n]
+
+
+def test_reads_go_on_while_a_checkpoint_is_written(tmp_path: Path, monkeypatch: Any) -> None:
+    import nmrn.serving.service as service_module
+
+    writing, gate = threading.Event(), threading.Event()
+    real_write = service_module.write_checkpoint
+
+    def slow_write(*args: Any) -> Any:
+        writing.set()
+        assert gate.wait(10)
+        return real_write(*args)
+
+    monkeypatch.setattr(service_module, "write_checkpoint", slow_write)
+    with LiveService(Popularity().fit(HISTORY), checkpoint_path=tmp_path / "ck",
+                     checkpoint_every=None, checkpoint_seconds=None) as svc:
+        done: list[Any] = []
+        th = threading.Thread(target=lambda: done.append(svc.checkpoint()))
+        th.start()
+        assert writing.wait(10)
+        found = svc.try_recommend([196], k=1)  # the model is free while the disk is written
+        assert found is not None and found[1].items.tolist() == [["c"]]
+        gate.set()
+        th.join(10)
+        assert done and done[0]["seq"] == 0 and (tmp_path / "ck" / "meta.json").exists()

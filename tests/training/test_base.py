@@ -32,3 +32,19 @@ def test_save_replaces_an_older_checkpoint_and_is_readable_by_others(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o777 & ~umask  # not mkdtemp's 0700
+
+
+def test_a_snapshot_is_a_copy_written_later_as_it_was(tmp_path):
+    from nmrn.training.base import write_checkpoint
+
+    model = Popularity().fit([(1, "a", 0.0), (2, "b", 1.0), (2, "a", 2.0)])
+    model.extra["note"] = {"seq": 3}
+    arrays, meta = model.snapshot()
+    model.learn([(3, "c", 3.0), (3, "c", 4.0), (4, "c", 5.0)])  # the model moves on
+    model.extra["note"]["seq"] = 6
+    write_checkpoint(tmp_path / "then", arrays, meta)
+    then = Recommender.load(tmp_path / "then")
+    assert then.known_items.tolist() == ["a", "b"] and then.extra == {"note": {"seq": 3}}
+    assert then.item_counts.tolist() == [2.0, 1.0] and then.n_events == 3
+    assert then.recommend(9, k=3).items.tolist() == ["a", "b"]
+    assert model.recommend(9, k=3).items.tolist() == ["c", "a", "b"]

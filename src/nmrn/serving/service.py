@@ -43,7 +43,7 @@ from nmrn.data.events import EventBatch
 from nmrn.data.idmap import _as_id_array
 from nmrn.errors import ConfigError, NMRNError
 from nmrn.serving.journal import Journal, JournalError
-from nmrn.training.base import Recommendations, Recommender
+from nmrn.training.base import Recommendations, Recommender, write_checkpoint
 
 log = logging.getLogger("nmrn.serving")
 
@@ -219,6 +219,7 @@ class LiveService:
         self.checkpoints = 0
         self.checkpoint_seconds_total = 0.0
         self.last_checkpoint_duration = 0.0
+        self.last_checkpoint_snapshot = 0.0  # of which the model lock was held
         self.last_checkpoint_time = time.time()
         self.started = time.time()
 
@@ -460,15 +461,18 @@ class LiveService:
 
     def _save(self) -> dict[str, Any]:
         assert self.checkpoint_path is not None
+        start = time.perf_counter()
+        # Only the snapshot needs a still model; reads wait for it, not for the disk.
         self._model_lock.acquire()
         try:
-            start = time.perf_counter()
-            self.model.extra[SEQ_KEY] = self.applied_seq
-            self.model.save(self.checkpoint_path)
-            seconds = time.perf_counter() - start
+            seq = self.applied_seq
+            self.model.extra[SEQ_KEY] = seq
+            arrays, meta = self.model.snapshot()
         finally:
             self._release_model()
-        seq = self.applied_seq
+        self.last_checkpoint_snapshot = time.perf_counter() - start
+        write_checkpoint(self.checkpoint_path, arrays, meta)
+        seconds = time.perf_counter() - start
         if self.journal is not None:
             self.journal.truncate(seq)
         self.checkpoint_seq = seq
@@ -690,6 +694,10 @@ class LiveService:
             "# HELP nmrn_checkpoint_last_seconds Duration of the last checkpoint.",
             "# TYPE nmrn_checkpoint_last_seconds gauge",
             f"nmrn_checkpoint_last_seconds {self.last_checkpoint_duration!r}",
+            "# HELP nmrn_checkpoint_last_snapshot_seconds Part of the last checkpoint during "
+            "which reads waited (the snapshot).",
+            "# TYPE nmrn_checkpoint_last_snapshot_seconds gauge",
+            f"nmrn_checkpoint_last_snapshot_seconds {self.last_checkpoint_snapshot!r}",
             "# HELP nmrn_checkpoint_seq Last event sequence number held by a checkpoint.",
             "# TYPE nmrn_checkpoint_seq gauge",
             f"nmrn_checkpoint_seq {self.checkpoint_seq}",

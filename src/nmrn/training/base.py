@@ -18,6 +18,7 @@ in ``score`` raise :class:`~nmrn.errors.UnknownIdError`: there is no honest scor
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -193,7 +194,7 @@ class Recommender(ABC):
         # position of a consumer); the model itself never reads it.
         self.extra: dict[str, Any] = {}
         # bumped by every fit/learn: cached rankings of an older state are stale
-        self._version = 0
+        self._state_version = 0
 
     # -- parameters ----------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -235,7 +236,7 @@ class Recommender(ABC):
             self.learn_seconds += elapsed
         self.history.append(users, items)
         np.add.at(self.item_counts, items, 1.0)
-        self._version += 1
+        self._state_version += 1
         self.n_events += len(batch)
         self.last_timestamp = max(self.last_timestamp, float(batch.timestamps.max()))
 
@@ -293,10 +294,10 @@ class Recommender(ABC):
         rebuilt when the model has learned since."""
         cache: dict[str, _Ranking] = self.__dict__.setdefault("_rankings", {})
         found = cache.get(which)
-        if found is None or found.version != self._version:
+        if found is None or found.version != self._state_version:
             row = self._shared_scores() if which == "shared" else self._cold_scores()
             assert row is not None
-            found = cache[which] = _Ranking(row, RANKING_PREFIX, self._version)
+            found = cache[which] = _Ranking(row, RANKING_PREFIX, self._state_version)
         return found
 
     def _ranked_top_k(
@@ -433,17 +434,25 @@ class Recommender(ABC):
         The directory holds ``meta.json`` (format, versions, parameters, ids) and ``arrays.npz``
         (numbers only). Nothing is pickled, so loading never executes code from the file.
         """
+        return write_checkpoint(path, *self.snapshot())
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, meta)``: everything :meth:`save` writes, as copies.
+
+        Taking a snapshot is the only part of a save that must see a still model (a live
+        service takes it under its model lock); :func:`write_checkpoint` can then write it,
+        the slow part, while the model moves on.
+        """
         from nmrn import __version__
 
-        path = Path(path)
         arrays, model_meta = self._state()
         indptr, hist_items = self.history.to_arrays()
-        all_arrays = {f"model.{k}": np.asarray(v) for k, v in arrays.items()}
+        all_arrays = {f"model.{k}": np.array(v, copy=True) for k, v in arrays.items()}
         all_arrays.update(
             {
                 "base.history_indptr": indptr,
                 "base.history_items": hist_items,
-                "base.item_counts": self.item_counts,
+                "base.item_counts": self.item_counts.copy(),
             }
         )
         for key, arr in all_arrays.items():
@@ -454,47 +463,15 @@ class Recommender(ABC):
             "format_version": FORMAT_VERSION,
             "nmrn_version": __version__,
             "model": self.name,
-            "params": self.get_params(),
+            "params": copy.deepcopy(self.get_params()),
             "users": self.users.to_list(),
             "items": self.items.to_list(),
             "n_events": self.n_events,
             "last_timestamp": self.last_timestamp if np.isfinite(self.last_timestamp) else None,
-            "model_meta": model_meta,
-            "extra": self.extra,
+            "model_meta": copy.deepcopy(model_meta),
+            "extra": copy.deepcopy(self.extra),
         }
-        if path.exists() and not _is_checkpoint(path):
-            raise CheckpointError(
-                f"{path}: exists and is not an nmrn checkpoint; refusing to replace it "
-                f"(choose another path or remove it)"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        # mkdtemp makes the directory 0700; give it the permissions a plain mkdir would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        try:
-            with open(tmp / ARRAYS_FILE, "wb") as f:
-                np.savez(f, **all_arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            with open(tmp / META_FILE, "w", encoding="utf-8") as f:
-                json.dump(meta, f)
-                f.flush()
-                os.fsync(f.fileno())
-            fsync_dir(tmp)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.rename(path, old)
-                os.rename(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, path)
-            fsync_dir(path.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        return all_arrays, meta
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Recommender:
@@ -541,6 +518,54 @@ class Recommender(ABC):
         except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
             raise CheckpointError(f"{path}: inconsistent checkpoint: {err}") from None
         return rec
+
+
+def write_checkpoint(
+    path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]
+) -> Path:
+    """Write a :meth:`Recommender.snapshot` as a checkpoint directory at ``path``, atomically:
+    a temporary directory next to it, fsynced, then renamed over it (the old one, if any, is
+    replaced only once the new one is complete). Returns ``path``.
+
+    Raises
+    ------
+    CheckpointError
+        ``path`` exists and is not an nmrn checkpoint (it is never replaced).
+    """
+    path = Path(path)
+    if path.exists() and not _is_checkpoint(path):
+        raise CheckpointError(
+            f"{path}: exists and is not an nmrn checkpoint; refusing to replace it "
+            f"(choose another path or remove it)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    # mkdtemp makes the directory 0700; give it the permissions a plain mkdir would have
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        with open(tmp / ARRAYS_FILE, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
+            json.dump(meta, f)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
 
 
 def _is_checkpoint(path: Path) -> bool:
