@@ -1,10 +1,19 @@
 """Serving throughput and latency over loopback: a real ``nmrn serve`` process, a lean client.
 
-For each (catalogue, model) it measures ``GET /recommendations/{user}?k=10`` throughput and
-p50/p99 latency, first alone, then while events are ingested at a fixed rate through
-``POST /events`` (fsynced journal, as in production). Every phase is bounded in time and in
-request count, is repeated ``--repeats`` times (the table shows medians), and the server is
-stopped (SIGTERM, final checkpoint) at the end.
+For each (catalogue, model) it measures ``GET /recommendations/{user}?k=10`` in three phases:
+
+* closed loop, no ingest: ``--concurrency`` connections each send the next request as soon as
+  the answer arrives (the throughput the server can give);
+* closed loop while events are ingested at ``--ingest-rate`` through ``POST /events``
+  (fsynced journal, as in production);
+* open loop at ``--read-rate`` requests/s (the goal's load) while ingesting: requests are sent
+  on a fixed schedule over ``--open-connections`` connections and latency counts from the
+  scheduled time, so queueing behind a slow answer is not hidden (no coordinated omission).
+
+The server runs with its production defaults (checkpoint every 10,000 events or 60 s, fsync,
+``--apply-wait 0.05``) unless ``--server-arg`` says otherwise. Every phase is bounded in time
+and in request count, is repeated ``--repeats`` times (the table shows medians), and the server
+is stopped (SIGTERM, final checkpoint) at the end.
 
 The client runs in its own process and speaks HTTP/1.1 over raw asyncio keep-alive connections
 (uvloop when installed): a general-purpose client such as httpx costs several times the CPU of
@@ -12,7 +21,7 @@ the server's answer, and on a small machine it would take that CPU from the serv
 client and the server used during each phase is reported (in % of one core), so that the share
 of the machine each took is visible next to the throughput.
 
-    .venv/bin/python benchmarks/bench_serve.py                 # ~2.5 minutes
+    .venv/bin/python benchmarks/bench_serve.py                 # ~12 minutes
     .venv/bin/python benchmarks/bench_serve.py --seconds 3 --repeats 1 --quick
 
 Catalogues: ML-100K (``/work/shared/data/ml-100k/ml-100k.inter`` or ``--data``; 943 users,
@@ -136,7 +145,7 @@ def _post(path: str, body: bytes) -> bytes:
 
 async def _phase(port: int, users: list[Any], items: list[Any], *, seconds: float,
                  max_requests: int, concurrency: int, ingest_rate: float, ingest_batch: int,
-                 ingest_connections: int) -> dict[str, Any]:
+                 ingest_connections: int, read_rate: float = 0.0) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     picks = rng.integers(0, len(users), max_requests).tolist()
     paths = [_get(f"/recommendations/{quote(str(u), safe='')}?k=10") for u in users]
@@ -156,6 +165,20 @@ async def _phase(port: int, users: list[Any], items: list[Any], *, seconds: floa
             status, _ = await conn.request(paths[picks[j]])
             latencies.append(time.perf_counter() - t0)
             counts["errors"] += status != 200
+
+    async def paced_reader(conn: _Connection, offset: float) -> None:
+        # open loop: connection r sends at start + (r / n + m) * n / rate; the latency counts
+        # from that scheduled time, so time a request spent queued behind a slow one is counted
+        interval = concurrency / read_rate
+        t_next = start + offset * interval
+        for j in counter:
+            await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
+            if t_next > stop_at:
+                return
+            status, _ = await conn.request(paths[picks[j]])
+            latencies.append(time.perf_counter() - t_next)
+            counts["errors"] += status != 200
+            t_next += interval
 
     async def ingester(conn: _Connection, offset: float) -> None:
         # paced (open loop): a late request is sent at once, so a slow server is not hidden
@@ -179,7 +202,10 @@ async def _phase(port: int, users: list[Any], items: list[Any], *, seconds: floa
             t_next += interval
 
     cpu0, start = time.process_time(), time.perf_counter()
-    tasks = [reader(c) for c in readers]
+    if read_rate > 0:
+        tasks = [paced_reader(c, r / concurrency) for r, c in enumerate(readers)]
+    else:
+        tasks = [reader(c) for c in readers]
     tasks += [ingester(c, j / max(1, len(ingesters))) for j, c in enumerate(ingesters)]
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
@@ -232,8 +258,7 @@ def start_server(ckpt: Path, port: int, extra: list[str]) -> subprocess.Popen[by
 
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, "serve", "--checkpoint", str(ckpt), "--port", str(port),
-         "--log-level", "warning", "--checkpoint-every", "100000", "--checkpoint-seconds", "0",
-         *extra],
+         "--log-level", "warning", *extra],
         env=dict(os.environ, NMRN_TOKEN=TOKEN),
     )
     deadline = time.monotonic() + 60
@@ -260,18 +285,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     setups: list[tuple[str, str, Any]] = []
     if args.data.exists():
-        setups += [("ml-100k", "item-knn", ml100k(args.data)), ("ml-100k", "pop", None)]
+        frame = ml100k(args.data)
+        setups += [("ml-100k", name, frame) for name in ("pop", "item-knn", "nmrn")]
     big = synthetic()
     setups += [("100k items", "pop", big)]
     if not args.quick:
-        setups += [("100k items", "item-knn", big)]
+        setups += [("100k items", "item-knn", big), ("100k items", "nmrn", big)]
     if args.only:
         setups = [s for s in setups if f"{s[0]}/{s[1]}" in args.only or s[1] in args.only]
+    phases = [("closed", 0.0), ("closed", args.ingest_rate), ("open", args.ingest_rate)]
     results = []
-    last_frame = None
     for catalogue, model_name, frame in setups:
-        frame = last_frame if frame is None else frame
-        last_frame = frame
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "model.ckpt"
             model = make_model(model_name).fit(frame)
@@ -285,16 +309,19 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                       "ingest_connections": args.ingest_connections}
             try:
                 run_phase(proc, port, seconds=1.0, ingest_rate=0.0, **common)  # warm-up
-                for ingest in (0.0, args.ingest_rate):
+                for mode, ingest in phases:
                     runs = []
+                    paced = {"read_rate": args.read_rate,
+                             "concurrency": args.open_connections} if mode == "open" else {}
                     for _ in range(args.repeats):
                         res = run_phase(proc, port, seconds=args.seconds, ingest_rate=ingest,
-                                        **common)
+                                        **{**common, **paced})
                         res["apply_lag_at_end"] = _apply_lag(port)
                         runs.append(res)
-                        print(json.dumps({"catalogue": catalogue, "model": model_name, **res}),
-                              flush=True)
+                        print(json.dumps({"catalogue": catalogue, "model": model_name,
+                                          "mode": mode, **res}), flush=True)
                     row = {"catalogue": catalogue, "model": model_name, "items": len(items),
+                           "mode": mode if mode == "closed" else f"open@{args.read_rate:g}",
                            "ingest": ingest > 0, "repeats": len(runs),
                            **{key: float(np.median([r[key] for r in runs])) for key in runs[0]}}
                     row["p99_ms_max"] = max(r["p99_ms"] for r in runs)
@@ -311,15 +338,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def markdown(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table (medians over the repeats)."""
     lines = [
-        "| catalogue | model | ingest | events/s | req/s | p50 ms | p99 ms (max) | ingest p99 ms "
-        "| server CPU | server CPU µs/req | client CPU | load1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| catalogue | model | readers | ingest | events/s | req/s | p50 ms | p99 ms (max) "
+        "| ingest p99 ms | server CPU | server CPU µs/req | client CPU | load1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         events = f"{r['events_per_s']:.0f}" if r["ingest"] else "-"
         ingest_p99 = f"{r['ingest_p99_ms']:.1f}" if r["ingest"] else "-"
         lines.append(
-            f"| {r['catalogue']} ({r['items']:,} items) | {r['model']} | "
+            f"| {r['catalogue']} ({r['items']:,} items) | {r['model']} | {r['mode']} | "
             f"{'yes' if r['ingest'] else 'no'} | {events} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
             f"{r['p99_ms']:.1f} ({r['p99_ms_max']:.1f}) | {ingest_p99} | "
             f"{r['server_cpu']:.0f}% | {10_000 * r['server_cpu'] / r['rps']:.0f} | "
@@ -339,7 +366,12 @@ def main() -> None:
     parser.add_argument("--ingest-batch", type=int, default=10, help="events per POST")
     parser.add_argument("--ingest-connections", type=int, default=2,
                         help="ingest connections (requests in flight at once)")
-    parser.add_argument("--quick", action="store_true", help="skip item-knn on 100k items")
+    parser.add_argument("--read-rate", type=float, default=1000.0,
+                        help="requests per second of the open-loop phase")
+    parser.add_argument("--open-connections", type=int, default=32,
+                        help="reader connections of the open-loop phase")
+    parser.add_argument("--quick", action="store_true",
+                        help="skip item-knn and nmrn on 100k items")
     parser.add_argument("--only", nargs="*", default=[],
                         help="setups to run, e.g. 'ml-100k/pop' or 'item-knn'")
     parser.add_argument("--server-arg", action="append", default=[],

@@ -97,11 +97,13 @@ def test_fit_memory_state_is_end_of_history_state() -> None:
     torch.testing.assert_close(rec._memory, final)
 
 
-def test_learn_passes_evolve_memory_once_per_event() -> None:
+@pytest.mark.parametrize("per_user_memory", [False, True])
+def test_learn_passes_evolve_memory_once_per_event(per_user_memory: bool) -> None:
     base = _stream(120)
     new = _stream(40, seed=3, t0=200)
-    one = _model(learn_passes=1, lr=1e-9, optimizer="sgd").fit(base)
-    three = _model(learn_passes=3, lr=1e-9, optimizer="sgd").fit(base)
+    kw = {"lr": 1e-9, "optimizer": "sgd", "per_user_memory": per_user_memory}
+    one = _model(learn_passes=1, **kw).fit(base)
+    three = _model(learn_passes=3, **kw).fit(base)
     one.learn(new)
     three.learn(new)
     # with a negligible learning rate, extra passes change nothing but the number of steps

@@ -254,10 +254,14 @@ class NMRN(Recommender):
             self._init_fresh_users(users, items, self._fresh_from)
         self._fresh_from = None
         self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
-        start = self._snapshot_memory()
+        # Only the memory rows of this batch's users can change; a pass after the first
+        # replays from their state before the batch. (Copying the whole per-user memory per
+        # call cost 43 ms on a 20,000-user model, whatever the batch.)
+        start = self._snapshot_rows(users) if self.learn_passes > 1 else None
         for p in range(self.learn_passes):
             if p > 0:  # replay from the same state: the memory evolves once per event
-                self._restore_memory(start)
+                assert start is not None
+                self._restore_rows(start)
             self._run_batches(users, items, where=f"learn pass {p + 1}/{self.learn_passes}")
 
     def _run_batches(self, users: np.ndarray, items: np.ndarray, *, where: str) -> None:
@@ -279,6 +283,25 @@ class NMRN(Recommender):
     def _snapshot_memory(self) -> tuple[Tensor | None, Tensor]:
         mem = None if self._memory is None else self._memory.clone()
         return mem, self._has_memory.clone()
+
+    def _snapshot_rows(self, users: np.ndarray) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """What events of ``users`` can change in the memory: their rows of a per-user memory
+        (with the rows' indices), or the whole shared memory."""
+        if not self.per_user_memory:
+            mem, flags = self._snapshot_memory()
+            return mem, flags, None
+        assert self._memory is not None
+        rows = torch.from_numpy(np.unique(users)).to(self._device)
+        return self._memory[rows].clone(), self._has_memory[rows].clone(), rows
+
+    def _restore_rows(self, snapshot: tuple[Tensor | None, Tensor, Tensor | None]) -> None:
+        mem, flags, rows = snapshot
+        if rows is None:
+            self._restore_memory((mem, flags))
+            return
+        assert self._memory is not None and mem is not None
+        self._memory[rows] = mem
+        self._has_memory[rows] = flags
 
     def _restore_memory(self, snapshot: tuple[Tensor | None, Tensor]) -> None:
         mem, flags = snapshot
