@@ -108,3 +108,33 @@ def test_top_k_breaks_ties_by_the_lower_index(rows: list[list[float]], k: int) -
         expected = np.lexsort((np.arange(width), -row))[: min(k, width)]  # stable: index order
         assert idx[r].tolist() == expected.tolist()
         assert vals[r].tolist() == row[expected].tolist()
+
+
+@pytest.mark.parametrize("sample", [1, 3, 1024])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # same patch for all
+@given(
+    rows=st.lists(st.lists(st.sampled_from([0.0, 1.0, 2.0, 2.5, 7.0, -np.inf]), min_size=1,
+                           max_size=40), min_size=1, max_size=3),
+    k=st.integers(1, 45),
+)
+def test_the_sampled_path_of_top_k_is_exact(
+    rows: list[list[float]], k: int, sample: int, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(base, "TOPK_LONG_ROW", 1)  # every row takes the sampled path
+    monkeypatch.setattr(base, "TOPK_SAMPLE", sample)
+    width = min(len(r) for r in rows)
+    scores = np.array([r[:width] for r in rows])
+    idx, vals = top_k(scores, k)
+    for r, row in enumerate(scores):
+        expected = np.lexsort((np.arange(width), -row))[: min(k, width)]
+        assert idx[r].tolist() == expected.tolist()
+        assert vals[r].tolist() == row[expected].tolist()
+
+
+def test_top_k_on_a_long_row_with_nan_falls_back() -> None:
+    row = np.arange(10_000, dtype=np.float64)
+    row[::3] = np.nan
+    idx, _ = top_k(row[None, :], 5)
+    reference = base._top_k_rows(row[None, :], 5)
+    assert idx.tolist() == reference.tolist()
