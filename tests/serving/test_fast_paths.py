@@ -198,8 +198,8 @@ class GatedPopularity(Popularity):
 
 def test_a_read_during_a_batch_waits_for_it_while_the_loop_keeps_serving() -> None:
     model = GatedPopularity().fit(HISTORY)
-    with LiveService(model) as svc:
-        client = TestClient(create_app(svc))
+    # one event loop for every request (a TestClient outside `with` starts one per request)
+    with LiveService(model) as svc, TestClient(create_app(svc)) as client:
         model.gate.clear()
         svc.submit([(7, "b", 6.0), (8, "b", 7.0)])  # "b" becomes the most popular item
         assert model.inside.wait(10)  # the writer is inside the batch, holding the model
@@ -268,3 +268,45 @@ def test_reads_go_on_while_a_checkpoint_is_written(tmp_path: Path, monkeypatch: 
         gate.set()
         th.join(10)
         assert done and done[0]["seq"] == 0 and (tmp_path / "ck" / "meta.json").exists()
+
+
+def test_cancelling_one_waiting_read_leaves_the_others_waiting(monkeypatch: Any) -> None:
+    import asyncio
+
+    import nmrn.serving.app as app_module
+
+    monkeypatch.setattr(app_module, "WAKE_TIMEOUT", 60.0)  # both reads await the same wake-up
+    model = GatedPopularity().fit(HISTORY)
+    with LiveService(model) as svc:
+        app = create_app(svc)
+
+        async def get(path: str) -> tuple[int, bytes]:
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "GET", "path": path, "query_string": b"k=1",
+                     "headers": [], "root_path": ""}
+            await app(scope, receive, send)
+            return sent[0]["status"], sent[1]["body"]
+
+        async def scenario() -> tuple[int, bytes]:
+            model.gate.clear()
+            svc.submit([(7, "b", 6.0), (8, "b", 7.0)])
+            while not model.inside.is_set():
+                await asyncio.sleep(0.01)
+            first = asyncio.create_task(get("/recommendations/u1"))
+            second = asyncio.create_task(get("/recommendations/u1"))
+            await asyncio.sleep(0.1)
+            assert not first.done() and not second.done()  # both wait for the run
+            first.cancel()
+            await asyncio.sleep(0.05)
+            model.gate.set()
+            return await asyncio.wait_for(second, 10)
+
+        status, body = asyncio.run(scenario())
+        assert status == 200 and b'"items":["b"]' in body

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import stat
 
+import numpy as np
 import pytest
 
-from nmrn.baselines.popularity import Popularity
+from nmrn.baselines.popularity import Popularity, RecentPopularity
 from nmrn.errors import CheckpointError
 from nmrn.training.base import Recommender
 
@@ -32,6 +33,22 @@ def test_save_replaces_an_older_checkpoint_and_is_readable_by_others(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o777 & ~umask  # not mkdtemp's 0700
+
+
+@pytest.mark.parametrize("make", [Popularity, lambda: RecentPopularity(window=3)])
+def test_a_snapshot_does_not_follow_the_model_in_place(tmp_path, make):
+    from nmrn.training.base import write_checkpoint
+
+    model = make().fit([(1, "a", 0.0), (2, "b", 1.0), (2, "a", 2.0)])
+    arrays, meta = model.snapshot()
+    frozen = {key: value.copy() for key, value in arrays.items()}
+    model.learn([(1, "b", 3.0), (2, "b", 4.0), (3, "b", 5.0)])  # known items: updated in place
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(value, frozen[key], err_msg=key)
+    write_checkpoint(tmp_path / "then", arrays, meta)
+    then = Recommender.load(tmp_path / "then")
+    assert then.n_events == 3 and then.recommend(9, k=1).items.tolist() == ["a"]
+    assert model.recommend(9, k=1).items.tolist() == ["b"]
 
 
 def test_a_snapshot_is_a_copy_written_later_as_it_was(tmp_path):

@@ -138,3 +138,13 @@ def test_top_k_on_a_long_row_with_nan_falls_back() -> None:
     idx, _ = top_k(row[None, :], 5)
     reference = base._top_k_rows(row[None, :], 5)
     assert idx.tolist() == reference.tolist()
+
+
+def test_top_k_on_a_long_row_with_a_few_nans_is_still_exact() -> None:
+    # NaN at sampled positions lifts the sample's threshold above all but two real scores
+    row = np.zeros(10_000)
+    row[9972], row[9963] = 2.0, 1.0
+    row[[9981, 9990, 9999]] = np.nan
+    idx, vals = top_k(row[None, :], 5)
+    assert idx[0].tolist()[:2] == [9972, 9963] and len(set(idx[0].tolist())) == 5
+    assert vals[0].tolist()[:2] == [2.0, 1.0]

@@ -253,23 +253,29 @@ def create_app(
 
         return await guarded(work)
 
-    free: dict[str, asyncio.Future[None]] = {}  # "next": resolved when the writer's batch ends
+    free: dict[str, asyncio.Future[None]] = {}  # "next": resolved when the writer's run ends
 
     async def model_free() -> None:
         """Wait (without blocking the loop) until the model lock is next released."""
+        loop = asyncio.get_running_loop()
         future = free.get("next")
-        if future is None or future.done():
-            loop = asyncio.get_running_loop()
+        if future is None or future.done() or future.get_loop() is not loop:
             future = free["next"] = loop.create_future()
 
-            def wake() -> None:
-                loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+            def resolve() -> None:
+                if not future.done():
+                    future.set_result(None)
+
+            def wake() -> None:  # runs in the thread that released the lock
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(resolve)
 
             if not service.notify_when_free(wake):
-                future.set_result(None)  # already free: try again at once
+                resolve()  # already free: try again at once
             else:  # belt and braces: a missed wake-up costs a retry, never a hung read
-                loop.call_later(WAKE_TIMEOUT, lambda: future.done() or future.set_result(None))
-        await future
+                loop.call_later(WAKE_TIMEOUT, resolve)
+        # shared by every waiting read: one read being cancelled must not cancel the others
+        await asyncio.shield(future)
 
     async def _answer(users: list[Any], k: int, exclude: bool, *, text: bool
                       ) -> list[dict[str, Any]]:

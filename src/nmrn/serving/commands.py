@@ -12,6 +12,7 @@ server gracefully: queued events are applied and a final checkpoint is written.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -124,6 +125,11 @@ def run_serve(args: argparse.Namespace) -> int:
         # One thread per op: the ops of one read or one small batch are too small to gain
         # from more, and extra threads compete with the event loop for the same cores.
         sys.modules["torch"].set_num_threads(args.torch_threads)
+    # The model's ids and tables live as long as the process: keep the cyclic garbage
+    # collector from walking them on every full collection (a pause of milliseconds to tens
+    # of milliseconds per collection on a 100k-item catalogue, seen in the read p99).
+    gc.collect()
+    gc.freeze()
     if service.replayed:
         log.warning("replayed %d journalled events after an unclean stop", service.replayed)
     config = uvicorn.Config(

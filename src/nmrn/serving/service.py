@@ -205,6 +205,7 @@ class LiveService:
         self._free_lock = threading.Lock()
         self._free_callbacks: list[Callable[[], None]] = []
         self._submit_lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._cond = threading.Condition()
         # (first seq, events, time.monotonic() when accepted), in sequence order
         self._queue: deque[tuple[int, EventBatch, float]] = deque()
@@ -461,6 +462,11 @@ class LiveService:
 
     def _save(self) -> dict[str, Any]:
         assert self.checkpoint_path is not None
+        with self._save_lock:  # the writer's and close()'s saves never overlap
+            return self._save_locked()
+
+    def _save_locked(self) -> dict[str, Any]:
+        assert self.checkpoint_path is not None
         start = time.perf_counter()
         # Only the snapshot needs a still model; reads wait for it, not for the disk.
         self._model_lock.acquire()
@@ -494,16 +500,31 @@ class LiveService:
         return False
 
     # -- the writer ------------------------------------------------------------------------------
-    def _apply(self, first: int, batch: EventBatch) -> None:
-        last = first + len(batch) - 1
+    def _apply(self, first: int, parts: list[EventBatch]) -> None:
+        """Apply consecutive requests' events (``parts``, from sequence number ``first``) in
+        one ``learn`` call. If it fails, each part is tried on its own, so that one bad request
+        cannot take the others with it; a part that fails is logged, counted and skipped."""
+        n = sum(len(p) for p in parts)
+        last = first + n - 1
         self._model_lock.acquire()
         try:
             start = time.perf_counter()
             try:
-                self.model.learn(batch)
+                self.model.learn(_concat(parts))
             except Exception as err:  # noqa: BLE001 - one bad batch must not stop the service
-                self.count_error("learn")
-                log.error("learn failed on events %d..%d (skipped): %s", first, last, err)
+                if len(parts) == 1:
+                    self.count_error("learn")
+                    log.error("learn failed on events %d..%d (skipped): %s", first, last, err)
+                else:
+                    at = first
+                    for part in parts:
+                        try:
+                            self.model.learn(part)
+                        except Exception as part_err:  # noqa: BLE001 - as above
+                            self.count_error("learn")
+                            log.error("learn failed on events %d..%d (skipped): %s", at,
+                                      at + len(part) - 1, part_err)
+                        at += len(part)
             self.model.extra[SEQ_KEY] = last
             self.learn_latency.observe(time.perf_counter() - start)
             with self._cond:
@@ -512,7 +533,7 @@ class LiveService:
         finally:
             woken = self._release_model()
         if woken:
-            # reads were waiting for this batch: give them the model before the next batch
+            # reads were waiting for this run: give them the model before the next run
             # (threading.Lock is not fair, and this thread would otherwise take it straight back)
             time.sleep(READER_TURN_SECONDS)
 
@@ -521,12 +542,12 @@ class LiveService:
         for entry in self.journal.entries(after=self.applied_seq):
             batch = _batch(entry.events)
             for lo in range(0, len(batch), self.apply_batch):
-                self._apply(entry.seq + lo, batch[lo : lo + self.apply_batch])
+                self._apply(entry.seq + lo, [batch[lo : lo + self.apply_batch]])
                 self.replayed += min(self.apply_batch, len(batch) - lo)
         if self.replayed:
             log.info("replayed %d journalled events, up to %d", self.replayed, self.applied_seq)
 
-    def _take(self) -> tuple[int, EventBatch] | float | None:
+    def _take(self) -> tuple[int, list[EventBatch]] | float | None:
         """The next run of queued durable events for one ``learn`` call (caller holds
         ``_cond``): at most ``apply_batch`` events, merged across requests, in order.
 
@@ -571,7 +592,7 @@ class LiveService:
                 self._queue[0] = (f + room, b[room:], t)
                 parts.append(b[:room])
                 taken += room
-        return first, _concat(parts)
+        return first, parts
 
     def _wait_seconds(self) -> float:
         if self.checkpoint_seconds is None or self.checkpoint_path is None:

@@ -135,7 +135,7 @@ def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _top_k_long_row(row: np.ndarray, k: int) -> np.ndarray | None:
-    """:func:`top_k`'s indices for one long row, or ``None`` if the row holds NaN.
+    """:func:`top_k`'s indices for one long row, or ``None`` if NaN in the row gets in the way.
 
     The ``k``-th best of an evenly spaced sample of the row is at most the row's own ``k``-th
     best, so every item scoring at least that much is a candidate and the top ``k`` (ties
@@ -150,6 +150,8 @@ def _top_k_long_row(row: np.ndarray, k: int) -> np.ndarray | None:
     if np.isnan(t):
         return None
     cand = np.flatnonzero(row >= t)  # in index order
+    if len(cand) < k:  # NaN in the row held the threshold up
+        return None
     vals = row[cand]
     if len(cand) > k:
         kth = np.partition(vals, len(vals) - k)[len(vals) - k]
@@ -261,6 +263,9 @@ class Recommender(ABC):
         batch = as_events(events, where=f"{type(self).__name__}.{method}")
         if len(batch) == 0:
             return
+        # Bumped before anything changes, so that cached rankings are stale even if the update
+        # fails half-way (ids and tables may have grown by then).
+        self._state_version += 1
         users = self.users.encode(batch.users, grow=True)
         items = self.items.encode(batch.items, grow=True)
         n_items = len(self.items)
@@ -278,7 +283,6 @@ class Recommender(ABC):
             self.learn_seconds += elapsed
         self.history.append(users, items)
         np.add.at(self.item_counts, items, 1.0)
-        self._state_version += 1
         self.n_events += len(batch)
         self.last_timestamp = max(self.last_timestamp, float(batch.timestamps.max()))
 
