@@ -199,6 +199,9 @@ class NMRN(Recommender):
         self._step = 0
         self._version = 0  # bumped whenever the item table changes (score cache key)
         self._score_cache: tuple[int, Tensor] | None = None
+        # item rows changed since the score cache was built (None: any row, rebuild it all)
+        self._dirty_items: list[Tensor] | None = None
+        self._n_dirty = 0
         self._fresh_from: int | None = None  # first user index not yet seen by _learn
 
     # -- parameters and optimizer state ------------------------------------------------------------
@@ -225,7 +228,7 @@ class NMRN(Recommender):
         if n_users > old_users and self._fresh_from is None:
             self._fresh_from = old_users
         self._sampler.grow(n_items, n_users=n_users, generator=self._gen)
-        self._version += 1
+        self._items_changed(None)
 
     # -- training ----------------------------------------------------------------------------------
     def _fit(
@@ -397,7 +400,7 @@ class NMRN(Recommender):
                 _clip_rows(getattr(net, name).data, None, self.max_norm)
         self._store_memory(uniq_u, final)
         self._step += 1
-        self._version += 1
+        self._items_changed(uniq_i)
         violating = self.margin + d_pos.detach()[:, None] - d_neg > 0  # [B, T]
         self._sampler.update(
             users, items, negatives, reward=-d_neg, chosen=proposal.chosen, violating=violating
@@ -445,6 +448,19 @@ class NMRN(Recommender):
                     violating=self.margin + d_pos[:, None] - d_neg > 0,
                 )
         self._restore_memory(saved)
+
+    def _items_changed(self, rows: Tensor | None) -> None:
+        """The item table changed in ``rows`` (``None``: possibly anywhere); the score cache
+        will recompute those rows' norms only, or everything once a quarter of the table is
+        dirty."""
+        self._version += 1
+        if rows is None:
+            self._dirty_items, self._n_dirty = None, 0
+        elif self._dirty_items is not None:
+            self._dirty_items.append(rows)
+            self._n_dirty += len(rows)
+            if self._n_dirty > self.network.n_items // 4:
+                self._dirty_items, self._n_dirty = None, 0
 
     def _update_rows(self, name: str, rows: Tensor, grad: Tensor) -> None:
         param = self.network.get_parameter(name).data  # no dict of every parameter per call
@@ -510,9 +526,19 @@ class NMRN(Recommender):
         cost this guarantee.
         """
         net = self.network
-        if self._score_cache is None or self._score_cache[0] != self._version:
-            sq_norms = (net.item_emb.detach().double() ** 2).sum(dim=-1)  # [N], rebuilt on change
+        cache = self._score_cache
+        if cache is None or cache[0] != self._version:
+            table = net.item_emb.detach()
+            if cache is not None and self._dirty_items is not None:
+                # only the rows trained since: a full pass costs ~30 ms on 100,000 items
+                sq_norms = cache[1]
+                if self._dirty_items:
+                    rows = torch.unique(torch.cat(self._dirty_items))
+                    sq_norms[rows] = (table[rows].double() ** 2).sum(dim=-1)
+            else:
+                sq_norms = (table.double() ** 2).sum(dim=-1)  # [N]
             self._score_cache = (self._version, sq_norms)
+            self._dirty_items, self._n_dirty = [], 0
         sq_norms = self._score_cache[1]
         out = np.empty((len(users), net.n_items), dtype=np.float64)
         for row, user in enumerate(np.asarray(users, dtype=np.int64).tolist()):
