@@ -21,7 +21,7 @@ the server's answer, and on a small machine it would take that CPU from the serv
 client and the server used during each phase is reported (in % of one core), so that the share
 of the machine each took is visible next to the throughput.
 
-    .venv/bin/python benchmarks/bench_serve.py                 # ~12 minutes
+    .venv/bin/python benchmarks/bench_serve.py                 # ~7 minutes
     .venv/bin/python benchmarks/bench_serve.py --seconds 3 --repeats 1 --quick
 
 Catalogues: ML-100K (``/work/shared/data/ml-100k/ml-100k.inter`` or ``--data``; 943 users,
