@@ -1,5 +1,5 @@
-"""A recommender run live: one writer thread applies accepted events in order; reads never wait
-for more than one small batch.
+"""A recommender run live: one writer thread applies accepted events in order; a read normally
+waits for at most the one run of events being applied.
 
 :class:`LiveService` owns one model (any :class:`~nmrn.training.base.Recommender`). The life of
 an event:
@@ -13,9 +13,10 @@ an event:
    one run of at most ``apply_batch`` events (waiting up to ``apply_wait`` seconds for a run to
    fill), and calls ``model.learn`` on it under the model lock. A read
    (:meth:`LiveService.recommend`) takes the same lock, so it sees the state before or after a
-   run, never half of one, and waits at most one run. A single lock (rather than a
-   readers-writer lock or a copy-on-write snapshot) is what a model of any kind can be trusted
-   with: some models fill caches while scoring, so even two reads may not overlap.
+   run, never half of one, and normally waits for at most one run (the lock is not strictly
+   fair; the writer pauses briefly after a run that reads waited for). A single lock (rather
+   than a readers-writer lock or a copy-on-write snapshot) is what a model of any kind can be
+   trusted with: some models fill caches while scoring, so even two reads may not overlap.
 3. Every ``checkpoint_every`` applied events, every ``checkpoint_seconds``, on
    :meth:`LiveService.checkpoint` and on :meth:`LiveService.close`, the writer saves the model
    with the last applied sequence number in ``model.extra["journal_seq"]`` (the save is atomic),
