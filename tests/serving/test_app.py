@@ -283,9 +283,12 @@ def test_serve_arguments_build_the_configured_app(tmp_path: Path, monkeypatch: A
     add_serve_command(parser.add_subparsers(dest="command"))
     monkeypatch.setenv("NMRN_TOKEN", "from-env")
     args = parser.parse_args(["serve", "--checkpoint", str(ckpt), "--max-batch", "2",
-                              "--max-k", "3", "--journal", str(tmp_path / "j.log")])
+                              "--max-k", "3", "--journal", str(tmp_path / "j.log"),
+                              "--apply-wait", "0.2", "--apply-batch", "7"])
+    assert args.switch_interval == 0.0005 and args.torch_threads == 1  # the serving defaults
     service, app = build_app_from_args(args)
     try:
+        assert service.apply_wait == 0.2 and service.apply_batch == 7
         client = TestClient(app)
         assert app.state.limits == Limits(max_events=2, max_k=3)
         three = {"events": [{"user": 1, "item": 2, "timestamp": 3}] * 3}
