@@ -694,7 +694,7 @@ class LiveService:
             f"nmrn_events_replayed_total {self.replayed}",
         ]
         lines += self.learn_latency.render(
-            "nmrn_learn_seconds", "Time of one learn call (one batch of events)."
+            "nmrn_learn_seconds", "Time of one learn call (one run of events)."
         )
         lines += self.recommend_latency.render(
             "nmrn_recommend_seconds", "Time of one recommend call (lock held)."
