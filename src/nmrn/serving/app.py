@@ -195,6 +195,12 @@ def create_app(
         Request limits (default :class:`~nmrn.serving.schemas.Limits`).
     close_on_shutdown
         Close the service (apply the queue, final checkpoint) when the server shuts down.
+
+    Notes
+    -----
+    ``nmrn serve`` also makes three process-wide settings that an embedding server should
+    make too: ``sys.setswitchinterval(0.0005)``, ``torch.set_num_threads(1)`` and, after
+    loading, ``gc.freeze()`` (docs/serving.md, section 8, has the measurements).
     """
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise ConfigError("token must be a non-empty string (or None for no authentication)")
