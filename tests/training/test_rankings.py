@@ -148,3 +148,18 @@ def test_top_k_on_a_long_row_with_a_few_nans_is_still_exact() -> None:
     idx, vals = top_k(row[None, :], 5)
     assert idx[0].tolist()[:2] == [9972, 9963] and len(set(idx[0].tolist())) == 5
     assert vals[0].tolist()[:2] == [2.0, 1.0]
+
+
+@pytest.mark.parametrize("kind", ["counts", "continuous", "few distinct"])
+def test_a_ranking_of_a_long_row_is_the_prefix_of_a_stable_sort(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    n = 50_000  # long enough for the sampled estimate of the threshold
+    row = {
+        "counts": (rng.zipf(1.3, n) % 50).astype(np.float64),
+        "continuous": rng.standard_normal(n),
+        "few distinct": rng.integers(0, 3, n).astype(np.float64),
+    }[kind]
+    ranking = base._Ranking(row, 2048, 0)
+    expected = np.argsort(-row, kind="stable")[:2048]
+    assert ranking.items.tolist() == expected.tolist() and not ranking.complete
+    assert ranking.scores.tolist() == row[expected].tolist()

@@ -167,7 +167,7 @@ class _Ranking:
 
     Serves models whose row is shared by many users (popularity for every known user, the
     popularity fallback for every unknown one): a user's top-k is the first ``k`` ranked items
-    they have not seen, so a read costs ``O(k + seen)`` instead of a pass over every item.
+    they have not seen, so a read costs ``O(size + seen)`` instead of a pass over every item.
     Everything outside the prefix ranks below everything in it, so an answer found inside the
     prefix is exactly :func:`top_k`'s.
     """
