@@ -118,6 +118,9 @@ def test_train_then_recommend_round_trip(log_csv, tmp_path, capsys):
         (["serve", "--checkpoint", "x", "--switch-interval", "inf"], "finite number > 0, got inf"),
         (["consume", "--checkpoint", "x", "--source", "-", "--idle-timeout", "nan"],
          "finite number > 0"),
+        (["serve", "--checkpoint", "x", "--apply-wait", "-1"], "finite number >= 0, got -1.0"),
+        (["serve", "--checkpoint", "x", "--checkpoint-seconds", "inf"], "finite number >= 0"),
+        (["serve", "--checkpoint", "x", "--apply-wait", "soon"], "number of seconds, got 'soon'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message, capsys):

@@ -41,23 +41,22 @@ def fraction(text: str) -> float:
     return value
 
 
-def positive_seconds(text: str) -> float:
-    """A number of seconds > 0."""
+def _seconds(text: str, *, zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    if not (0 <= value if zero else 0 < value) or not value < math.inf:
+        bound = ">= 0" if zero else "> 0"
+        raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {value}")
     return value
+
+
+def positive_seconds(text: str) -> float:
+    """A finite number of seconds > 0."""
+    return _seconds(text, zero=False)
 
 
 def non_negative_seconds(text: str) -> float:
-    """A number of seconds >= 0 (0 usually means "never")."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
+    """A finite number of seconds >= 0 (0 usually means "never")."""
+    return _seconds(text, zero=True)
