@@ -245,6 +245,7 @@ class Recommender(ABC):
         self.extra: dict[str, Any] = {}
         # bumped by every fit/learn: cached rankings of an older state are stale
         self._state_version = 0
+        self._rankings: dict[str, _Ranking] = {}  # "shared" / "cold" -> see _ranking
 
     # -- parameters ----------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -344,12 +345,11 @@ class Recommender(ABC):
     def _ranking(self, which: str) -> _Ranking:
         """The cached ranking of the shared (``"shared"``) or cold (``"cold"``) score row,
         rebuilt when the model has learned since."""
-        cache: dict[str, _Ranking] = self.__dict__.setdefault("_rankings", {})
-        found = cache.get(which)
+        found = self._rankings.get(which)
         if found is None or found.version != self._state_version:
             row = self._shared_scores() if which == "shared" else self._cold_scores()
             assert row is not None
-            found = cache[which] = _Ranking(row, RANKING_PREFIX, self._state_version)
+            found = self._rankings[which] = _Ranking(row, RANKING_PREFIX, self._state_version)
         return found
 
     def _ranked_top_k(
