@@ -2,7 +2,7 @@
 
 Each check takes a *factory*: a zero-argument callable returning a fresh, untrained model with
 a fixed seed (so that two calls give twins). Checks state properties of the public contract
-(DESIGN §5 and :class:`nmrn.training.base.Recommender`), not numbers, so any model can be
+(DESIGN §5 and :class:`nmrn.training.contract.Recommender`), not numbers, so any model can be
 plugged in::
 
     @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nmrn.errors import CheckpointError, UnknownIdError
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
 
 Factory = Callable[[], Recommender]
 
@@ -267,7 +267,7 @@ def check_save_load_round_trip(factory: Factory) -> None:
 
 
 class _Decoy(Recommender):
-    """A model of another class, unregistered (``name`` is empty)."""
+    """A model of another class, not registered."""
 
     def _fit(self, users: Any, items: Any, timestamps: Any, weights: Any) -> None:
         pass
@@ -289,7 +289,7 @@ def check_load_as_other_class_fails(factory: Factory) -> None:
     model = _trained(factory)
     with tempfile.TemporaryDirectory() as tmp:
         path = model.save(Path(tmp) / "ckpt")
-        with pytest.raises(CheckpointError, match=repr(model.name)):
+        with pytest.raises(CheckpointError, match=type(model).__name__):
             _Decoy.load(path)
         decoy_path = _Decoy().fit(synthetic_stream(n_events=40)).save(Path(tmp) / "decoy")
         with pytest.raises(CheckpointError):

@@ -85,7 +85,7 @@ def test_train_then_recommend_round_trip(log_csv, tmp_path, capsys):
     assert answer[0]["cold"] is False and answer[1]["cold"] is True
     assert len(answer[0]["items"]) == 5 and len(set(answer[0]["items"])) == 5
     # the model's own recommend gives the same list
-    from nmrn.training.base import Recommender
+    from nmrn.training.contract import Recommender
 
     model = Recommender.load(ckpt)
     assert model.recommend("u3", k=5).items.tolist() == answer[0]["items"]

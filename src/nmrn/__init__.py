@@ -6,8 +6,7 @@ Adversarial Training", KDD 2018, doi:10.1145/3219819.3220004.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from nmrn._version import __version__
 from nmrn.data.events import EventBatch, as_events
 from nmrn.data.history import History
 from nmrn.data.idmap import IdMap
@@ -20,8 +19,12 @@ from nmrn.errors import (
     NMRNError,
     UnknownIdError,
 )
-from nmrn.training.base import Recommendations, Recommender, load_recommender
+from nmrn.models import load_model, make_model
+from nmrn.training.contract import Recommendations, Recommender
 from nmrn.training.nmrn import NMRN
+
+#: Load a checkpoint of any model the package ships (an alias of :func:`nmrn.models.load_model`).
+load_recommender = load_model
 
 __all__ = [
     "CheckpointError",
@@ -39,5 +42,7 @@ __all__ = [
     "UnknownIdError",
     "__version__",
     "as_events",
+    "load_model",
     "load_recommender",
+    "make_model",
 ]

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nmrn import __version__
+from nmrn._version import __version__
 from nmrn.argtypes import fraction, positive_int
 from nmrn.errors import ConfigError, NMRNError
 
@@ -300,9 +300,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from nmrn.training.base import Recommender
+    from nmrn.models import load_model
 
-    model = Recommender.load(args.checkpoint)
+    model = load_model(args.checkpoint)
     # ids typed on a command line are text: use the int form where the model knows that one
     users: list[int | str] = []
     for text in args.user:

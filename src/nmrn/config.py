@@ -1,20 +1,34 @@
-"""Validated, frozen configuration of the NMRN recommender.
+"""Validated, frozen configuration: one dataclass per concern, checked on construction.
 
-:class:`NMRNConfig` is the single source of truth for every hyper-parameter of
-:class:`nmrn.training.nmrn.NMRN`. It is frozen (hashable, safe to share), checked on
-construction (:class:`~nmrn.errors.ConfigError` names the field, the value and what is allowed),
-and round-trips through plain dicts (:meth:`NMRNConfig.to_dict` / :meth:`NMRNConfig.from_dict`)
-for checkpoints and config files. Unknown keys fail loudly, with a suggestion.
+Every model's hyper-parameters live in a frozen dataclass derived from :class:`Config`. A field
+says what it accepts with a *check* (:class:`Int`, :class:`Real`, :class:`Bool`, :class:`OneOf`,
+...), so validation is declared next to the default instead of written out by hand, and every
+refusal is a :class:`~nmrn.errors.ConfigError` naming the class, the field, the value and what
+is allowed. Configs round-trip through plain dicts (:meth:`Config.to_dict` /
+:meth:`Config.from_dict`, for checkpoints and config files); unknown keys fail loudly, with a
+suggestion.
+
+NMRN's configuration is nested (DESIGN §4): :class:`NMRNConfig` holds a :class:`ModelConfig`
+(the architecture), a :class:`TrainConfig` (how it is trained) and a :class:`SamplerConfig` (the
+negative sampler's options), plus the sampler's name, the device and the seed. Its flat field
+names (``dim``, ``lr``, ``sampler``, ...) are unique across the sections, so ``NMRN(dim=32,
+lr=0.1)`` and :meth:`NMRNConfig.replace` route each name to its section.
 
 Examples
 --------
->>> cfg = NMRNConfig(dim=32, memory_slots=8)
->>> cfg.dim, cfg.addressing
-(32, 'dot')
+>>> cfg = NMRNConfig.from_dict({"dim": 32, "memory_slots": 8, "epochs": 3})
+>>> cfg.model.dim, cfg.train.epochs, cfg.model.addressing
+(32, 3, 'dot')
+>>> cfg.replace(lr=0.1).train.lr
+0.1
 >>> NMRNConfig.from_dict({"dim": 32, "memory_slot": 8})
 Traceback (most recent call last):
 ...
 nmrn.errors.ConfigError: unknown config key 'memory_slot'; did you mean 'memory_slots'?
+>>> ModelConfig(dim=0)
+Traceback (most recent call last):
+...
+nmrn.errors.ConfigError: ModelConfig.dim must be >= 1, got 0
 """
 
 from __future__ import annotations
@@ -22,27 +36,253 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from nmrn.errors import ConfigError
 
+__all__ = [
+    "Bool",
+    "Config",
+    "Int",
+    "Maybe",
+    "ModelConfig",
+    "NMRNConfig",
+    "OneOf",
+    "Real",
+    "SamplerConfig",
+    "SeedConfig",
+    "Sub",
+    "Text",
+    "TrainConfig",
+    "check_keys",
+    "option",
+]
 
-def _check_device(device: str) -> None:
-    """A clear error for a device torch cannot use here (instead of an AssertionError later)."""
-    import torch
+C = TypeVar("C", bound="Config")
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"NMRNConfig.device {device!r} is not a torch device string") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+
+# -- checks ----------------------------------------------------------------------------------------
+class Check:
+    """Validates (and normalises) one field's value; raises :class:`ConfigError`."""
+
+    def __call__(self, where: str, value: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Int(Check):
+    """A whole number (``bool`` refused; numpy integers accepted) in ``[low, high]``."""
+
+    low: int | None = None
+    high: int | None = None
+
+    def __call__(self, where: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"{where} must be an int, got {type(value).__name__} {value!r}")
+        value = int(value)
+        if self.low is not None and value < self.low:
+            raise ConfigError(f"{where} must be >= {self.low}, got {value}")
+        if self.high is not None and value > self.high:
+            raise ConfigError(f"{where} must be <= {self.high}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Real(Check):
+    """A finite number (``bool`` refused) between ``low`` and ``high`` (each open or closed)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __call__(self, where: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{where} must be a number, got {type(value).__name__} {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be finite, got {value}")
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            raise ConfigError(f"{where} must be {'>' if self.low_open else '>='} {self.low}, "
+                              f"got {value}")
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            raise ConfigError(f"{where} must be {'<' if self.high_open else '<='} {self.high}, "
+                              f"got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Bool(Check):
+    """``True`` or ``False`` (not 0/1)."""
+
+    def __call__(self, where: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be a bool, got {type(value).__name__}")
+        return value
+
+
+@dataclass(frozen=True)
+class OneOf(Check):
+    """One of a fixed set of strings."""
+
+    choices: tuple[str, ...]
+
+    def __call__(self, where: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            close = difflib.get_close_matches(str(value), self.choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where} must be one of {', '.join(map(repr, self.choices))}, got {value!r}{hint}"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Text(Check):
+    """A non-empty string."""
+
+    def __call__(self, where: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Maybe(Check):
+    """``None``, or what ``check`` accepts."""
+
+    check: Check
+
+    def __call__(self, where: str, value: Any) -> Any:
+        return None if value is None else self.check(where, value)
+
+
+@dataclass(frozen=True)
+class Sub(Check):
+    """A nested :class:`Config` of class ``cls``, given as one or as a mapping of its fields."""
+
+    cls: type[Config]
+
+    def __call__(self, where: str, value: Any) -> Config:
+        if isinstance(value, self.cls):
+            return value
+        if isinstance(value, Mapping):
+            return self.cls.from_dict(value)
         raise ConfigError(
-            f"NMRNConfig.device is {device!r} but CUDA is not available on this machine "
-            f"(use device='cpu')"
+            f"{where} must be a {self.cls.__name__} or a mapping of its fields, "
+            f"got {type(value).__name__}"
         )
 
+
+@dataclass(frozen=True)
+class Device(Check):
+    """A torch device string that torch can use on this machine."""
+
+    def __call__(self, where: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a device string, got {value!r}")
+        import torch  # only the models that run on torch have a device field
+
+        try:
+            dev = torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"{where} {value!r} is not a torch device string") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"{where} is {value!r} but CUDA is not available on this machine (use 'cpu')"
+            )
+        return value
+
+
+def option(default: Any = dataclasses.MISSING, check: Check | None = None, **kwargs: Any) -> Any:
+    """A dataclass field whose value ``check`` validates in :meth:`Config.__post_init__`."""
+    return dataclasses.field(default=default, metadata={"check": check}, **kwargs)
+
+
+# -- the base class --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    """Base of every configuration: frozen, validated field by field, dict round trip.
+
+    A subclass declares its fields with :func:`option` and may add cross-field rules in
+    :meth:`_validate`.
+    """
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            if check is not None:
+                value = check(f"{owner}.{f.name}", getattr(self, f.name))
+                object.__setattr__(self, f.name, value)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Rules that involve several fields (raise :class:`ConfigError`)."""
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of every field, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict (nested configs as dicts)."""
+        return dataclasses.asdict(self)
+
+    def to_params(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this configuration (``cls.from_dict``)."""
+        return self.to_dict()
+
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """The names :meth:`to_params` gives (the options a model built on this takes)."""
+        return tuple(cls().to_params())
+
+    @classmethod
+    def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+        """Build from a mapping; unknown keys raise :class:`~nmrn.errors.ConfigError`."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{cls.__name__} needs a mapping, got {type(values).__name__}")
+        check_keys(values, cls.field_names(), what=cls._key_word)
+        return cls(**dict(values))
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed (validated; unknown names raise ConfigError)."""
+        check_keys(changes, self.field_names(), what=self._key_word)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def build(cls: type[C], config: Any = None, options: Mapping[str, Any] | None = None) -> C:
+        """The one constructor path of a model: ``config`` (an instance, a mapping or
+        ``None``) with ``options`` applied on top. Every option given is applied."""
+        options = dict(options or {})
+        if config is None:
+            return cls.from_dict(options)
+        if isinstance(config, cls):
+            return config.replace(**options) if options else config
+        if isinstance(config, Mapping):
+            return cls.from_dict({**config, **options})
+        raise ConfigError(
+            f"config must be a {cls.__name__} or a mapping of its fields, "
+            f"got {type(config).__name__}"
+        )
+
+    _key_word: ClassVar[str] = "config key"
+
+
+def check_keys(values: Mapping[str, Any], allowed: tuple[str, ...], *, what: str) -> None:
+    """Raise :class:`~nmrn.errors.ConfigError` for the first key not in ``allowed``."""
+    for key in values:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(allowed)}"
+            raise ConfigError(f"unknown {what} {key!r}{hint}")
+
+
+# -- NMRN ------------------------------------------------------------------------------------------
 ADDRESSING = ("dot", "neg_dist")
 OPTIMIZERS = ("adagrad", "sgd")
 COLD_USER_INIT = ("random", "item_mean")
@@ -50,11 +290,11 @@ BASELINES = ("batch", "candidates")
 
 
 @dataclass(frozen=True)
-class NMRNConfig:
-    """Hyper-parameters of NMRN (the recommender D of the paper) and of its training.
+class ModelConfig(Config):
+    """The architecture of NMRN's recommender D (DESIGN §1): what its tensors are and mean.
 
-    Every option of the model that departs from the paper is off by default, so
-    ``NMRNConfig()`` is the paper-faithful model (DESIGN §1).
+    Every option that departs from the paper is off by default, so ``ModelConfig()`` is the
+    paper-faithful network.
 
     Parameters
     ----------
@@ -62,31 +302,6 @@ class NMRNConfig:
         d, the size of user/item embeddings and of memory rows.
     memory_slots
         H, the number of key/value memory slots.
-    margin
-        m, the margin of the hinge loss.
-    n_candidates
-        T, how many negative candidates are drawn per positive event; the hardest one enters the
-        hinge, and the count of violators estimates the rank weight.
-    lr
-        Learning rate of the optimizer.
-    batch_size
-        Events per mini-batch (gradients flow through memory writes within a mini-batch).
-    epochs
-        Passes over the history in :meth:`~nmrn.training.nmrn.NMRN.fit`.
-    learn_passes
-        Gradient passes over each :meth:`~nmrn.training.nmrn.NMRN.learn` call's events (the
-        memory state still evolves exactly once per event).
-    sampler
-        Negative sampler name (see :data:`nmrn.sampling.SAMPLERS`).
-    max_norm
-        Rows of the user/item tables, the keys and the initial value memory are clipped to
-        ``||row|| <= max_norm`` after each step (as CML does).
-    grad_clip
-        Clip the global gradient norm to this value; ``None`` or ``0`` disables.
-    optimizer
-        ``"adagrad"`` (row-sparse for the tables) or ``"sgd"``.
-    init_std
-        Standard deviation of the normal initialisation of embeddings and memories.
     addressing
         ``"dot"`` (``u . k_i``, DKVMN, the default) or ``"neg_dist"`` (``-||u - k_i||``).
     temperature
@@ -106,111 +321,65 @@ class NMRNConfig:
     cold_user_init
         ``"random"`` (default) or ``"item_mean"``: a user first seen in ``learn`` starts at the
         mean of the vectors of the items of their first events (clipped to ``max_norm``).
-    device
-        Torch device of the tables (``"cpu"``, ``"cuda"``, ...).
-    seed
-        Seed of the model's private random generator.
-    sampler_options
-        Options of the negative sampler (a :class:`SamplerConfig` or a mapping of its fields;
-        ``None``: the defaults).
+    init_std
+        Standard deviation of the normal initialisation of embeddings and memories.
     """
 
-    dim: int = 64  # d
-    memory_slots: int = 20  # H
-    margin: float = 0.5  # m in the hinge
-    n_candidates: int = 10  # T
-    lr: float = 0.05
-    batch_size: int = 256
-    epochs: int = 10
-    learn_passes: int = 1
-    sampler: str = "uniform"
-    max_norm: float = 1.0
-    grad_clip: float | None = None
-    optimizer: str = "adagrad"
-    init_std: float = 0.1
-    addressing: str = "dot"
-    temperature: float = 1.0
-    learn_temperature: bool = False
-    personal_offset: bool = False
-    item_bias: bool = False
-    squared_distance: bool = False
-    per_user_memory: bool = False
-    cold_user_init: str = "random"
-    device: str = "cpu"
-    seed: int = 0
-    sampler_options: SamplerConfig | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "memory_slots", "n_candidates", "batch_size", "learn_passes"):
-            _check_int(name, getattr(self, name), low=1)
-        _check_int("epochs", self.epochs, low=0)
-        _check_int("seed", self.seed, low=None)
-        for name in ("lr", "max_norm", "temperature", "init_std"):
-            _check_float(name, getattr(self, name), positive=True)
-        _check_float("margin", self.margin, positive=False)
-        if self.margin < 0:
-            raise ConfigError(f"NMRNConfig.margin must be >= 0, got {self.margin}")
-        if self.grad_clip is not None:
-            _check_float("grad_clip", self.grad_clip, positive=False)
-            if self.grad_clip < 0:
-                raise ConfigError(
-                    f"NMRNConfig.grad_clip must be >= 0 or None, got {self.grad_clip}"
-                )
-        for name, allowed in (
-            ("addressing", ADDRESSING),
-            ("optimizer", OPTIMIZERS),
-            ("cold_user_init", COLD_USER_INIT),
-        ):
-            _check_choice(name, getattr(self, name), allowed)
-        for name in (
-            "learn_temperature",
-            "personal_offset",
-            "item_bias",
-            "squared_distance",
-            "per_user_memory",
-        ):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(
-                    f"NMRNConfig.{name} must be a bool, got {type(getattr(self, name)).__name__}"
-                )
-        if not isinstance(self.sampler, str) or not self.sampler:
-            raise ConfigError(f"NMRNConfig.sampler must be a sampler name, got {self.sampler!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ConfigError(f"NMRNConfig.device must be a device string, got {self.device!r}")
-        _check_device(self.device)
-        options = self.sampler_options
-        if isinstance(options, Mapping):
-            object.__setattr__(self, "sampler_options", SamplerConfig.from_dict(options))
-        elif options is not None and not isinstance(options, SamplerConfig):
-            raise ConfigError(
-                "NMRNConfig.sampler_options must be a SamplerConfig, a mapping or None, "
-                f"got {type(options).__name__}"
-            )
-
-    # -- dict round trip -----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        """Names of every field, in declaration order."""
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> NMRNConfig:
-        """Build from a mapping; unknown keys raise :class:`~nmrn.errors.ConfigError`."""
-        check_keys(values, cls.field_names(), what="config key")
-        return cls(**dict(values))
-
-    def replace(self, **changes: Any) -> NMRNConfig:
-        """A copy with some fields changed (validated; unknown names raise ConfigError)."""
-        check_keys(changes, self.field_names(), what="config key")
-        return dataclasses.replace(self, **changes)
+    dim: int = option(64, Int(low=1))  # d
+    memory_slots: int = option(20, Int(low=1))  # H
+    addressing: str = option("dot", OneOf(ADDRESSING))
+    temperature: float = option(1.0, Real(low=0.0, low_open=True))
+    learn_temperature: bool = option(False, Bool())
+    personal_offset: bool = option(False, Bool())
+    item_bias: bool = option(False, Bool())
+    squared_distance: bool = option(False, Bool())
+    per_user_memory: bool = option(False, Bool())
+    cold_user_init: str = option("random", OneOf(COLD_USER_INIT))
+    init_std: float = option(0.1, Real(low=0.0, low_open=True))
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
+class TrainConfig(Config):
+    """How NMRN is trained: the loss, the candidates, the optimizer, the schedule.
+
+    Parameters
+    ----------
+    margin
+        m, the margin of the hinge loss.
+    n_candidates
+        T, how many negative candidates are drawn per positive event; the hardest one enters the
+        hinge, and the count of violators estimates the rank weight.
+    lr
+        Learning rate of the optimizer.
+    batch_size
+        Events per mini-batch (gradients flow through memory writes within a mini-batch).
+    epochs
+        Passes over the history in :meth:`~nmrn.training.nmrn.NMRN.fit`.
+    learn_passes
+        Gradient passes over each :meth:`~nmrn.training.nmrn.NMRN.learn` call's events (the
+        memory state still evolves exactly once per event).
+    optimizer
+        ``"adagrad"`` (row-sparse for the tables) or ``"sgd"``.
+    grad_clip
+        Clip the global gradient norm to this value; ``None`` or ``0`` disables.
+    max_norm
+        Rows of the user/item tables, the keys and the initial value memory are clipped to
+        ``||row|| <= max_norm`` after each step (as CML does).
+    """
+
+    margin: float = option(0.5, Real(low=0.0))  # m in the hinge
+    n_candidates: int = option(10, Int(low=1))  # T
+    lr: float = option(0.05, Real(low=0.0, low_open=True))
+    batch_size: int = option(256, Int(low=1))
+    epochs: int = option(10, Int(low=0))
+    learn_passes: int = option(1, Int(low=1))
+    optimizer: str = option("adagrad", OneOf(OPTIMIZERS))
+    grad_clip: float | None = option(None, Maybe(Real(low=0.0)))
+    max_norm: float = option(1.0, Real(low=0.0, low_open=True))
+
+
+@dataclass(frozen=True)
+class SamplerConfig(Config):
     """Options of the negative samplers (DESIGN §2); each sampler reads the fields it uses.
 
     The paper leaves these open; the defaults are documented in ``docs/sampling.md``.
@@ -261,77 +430,127 @@ class SamplerConfig:
     nmrn.errors.ConfigError: unknown sampler option 'temprature'; did you mean 'temperature'?
     """
 
-    beta: float = 0.75
-    n_candidates: int = 0
-    generator_dim: int = 32
-    hidden: int = 32
-    temperature: float = 1.0
-    lr: float = 0.01
-    entropy_weight: float = 0.0
-    baseline: str = "batch"
-    warmup_steps: int = 0
-    pretrain_epochs: int = 1
-    adversarial_epochs: int = 1
-    init_std: float = 0.1
-    stats_window: int = 1000
+    _key_word: ClassVar[str] = "sampler option"
 
-    def __post_init__(self) -> None:
-        for name in ("generator_dim", "hidden", "stats_window"):
-            _check_int(name, getattr(self, name), low=1, owner="SamplerConfig")
-        for name in ("n_candidates", "warmup_steps", "pretrain_epochs", "adversarial_epochs"):
-            _check_int(name, getattr(self, name), low=0, owner="SamplerConfig")
-        for name in ("temperature", "lr", "init_std"):
-            _check_float(name, getattr(self, name), positive=True, owner="SamplerConfig")
-        for name in ("beta", "entropy_weight"):
-            _check_float(name, getattr(self, name), positive=False, owner="SamplerConfig")
-            if getattr(self, name) < 0:
-                raise ConfigError(f"SamplerConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.baseline not in BASELINES:
-            raise ConfigError(
-                f"SamplerConfig.baseline must be one of {', '.join(map(repr, BASELINES))}, "
-                f"got {self.baseline!r}"
-            )
+    beta: float = option(0.75, Real(low=0.0))
+    n_candidates: int = option(0, Int(low=0))
+    generator_dim: int = option(32, Int(low=1))
+    hidden: int = option(32, Int(low=1))
+    temperature: float = option(1.0, Real(low=0.0, low_open=True))
+    lr: float = option(0.01, Real(low=0.0, low_open=True))
+    entropy_weight: float = option(0.0, Real(low=0.0))
+    baseline: str = option("batch", OneOf(BASELINES))
+    warmup_steps: int = option(0, Int(low=0))
+    pretrain_epochs: int = option(1, Int(low=0))
+    adversarial_epochs: int = option(1, Int(low=0))
+    init_std: float = option(0.1, Real(low=0.0, low_open=True))
+    stats_window: int = option(1000, Int(low=1))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
+
+@dataclass(frozen=True)
+class SeedConfig(Config):
+    """The configuration of a model whose only option is its seed (the default of
+    :attr:`nmrn.training.contract.Recommender.config_class`)."""
+
+    seed: int = option(0, Int())
+
+
+_SECTIONS: dict[str, type[Config]] = {"model": ModelConfig, "train": TrainConfig}
+
+
+@dataclass(frozen=True)
+class NMRNConfig(Config):
+    """Everything that defines an NMRN recommender: ``model``, ``train``, the sampler, device
+    and seed. ``NMRNConfig()`` is the paper-faithful model with uniform negatives.
+
+    Parameters
+    ----------
+    model
+        The architecture (:class:`ModelConfig`, or a mapping of its fields).
+    train
+        The training (:class:`TrainConfig`, or a mapping of its fields).
+    sampler
+        Negative sampler name (see :data:`nmrn.sampling.SAMPLERS`).
+    sampler_options
+        The sampler's options (:class:`SamplerConfig`, a mapping of its fields, or ``None``
+        for the defaults).
+    device
+        Torch device of the tables (``"cpu"``, ``"cuda"``, ...).
+    seed
+        Seed of the model's private random generator.
+
+    Notes
+    -----
+    The flat names of the sections' fields are unique, so :meth:`from_dict` and
+    :meth:`replace` accept them directly (``replace(dim=32)`` changes ``model.dim``);
+    :meth:`to_params` gives that flat form, which is what a checkpoint records.
+    """
+
+    model: ModelConfig = option(check=Sub(ModelConfig), default_factory=ModelConfig)
+    train: TrainConfig = option(check=Sub(TrainConfig), default_factory=TrainConfig)
+    sampler: str = option("uniform", Text())
+    sampler_options: SamplerConfig = option(
+        check=Maybe(Sub(SamplerConfig)), default_factory=SamplerConfig
+    )
+    device: str = option("cpu", Device())
+    seed: int = option(0, Int())
+
+    def _validate(self) -> None:
+        if self.sampler_options is None:  # None means the defaults
+            object.__setattr__(self, "sampler_options", SamplerConfig())
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SamplerConfig:
-        """Build from a mapping; unknown keys raise :class:`~nmrn.errors.ConfigError`."""
-        check_keys(values, tuple(f.name for f in dataclasses.fields(cls)), what="sampler option")
-        return cls(**dict(values))
+    def flat_names(cls) -> tuple[str, ...]:
+        """Every name :meth:`from_dict` and :meth:`replace` accept: the sections' fields, the
+        sections themselves and the top-level fields."""
+        names: list[str] = []
+        for section in _SECTIONS.values():
+            names += section.field_names()
+        return (*names, *cls.field_names())
 
+    @classmethod
+    def _route(cls, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict]]:
+        check_keys(values, cls.flat_names(), what="config key")
+        top: dict[str, Any] = {}
+        parts: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+        for key, value in values.items():
+            section = next((s for s, c in _SECTIONS.items() if key in c.field_names()), None)
+            if section is None:
+                top[key] = value
+            else:
+                parts[section][key] = value
+        return top, parts
 
-def check_keys(values: Mapping[str, Any], allowed: tuple[str, ...], *, what: str) -> None:
-    """Raise :class:`~nmrn.errors.ConfigError` for the first key not in ``allowed``."""
-    for key in values:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(allowed)}"
-            raise ConfigError(f"unknown {what} {key!r}{hint}")
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> NMRNConfig:
+        """Build from nested sections and/or flat field names (flat names win)."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"NMRNConfig needs a mapping, got {type(values).__name__}")
+        top, parts = cls._route(values)
+        for name, section in _SECTIONS.items():
+            given = top.pop(name, None)
+            base = Sub(section)(f"NMRNConfig.{name}", given) if given is not None else section()
+            top[name] = base.replace(**parts[name]) if parts[name] else base
+        return cls(**top)
 
+    def replace(self, **changes: Any) -> NMRNConfig:
+        """A copy with fields changed, by flat name or whole section (validated)."""
+        top, parts = self._route(changes)
+        for name in _SECTIONS:
+            section = top.pop(name, getattr(self, name))
+            section = Sub(_SECTIONS[name])(f"NMRNConfig.{name}", section)
+            top[name] = section.replace(**parts[name]) if parts[name] else section
+        return dataclasses.replace(self, **top)
 
-def _check_int(name: str, value: Any, *, low: int | None, owner: str = "NMRNConfig") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{owner}.{name} must be an int, got {type(value).__name__} {value!r}")
-    if low is not None and value < low:
-        raise ConfigError(f"{owner}.{name} must be >= {low}, got {value}")
-
-
-def _check_float(name: str, value: Any, *, positive: bool, owner: str = "NMRNConfig") -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{owner}.{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{owner}.{name} must be finite, got {value}")
-    if positive and value <= 0:
-        raise ConfigError(f"{owner}.{name} must be > 0, got {value}")
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            f"NMRNConfig.{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}{hint}"
-        )
+    def to_params(self) -> dict[str, Any]:
+        """The flat form: every section field by name, ``sampler_options`` as a dict (``None``
+        when all are the defaults), ``sampler``, ``device`` and ``seed``."""
+        out: dict[str, Any] = {}
+        for name in _SECTIONS:
+            out.update(getattr(self, name).to_dict())
+        options = self.sampler_options
+        out["sampler"] = self.sampler
+        out["sampler_options"] = None if options == SamplerConfig() else options.to_dict()
+        out["device"] = self.device
+        out["seed"] = self.seed
+        return out

@@ -1,21 +1,39 @@
-"""Named model presets: what ``nmrn evaluate --models ...`` and ``nmrn train --model`` build.
+"""Named model presets, and loading any model the package ships.
 
-A preset is a model class and the keyword arguments it is built with. The defaults of the
-baselines were chosen on a validation tail of the ML-100K history (never on the test stream):
-see ``docs/tuning.md``. Any argument can be overridden by the caller.
+A preset is a model class and the options it is built with: what ``nmrn evaluate --models ...``
+and ``nmrn train --model`` build. The defaults of the baselines were chosen on a validation
+tail of the ML-100K history (never on the test stream): see ``docs/tuning.md``. Any option can
+be overridden by the caller. A model built from a preset remembers the preset's name
+(``model.preset``), and so do its checkpoints.
+
+This module sits above every model module (it imports them all), so it is also where a
+checkpoint of any of them can be loaded: :func:`load_model`.
+
+Examples
+--------
+>>> model = make_model("item-knn")
+>>> type(model).__name__, model.preset, model.config.history_len
+('ItemKNN', 'item-knn', 400)
+>>> make_model("nmrn-faithfull")
+Traceback (most recent call last):
+...
+nmrn.errors.ConfigError: unknown model 'nmrn-faithfull'; did you mean 'nmrn-faithful'? ...
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any
 
 from nmrn.baselines.bpr import BPR
 from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import Popularity, RecentPopularity
 from nmrn.errors import ConfigError
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
 from nmrn.training.nmrn import NMRN
+
+__all__ = ["PRESETS", "load_model", "make_model", "model_names"]
 
 PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     "pop": (Popularity, {}),
@@ -50,20 +68,19 @@ def model_names() -> list[str]:
 
 
 def make_model(name: str, *, seed: int = 0, **overrides: Any) -> Recommender:
-    """Build the preset ``name`` with ``overrides`` applied (and ``seed`` where it applies).
+    """Build the preset ``name`` with ``overrides`` applied (and ``seed``).
 
     Raises
     ------
     ConfigError
-        For an unknown preset or an argument the model does not take (with a suggestion).
+        For an unknown preset or an option the model does not take (with a suggestion).
     """
     if name not in PRESETS:
         close = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(PRESETS)})")
     cls, params = PRESETS[name]
-    params = dict(params)
-    accepted = set(cls(**params).get_params())
+    accepted = cls.config_class.param_names()
     for key in overrides:
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
@@ -72,10 +89,17 @@ def make_model(name: str, *, seed: int = 0, **overrides: Any) -> Recommender:
                 f"model {name!r} has no parameter {key!r}{hint} "
                 f"(it takes: {', '.join(sorted(accepted))})"
             )
-    params.update(overrides)
+    options = {**params, **overrides}
     if "seed" in accepted and "seed" not in overrides:
-        params["seed"] = seed
+        options["seed"] = seed
     try:
-        return cls(**params)
-    except (TypeError, ValueError) as err:
+        model = cls(**options)
+    except ConfigError as err:
         raise ConfigError(f"model {name!r}: {err}") from None
+    model.preset = name
+    return model
+
+
+def load_model(path: str | os.PathLike[str]) -> Recommender:
+    """Load a checkpoint of any model the package ships (the class is read from it)."""
+    return Recommender.load(path)

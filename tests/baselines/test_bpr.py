@@ -71,7 +71,7 @@ def test_negatives_avoid_seen_items() -> None:
     neg = rec._negatives(torch.zeros(64, dtype=torch.int64))
     assert set(neg.tolist()) == {9}
     # without redraws, uniform over all ten items
-    rec.n_resample = 0
+    rec.config = rec.config.replace(n_resample=0)
     neg = rec._negatives(torch.zeros(4000, dtype=torch.int64))
     assert set(neg.tolist()) == set(range(10))
 

@@ -118,7 +118,7 @@ def test_recent_pop_rejects_bad_parameters(kwargs: dict) -> None:
 
 def test_recent_pop_default_window() -> None:
     rec = RecentPopularity()
-    assert rec.window is None and rec.half_life is None
+    assert rec.config.window is None and rec.config.half_life is None
     items = np.arange(1500) % 7
     rec.fit({"user": np.zeros(1500, int), "item": items, "timestamp": np.zeros(1500)})
     np.testing.assert_array_equal(rec.recent_scores(), np.bincount(items[-1000:]))

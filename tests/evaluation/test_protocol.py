@@ -18,7 +18,7 @@ from nmrn.evaluation.protocol import (
     iter_evaluate,
     sample_negatives,
 )
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
 
 
 # -- models used by the tests ------------------------------------------------------------------

@@ -26,7 +26,8 @@ from nmrn.serving.app import create_app  # noqa: E402
 from nmrn.serving.commands import add_serve_command, build_app_from_args  # noqa: E402
 from nmrn.serving.schemas import Limits  # noqa: E402
 from nmrn.serving.service import SEQ_KEY, LiveService, default_journal_path  # noqa: E402
-from nmrn.training.base import Recommender  # noqa: E402
+from nmrn.training.contract import Recommender  # noqa: E402
+from nmrn.training.registry import register  # noqa: E402
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -139,10 +140,9 @@ def test_metrics_and_health(client: TestClient, service: LiveService) -> None:
     assert health["status"] == "ok" and health["accepted_seq"] == 4 and health["apply_lag"] == 0
 
 
+@register
 class Torn(Recommender):
     """A model whose learn writes two arrays with a pause in between (a torn-read detector)."""
-
-    name = "test-torn"
 
     def __init__(self, *, seed: int = 0) -> None:
         super().__init__(seed=seed)

@@ -17,8 +17,6 @@ from nmrn.serving.service import LiveService
 class Recording(Popularity):
     """Popularity that records what each ``learn`` call received."""
 
-    name = ""  # not registered
-
     def __init__(self, *, seed: int = 0) -> None:
         super().__init__(seed=seed)
         self.calls: list[tuple[list[Any], list[Any], list[float] | None]] = []

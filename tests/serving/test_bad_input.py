@@ -19,7 +19,7 @@ from nmrn.errors import CheckpointError  # noqa: E402
 from nmrn.serving.app import create_app  # noqa: E402
 from nmrn.serving.schemas import Limits  # noqa: E402
 from nmrn.serving.service import LiveService  # noqa: E402
-from nmrn.training.base import Recommender  # noqa: E402
+from nmrn.training.contract import Recommender  # noqa: E402
 
 TOKEN = "tok"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

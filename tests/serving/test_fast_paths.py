@@ -183,8 +183,6 @@ def test_fast_read_refusals_are_counted(tmp_path: Path) -> None:
 class GatedPopularity(Popularity):
     """Popularity whose ``learn`` blocks until ``gate`` opens: a writer stuck inside a batch."""
 
-    name = ""  # not registered
-
     def __init__(self, *, seed: int = 0) -> None:
         super().__init__(seed=seed)
         self.gate = threading.Event()

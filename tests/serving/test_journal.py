@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from nmrn.baselines.popularity import Popularity
 from nmrn.serving.journal import Journal, JournalError
 from nmrn.serving.service import SEQ_KEY, LiveService, default_journal_path
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
 
 
 def _events(n: int, start: int = 0) -> list[tuple[int | str, int | str, float]]:

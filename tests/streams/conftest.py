@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
+from nmrn.training.registry import register
 
 REDIS_SERVER = shutil.which("redis-server")
 MISSING_REDIS = (
@@ -22,14 +23,13 @@ MISSING_REDIS = (
 )
 
 
+@register
 class OrderModel(Recommender):
     """A model whose state depends on every event and on their order (and records its batches).
 
     ``w[i] <- 0.5 * w[i] + 1 + 0.001 * user_index + 1e-6 * timestamp`` per event, in order: an
     event lost, applied twice or reordered changes ``w``.
     """
-
-    name = "test-order"
 
     def __init__(self, *, seed: int = 0) -> None:
         super().__init__(seed=seed)

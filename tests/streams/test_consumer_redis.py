@@ -11,9 +11,9 @@ import redis
 from streams.conftest import OrderModel
 
 from nmrn.streams.consumer import Consumer
+from nmrn.streams.position import load_checkpoint, save_checkpoint
 from nmrn.streams.redis_source import RedisStreamSource, parse_stream_id
 from nmrn.streams.sources import SourceError
-from nmrn.training.checkpoint import load_checkpoint, save_checkpoint
 
 STREAM = "ev"
 

@@ -1,7 +1,7 @@
 """The proof of exact recovery: a consumer process killed with SIGKILL, again and again.
 
 A real ``redis-server`` holds a seeded stream of 20,000 events. ``nmrn consume`` (run as
-``python -m nmrn.streams.commands``) applies them to a BPR model and is killed with SIGKILL at
+``python -m nmrn``) applies them to a BPR model and is killed with SIGKILL at
 seeded random moments, each after its checkpoint has shown progress, then restarted. Its final
 model must equal, array for array, that of an uninterrupted consumer: nothing lost, nothing
 applied twice, and the same batches in the same order.
@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from nmrn.baselines.bpr import BPR
+from nmrn.io import read_checkpoint
 from nmrn.streams.consumer import Consumer
+from nmrn.streams.position import load_checkpoint, save_checkpoint
 from nmrn.streams.redis_source import RedisStreamSource
-from nmrn.training.base import read_checkpoint
-from nmrn.training.checkpoint import load_checkpoint, save_checkpoint
 
 N_EVENTS = 20_000
 CHECKPOINT_EVERY = 400
@@ -67,7 +67,7 @@ def _events_in(path: Path) -> int:
 
 def _start(url: str, ckpt: Path, group: str) -> subprocess.Popen[bytes]:
     cmd = [
-        sys.executable, "-m", "nmrn.streams.commands", "consume",
+        sys.executable, "-m", "nmrn", "consume",
         "--checkpoint", str(ckpt), "--source", url, "--stream", STREAM, "--group", group,
         "--consumer", "worker", "--checkpoint-every", str(CHECKPOINT_EVERY),
         "--batch-size", str(BATCH_SIZE), "--idle-timeout", "0.5",
@@ -180,7 +180,7 @@ def test_sigterm_stops_cleanly_with_a_final_checkpoint(
     ckpt = tmp_path / "ckpt"
     save_checkpoint(_model(), ckpt, position=None)
     cmd = [
-        sys.executable, "-m", "nmrn.streams.commands", "consume", "--checkpoint", str(ckpt),
+        sys.executable, "-m", "nmrn", "consume", "--checkpoint", str(ckpt),
         "--source", redis_url, "--stream", STREAM, "--group", "g",
         "--checkpoint-every", "100000", "--batch-size", "10",
     ]

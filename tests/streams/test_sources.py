@@ -20,14 +20,11 @@ from hypothesis import strategies as st
 from streams.conftest import OrderModel
 
 from nmrn.errors import CheckpointError, ConfigError
+from nmrn.io import checkpoint_exists
 from nmrn.streams.commands import add_consume_command, run_consume
 from nmrn.streams.consumer import Consumer
+from nmrn.streams.position import load_checkpoint, save_checkpoint
 from nmrn.streams.sources import FileSource, InvalidEvent, SourceError, parse_event
-from nmrn.training.checkpoint import (
-    checkpoint_exists,
-    load_checkpoint,
-    save_checkpoint,
-)
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -290,13 +287,13 @@ def test_consume_command_over_a_file_then_resumes(
     second = json.loads(capsys.readouterr().out)
     assert (second["applied"], second["total_applied"], second["stopped"]) == (18, 30, "end")
     model, _ = load_checkpoint(ck)
-    assert model.n_events == 30 and model.name == "pop"
+    assert model.n_events == 30 and model.preset == "pop"
 
 
 def test_consume_command_reads_stdin(tmp_path: Path) -> None:
     ck = tmp_path / "ck"
     data = "\n".join(_jsonl(25)) + "\n"
-    cmd = [sys.executable, "-m", "nmrn.streams.commands", "consume", "--checkpoint", str(ck),
+    cmd = [sys.executable, "-m", "nmrn", "consume", "--checkpoint", str(ck),
            "--source", "-", "--model", "pop"]
     done = subprocess.run(cmd, input=data.encode(), capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()
@@ -322,5 +319,23 @@ def test_consume_command_errors(tmp_path: Path, argv: list[str], message: str) -
 
 def test_consume_command_refuses_another_model_for_an_existing_checkpoint(tmp_path: Path) -> None:
     path = _checkpoint(tmp_path)
-    with pytest.raises(ConfigError, match="holds a 'test-order' model but --model pop"):
+    with pytest.raises(ConfigError, match=r"holds a OrderModel \(no preset\) model but --model pop"):
         run_consume(_parse(["--checkpoint", str(path), "--source", "-", "--model", "pop"]))
+
+
+def test_consume_command_matches_the_checkpoints_preset_not_its_class(tmp_path: Path) -> None:
+    # issue 9: a checkpoint made from preset nmrn-faithful recorded the class name "nmrn", so
+    # --model nmrn-faithful was refused and --model nmrn (another preset) accepted
+    from nmrn.models import make_model
+
+    ck = tmp_path / "ck"
+    model = make_model("nmrn-faithful", dim=4, memory_slots=2, epochs=1)
+    save_checkpoint(model.fit([(1, 2, 0.0), (2, 3, 1.0)]), ck, position=None)
+    events = _write(tmp_path / "ev.jsonl", _jsonl(4))
+    with pytest.raises(ConfigError, match="holds a 'nmrn-faithful' model but --model nmrn was"):
+        run_consume(_parse(["--checkpoint", str(ck), "--source", f"file:{events}",
+                            "--model", "nmrn"]))
+    assert run_consume(_parse(["--checkpoint", str(ck), "--source", f"file:{events}",
+                               "--model", "nmrn-faithful"])) == 0
+    resumed, _ = load_checkpoint(ck)
+    assert resumed.preset == "nmrn-faithful" and resumed.n_events == 2 + 4

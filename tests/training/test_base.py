@@ -10,7 +10,7 @@ import pytest
 
 from nmrn.baselines.popularity import Popularity, RecentPopularity
 from nmrn.errors import CheckpointError
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
 
 
 def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tmp_path):
@@ -37,7 +37,7 @@ def test_save_replaces_an_older_checkpoint_and_is_readable_by_others(tmp_path):
 
 @pytest.mark.parametrize("make", [Popularity, lambda: RecentPopularity(window=3)])
 def test_a_snapshot_does_not_follow_the_model_in_place(tmp_path, make):
-    from nmrn.training.base import write_checkpoint
+    from nmrn.io import write_checkpoint
 
     model = make().fit([(1, "a", 0.0), (2, "b", 1.0), (2, "a", 2.0)])
     arrays, meta = model.snapshot()
@@ -52,7 +52,7 @@ def test_a_snapshot_does_not_follow_the_model_in_place(tmp_path, make):
 
 
 def test_a_snapshot_is_a_copy_written_later_as_it_was(tmp_path):
-    from nmrn.training.base import write_checkpoint
+    from nmrn.io import write_checkpoint
 
     model = Popularity().fit([(1, "a", 0.0), (2, "b", 1.0), (2, "a", 2.0)])
     model.extra["note"] = {"seq": 3}

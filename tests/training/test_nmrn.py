@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from nmrn.config import NMRNConfig
 from nmrn.errors import CheckpointError, ConfigError, ModelFitError
 from nmrn.model.memory import evolve_sequential
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
 from nmrn.training.nmrn import NMRN
 
 SMALL = {"dim": 8, "memory_slots": 4, "batch_size": 16, "epochs": 2, "n_candidates": 5}
@@ -37,12 +37,21 @@ def _model(**kw) -> NMRN:
 
 # -- configuration ---------------------------------------------------------------------------------
 def test_config_object_and_keywords_agree() -> None:
-    cfg = NMRNConfig(**SMALL)
+    cfg = NMRNConfig.from_dict(SMALL)
     a, b = NMRN(cfg), NMRN(**SMALL)
-    assert a.to_config() == b.to_config() == cfg
-    assert NMRN(cfg, dim=16).dim == 16  # a non-default keyword overrides the config
-    assert NMRN({"dim": 12}).dim == 12
-    assert a.get_params()["config"] is None and a.get_params()["dim"] == 8
+    assert a.config == b.config == cfg
+    assert NMRN(cfg, dim=16).config.model.dim == 16  # a keyword overrides the config
+    assert NMRN({"dim": 12}).config.model.dim == 12
+    assert NMRN({"model": {"dim": 12}}, lr=0.2).config.train.lr == 0.2
+    assert a.get_params()["dim"] == 8 and "config" not in a.get_params()
+    assert NMRN(**a.get_params()).config == a.config  # the flat parameters rebuild it
+
+
+def test_an_explicit_keyword_is_never_ignored() -> None:
+    # a keyword equal to the default still overrides a config that says otherwise
+    cfg = NMRNConfig.from_dict({"dim": 32, "epochs": 3})
+    rec = NMRN(cfg, dim=64, epochs=10)
+    assert rec.config.model.dim == 64 and rec.config.train.epochs == 10
 
 
 @pytest.mark.parametrize(
@@ -199,7 +208,7 @@ def test_checkpoint_architecture_mismatch_rejected(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="architecture"):
         other._load_state(arrays, meta)
     # loading reads the architecture from the checkpoint, not from the caller
-    assert Recommender.load(rec.save(tmp_path / "c")).dim == 8
+    assert Recommender.load(rec.save(tmp_path / "c")).config.model.dim == 8
 
 
 def test_same_seed_same_model_different_seed_differs() -> None:

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import Popularity, RecentPopularity
-from nmrn.training import base
-from nmrn.training.base import Recommender, top_k
+from nmrn.training import contract
+from nmrn.training import ranking as ranking_mod
+from nmrn.training.contract import Recommender
+from nmrn.training.ranking import top_k
 
 events = st.lists(
     st.tuples(st.integers(0, 7), st.integers(0, 25)), min_size=1, max_size=80
@@ -52,7 +54,7 @@ def test_ranked_answers_equal_scoring_every_item(
     make: Any, prefix: int, log: list[Any], more: list[Any], k: int, exclude: bool,
     monkeypatch: Any,
 ) -> None:
-    monkeypatch.setattr(base, "RANKING_PREFIX", prefix)  # short prefixes force the fallback
+    monkeypatch.setattr(contract, "RANKING_PREFIX", prefix)  # short prefixes force the fallback
     model = make().fit(log)
     users = [0, 3, 7, 99, "stranger"]
     for step in range(2):  # the cache must follow the model as it learns
@@ -75,7 +77,7 @@ def test_rankings_are_rebuilt_after_learning_and_reused_until_then() -> None:
 
 
 def test_a_prefix_that_runs_out_falls_back_to_every_item(monkeypatch: Any) -> None:
-    monkeypatch.setattr(base, "RANKING_PREFIX", 2)
+    monkeypatch.setattr(contract, "RANKING_PREFIX", 2)
     # user 0 has seen the two most popular items; the prefix holds only those two
     log = [(1, "a", 0.0), (2, "a", 1.0), (1, "b", 2.0), (2, "b", 3.0), (0, "a", 4.0),
            (0, "b", 5.0), (3, "c", 6.0)]
@@ -85,7 +87,7 @@ def test_a_prefix_that_runs_out_falls_back_to_every_item(monkeypatch: Any) -> No
 
 
 def test_ties_at_the_prefix_edge_keep_the_lower_index(monkeypatch: Any) -> None:
-    monkeypatch.setattr(base, "RANKING_PREFIX", 2)
+    monkeypatch.setattr(contract, "RANKING_PREFIX", 2)
     # a: 2 events; b, c, d: 1 each (tied). The prefix must hold a and b, not a and c or d.
     model = Popularity().fit([(0, "a", 0.0), (1, "a", 1.0), (0, "b", 2.0), (1, "c", 3.0),
                               (2, "d", 4.0)])
@@ -121,8 +123,8 @@ def test_top_k_breaks_ties_by_the_lower_index(rows: list[list[float]], k: int) -
 def test_the_sampled_path_of_top_k_is_exact(
     rows: list[list[float]], k: int, sample: int, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(base, "TOPK_LONG_ROW", 1)  # every row takes the sampled path
-    monkeypatch.setattr(base, "TOPK_SAMPLE", sample)
+    monkeypatch.setattr(ranking_mod, "TOPK_LONG_ROW", 1)  # every row takes the sampled path
+    monkeypatch.setattr(ranking_mod, "TOPK_SAMPLE", sample)
     width = min(len(r) for r in rows)
     scores = np.array([r[:width] for r in rows])
     idx, vals = top_k(scores, k)
@@ -136,7 +138,7 @@ def test_top_k_on_a_long_row_with_nan_falls_back() -> None:
     row = np.arange(10_000, dtype=np.float64)
     row[::3] = np.nan
     idx, _ = top_k(row[None, :], 5)
-    reference = base._top_k_rows(row[None, :], 5)
+    reference = ranking_mod._top_k_rows(row[None, :], 5)
     assert idx.tolist() == reference.tolist()
 
 
@@ -159,7 +161,7 @@ def test_a_ranking_of_a_long_row_is_the_prefix_of_a_stable_sort(kind: str) -> No
         "continuous": rng.standard_normal(n),
         "few distinct": rng.integers(0, 3, n).astype(np.float64),
     }[kind]
-    ranking = base._Ranking(row, 2048, 0)
+    ranking = ranking_mod.Ranking(row, 2048, 0)
     expected = np.argsort(-row, kind="stable")[:2048]
     assert ranking.items.tolist() == expected.tolist() and not ranking.complete
     assert ranking.scores.tolist() == row[expected].tolist()

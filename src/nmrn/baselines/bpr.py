@@ -31,20 +31,46 @@ random numbers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from nmrn.errors import ConfigError, ModelFitError
+from nmrn.config import Config, Int, Maybe, OneOf, Real, SamplerConfig, Sub, Text, option
+from nmrn.errors import ModelFitError
+from nmrn.model.tables import grow_like, grow_rows, normal_rows
 from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
+from nmrn.training.registry import register
+from nmrn.training.schedule import fit_schedule
 
 OPTIMIZERS = ("adagrad", "adam")
 _EPS = 1e-8
 _BETAS = (0.9, 0.999)
 
 
+@dataclass(frozen=True)
+class BPRConfig(Config):
+    """Options of :class:`BPR` (see its docstring for each one's meaning)."""
+
+    dim: int = option(64, Int(low=1))
+    lr: float = option(0.05, Real(low=0.0, low_open=True))
+    reg: float = option(1e-4, Real(low=0.0))
+    epochs: int = option(20, Int(low=0))
+    batch_size: int = option(256, Int(low=1))
+    learn_passes: int = option(5, Int(low=0))
+    learn_lr: float | None = option(0.1, Maybe(Real(low=0.0, low_open=True)))
+    optimizer: str = option("adagrad", OneOf(OPTIMIZERS))
+    n_resample: int = option(3, Int(low=0))
+    init_std: float = option(0.1, Real(low=0.0))
+    seed: int = option(0, Int())
+    sampler: str | None = option(None, Maybe(Text()))
+    sampler_options: SamplerConfig | None = option(None, Maybe(Sub(SamplerConfig)))
+    n_candidates: int = option(10, Int(low=1))
+
+
+@register
 class BPR(Recommender):
     """Bayesian personalised ranking with matrix factorisation, updated online.
 
@@ -94,71 +120,13 @@ class BPR(Recommender):
     (1, 3)
     """
 
-    name = "bpr"
+    config_class = BPRConfig
 
-    def __init__(
-        self,
-        dim: int = 64,
-        lr: float = 0.05,
-        reg: float = 1e-4,
-        epochs: int = 20,
-        batch_size: int = 256,
-        learn_passes: int = 5,
-        learn_lr: float | None = 0.1,
-        optimizer: str = "adagrad",
-        n_resample: int = 3,
-        init_std: float = 0.1,
-        *,
-        seed: int = 0,
-        sampler: str | None = None,
-        sampler_options: dict[str, Any] | None = None,
-        n_candidates: int = 10,
-    ) -> None:
-        super().__init__(seed=seed)
-        for name, value, low in (
-            ("dim", dim, 1),
-            ("epochs", epochs, 0),
-            ("batch_size", batch_size, 1),
-            ("learn_passes", learn_passes, 0),
-            ("n_resample", n_resample, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ConfigError(f"BPR: {name} must be an int >= {low}, got {value!r}")
-        for name, fvalue, positive in (
-            ("lr", lr, True),
-            ("learn_lr", lr if learn_lr is None else learn_lr, True),
-            ("reg", reg, False),
-            ("init_std", init_std, False),
-        ):
-            ok = (
-                not isinstance(fvalue, bool)
-                and isinstance(fvalue, (int, float, np.integer, np.floating))
-                and np.isfinite(fvalue)
-                and (fvalue > 0 if positive else fvalue >= 0)
-            )
-            if not ok:
-                bound = "> 0" if positive else ">= 0"
-                raise ConfigError(f"BPR: {name} must be a finite number {bound}, got {fvalue!r}")
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"BPR: optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        self.dim = int(dim)
-        self.lr = float(lr)
-        self.reg = float(reg)
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.learn_passes = int(learn_passes)
-        self.learn_lr = None if learn_lr is None else float(learn_lr)
-        self.optimizer = optimizer
-        self.n_resample = int(n_resample)
-        self.init_std = float(init_std)
-        if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
-            raise ConfigError(f"BPR: n_candidates must be an int >= 1, got {n_candidates!r}")
-        self.sampler = sampler
-        self.sampler_options = None if sampler_options is None else dict(sampler_options)
-        self.n_candidates = n_candidates
-
-        self._gen = torch.Generator().manual_seed(self.seed)
-        d = self.dim
+    def __init__(self, config: Any = None, /, **options: Any) -> None:
+        super().__init__(config, **options)
+        c = self.config
+        self._gen = torch.Generator().manual_seed(c.seed)
+        d = c.dim
         # parameters, then optimiser state per table: (first moment, second moment / sum of g^2)
         self.user_emb = torch.zeros(0, d)
         self.item_emb = torch.zeros(0, d)
@@ -169,8 +137,8 @@ class BPR(Recommender):
         self._seen = np.empty(0, dtype=np.int64)  # sorted keys user << 32 | item
         self._sampler = (
             None
-            if sampler is None
-            else make_sampler(sampler, options=self.sampler_options, generator=self._gen)
+            if c.sampler is None
+            else make_sampler(c.sampler, options=c.sampler_options, generator=self._gen)
         )
         self.last_loss = float("nan")
 
@@ -178,21 +146,14 @@ class BPR(Recommender):
     def _grow(self, n_users: int, n_items: int) -> None:
         if self._sampler is not None:
             self._sampler.grow(n_items, n_users=n_users, generator=self._gen)
-        d = self.dim
-        extra_u = n_users - len(self.user_emb)
-        if extra_u > 0:
-            new = torch.randn(extra_u, d, generator=self._gen) * self.init_std
-            self.user_emb = torch.cat([self.user_emb, new])
-            for state in (self._m, self._v):
-                state["user"] = torch.cat([state["user"], torch.zeros(extra_u, d)])
-        extra_i = n_items - len(self.item_emb)
-        if extra_i > 0:
-            new = torch.randn(extra_i, d, generator=self._gen) * self.init_std
-            self.item_emb = torch.cat([self.item_emb, new])
-            self.item_bias = torch.cat([self.item_bias, torch.zeros(extra_i)])
-            for state in (self._m, self._v):
-                state["item"] = torch.cat([state["item"], torch.zeros(extra_i, d)])
-                state["bias"] = torch.cat([state["bias"], torch.zeros(extra_i)])
+        std = self.config.init_std
+        self.user_emb = normal_rows(self.user_emb, n_users, std, self._gen)
+        self.item_emb = normal_rows(self.item_emb, n_items, std, self._gen)
+        self.item_bias = grow_rows(self.item_bias, n_items)
+        for state in (self._m, self._v):  # optimizer state: zero rows
+            state["user"] = grow_like(state["user"], self.user_emb)
+            state["item"] = grow_like(state["item"], self.item_emb)
+            state["bias"] = grow_like(state["bias"], self.item_bias)
 
     # -- learning --------------------------------------------------------------------------------
     def _remember(self, users: np.ndarray, items: np.ndarray) -> None:
@@ -212,7 +173,7 @@ class BPR(Recommender):
     def _negatives(self, users: torch.Tensor) -> torch.Tensor:
         n_items = len(self.item_emb)
         neg = torch.randint(n_items, (len(users),), generator=self._gen)
-        for _ in range(self.n_resample):
+        for _ in range(self.config.n_resample):
             bad = np.flatnonzero(self._is_seen(users, neg))
             if len(bad) == 0:
                 break
@@ -229,16 +190,13 @@ class BPR(Recommender):
         self._remember(users, items)
         if self._sampler is not None:
             self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
-        if not isinstance(self._sampler, AdversarialSampler):
-            self._train(users, items, self.epochs, self.lr)
-            return
-        # Algorithm 1: BPR on uniform negatives, G on the frozen BPR, then both
-        n_joint = min(self._sampler.options.adversarial_epochs, self.epochs)
-        self._sampler.training = False
-        self._train(users, items, self.epochs - n_joint, self.lr)
-        self._sampler.training = True
-        self._pretrain_generator(users, items)
-        self._train(users, items, n_joint, self.lr)
+        epochs, lr = self.config.epochs, self.config.lr
+        fit_schedule(
+            epochs,
+            self._sampler,
+            lambda epoch: self._train_pass(users, items, lr, where=f"pass {epoch + 1} of {epochs}"),
+            lambda: self._pretrain_generator(users, items),
+        )
 
     def _learn(
         self,
@@ -250,31 +208,34 @@ class BPR(Recommender):
         self._remember(users, items)
         if self._sampler is not None:
             self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
-        lr = self.lr if self.learn_lr is None else self.learn_lr
-        self._train(users, items, self.learn_passes, lr)
+        lr = self.config.lr if self.config.learn_lr is None else self.config.learn_lr
+        passes = self.config.learn_passes
+        for p in range(passes):
+            self._train_pass(users, items, lr, where=f"learn pass {p + 1} of {passes}")
 
-    def _train(self, users: np.ndarray, items: np.ndarray, passes: int, lr: float) -> None:
+    def _train_pass(self, users: np.ndarray, items: np.ndarray, lr: float, *, where: str) -> None:
+        """One shuffled pass over the events at learning rate ``lr``."""
         u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
         i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
         n = len(u_all)
-        for epoch in range(passes):
-            order = torch.randperm(n, generator=self._gen)
-            total = 0.0
-            for lo in range(0, n, self.batch_size):
-                idx = order[lo : lo + self.batch_size]
-                u, i = u_all[idx], i_all[idx]
-                if self._sampler is None:
-                    total += self._step_on(u, i, self._negatives(u), lr)
-                    continue
-                j, feedback = self._sampled_negatives(u, i)
-                total += self._step_on(u, i, j, lr)
-                feedback()
-            self.last_loss = total / max(n, 1)
-            if not np.isfinite(self.last_loss):
-                raise ModelFitError(
-                    f"BPR: loss is {self.last_loss} in pass {epoch + 1} of {passes} over "
-                    f"{n} events (step {self._step}); lower lr (now {lr}) or raise reg"
-                )
+        batch_size = self.config.batch_size
+        order = torch.randperm(n, generator=self._gen)
+        total = 0.0
+        for lo in range(0, n, batch_size):
+            idx = order[lo : lo + batch_size]
+            u, i = u_all[idx], i_all[idx]
+            if self._sampler is None:
+                total += self._step_on(u, i, self._negatives(u), lr)
+                continue
+            j, feedback = self._sampled_negatives(u, i)
+            total += self._step_on(u, i, j, lr)
+            feedback()
+        self.last_loss = total / max(n, 1)
+        if not np.isfinite(self.last_loss):
+            raise ModelFitError(
+                f"BPR: loss is {self.last_loss} in {where} over {n} events "
+                f"(step {self._step}); lower lr (now {lr}) or raise reg"
+            )
 
     def _candidate_scores(
         self, u: torch.Tensor, i: torch.Tensor, cands: torch.Tensor
@@ -292,7 +253,8 @@ class BPR(Recommender):
         sampler = self._sampler
         assert sampler is not None
         learned = isinstance(sampler, AdversarialSampler)
-        prop = sampler.propose(u, i, self.n_candidates if learned else 1, generator=self._gen)
+        n_cand = self.config.n_candidates if learned else 1
+        prop = sampler.propose(u, i, n_cand, generator=self._gen)
         cands = prop.candidates  # [B, T]
         if prop.chosen is not None and prop.use_chosen:
             j = cands.gather(1, prop.chosen[:, None])[:, 0]
@@ -315,14 +277,14 @@ class BPR(Recommender):
         i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
         for _ in range(sampler.options.pretrain_epochs):
             order = torch.randperm(len(u_all), generator=self._gen)
-            for lo in range(0, len(u_all), self.batch_size):
-                idx = order[lo : lo + self.batch_size]
+            for lo in range(0, len(u_all), self.config.batch_size):
+                idx = order[lo : lo + self.config.batch_size]
                 _, feedback = self._sampled_negatives(u_all[idx], i_all[idx])
                 feedback()
 
     def _step_on(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, lr: float) -> float:
         """One gradient step on examples ``(u, i, j)`` (each ``[B]``); returns the summed loss."""
-        reg = self.reg
+        reg = self.config.reg
         pu, qi, qj = self.user_emb[u], self.item_emb[i], self.item_emb[j]  # [B, d]
         bi, bj = self.item_bias[i], self.item_bias[j]  # [B]
         x = (pu * (qi - qj)).sum(dim=1) + bi - bj  # [B]
@@ -350,7 +312,7 @@ class BPR(Recommender):
         summed = torch.zeros((len(uniq), *grad.shape[1:]), dtype=grad.dtype)
         summed.index_add_(0, inv, grad)
         v = self._v[key]
-        if self.optimizer == "adagrad":
+        if self.config.optimizer == "adagrad":
             acc = v[uniq] + summed * summed
             v[uniq] = acc
             table[uniq] -= lr * summed / (acc.sqrt() + _EPS)
@@ -406,7 +368,7 @@ class BPR(Recommender):
                 raise ValueError(f"BPR array {name!r} has shape {arr.shape}, expected {shape}")
             return torch.from_numpy(arr.copy())
 
-        n_users, n_items, d = len(self.users), len(self.items), self.dim
+        n_users, n_items, d = len(self.users), len(self.items), self.config.dim
         self.user_emb = tensor("user_emb", (n_users, d))
         self.item_emb = tensor("item_emb", (n_items, d))
         self.item_bias = tensor("item_bias", (n_items,))

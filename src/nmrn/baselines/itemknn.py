@@ -29,13 +29,15 @@ non-zeros (so the amortised cost of an update does not grow with the matrix); sc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from nmrn.errors import ConfigError
-from nmrn.training.base import Recommender
+from nmrn.config import Config, Int, Real, option
+from nmrn.training.contract import Recommender
+from nmrn.training.registry import register
 
 TIE_EPS = 1e-9
 # Pairs generated per slice of a large batch (bounds the memory of fit on a long history).
@@ -43,6 +45,19 @@ _PAIRS_PER_SLICE = 1 << 21
 _MIN_MERGE = 1 << 16
 
 
+@dataclass(frozen=True)
+class ItemKNNConfig(Config):
+    """Options of :class:`ItemKNN` (see its docstring for each one's meaning)."""
+
+    history_len: int = option(100, Int(low=1))
+    alpha: float = option(1.0, Real(low=0.0, high=1.0))
+    recency_decay: float = option(0.9, Real(low=0.0, high=1.0, low_open=True))
+    cooc_decay: float = option(1.0, Real(low=0.0, high=1.0, low_open=True))
+    dense_max_items: int = option(4096, Int(low=0))
+    seed: int = option(0, Int())
+
+
+@register
 class ItemKNN(Recommender):
     """Streaming item-kNN with a recency-weighted user profile.
 
@@ -77,29 +92,10 @@ class ItemKNN(Recommender):
     ['y']
     """
 
-    name = "item-knn"
+    config_class = ItemKNNConfig
 
-    def __init__(
-        self,
-        history_len: int = 100,
-        alpha: float = 1.0,
-        recency_decay: float = 0.9,
-        cooc_decay: float = 1.0,
-        dense_max_items: int = 4096,
-        *,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(seed=seed)
-        _check_int("history_len", history_len, 1)
-        _check_int("dense_max_items", dense_max_items, 0)
-        _check_float("alpha", alpha, 0.0, 1.0, low_open=False)
-        _check_float("recency_decay", recency_decay, 0.0, 1.0, low_open=True)
-        _check_float("cooc_decay", cooc_decay, 0.0, 1.0, low_open=True)
-        self.history_len = int(history_len)
-        self.alpha = float(alpha)
-        self.recency_decay = float(recency_decay)
-        self.cooc_decay = float(cooc_decay)
-        self.dense_max_items = int(dense_max_items)
+    def __init__(self, config: Any = None, /, **options: Any) -> None:
+        super().__init__(config, **options)
         self._n = 0
         self._dense: np.ndarray | None = np.zeros((0, 0), dtype=np.float32)
         self._main: sp.csr_matrix | None = None
@@ -116,14 +112,14 @@ class ItemKNN(Recommender):
     def _grow(self, n_users: int, n_items: int) -> None:
         if n_items <= self._n:
             return
-        if self._dense is not None and n_items > self.dense_max_items:
+        if self._dense is not None and n_items > self.config.dense_max_items:
             block = self._dense[: self._n, : self._n]
             self._main = sp.csr_matrix(block, dtype=np.float32)
             self._dense = None
         if self._dense is not None:
             cap = len(self._dense)
             if n_items > cap:
-                new_cap = min(max(n_items, 2 * cap, 16), self.dense_max_items)
+                new_cap = min(max(n_items, 2 * cap, 16), self.config.dense_max_items)
                 grown = np.zeros((new_cap, new_cap), dtype=np.float32)
                 grown[: self._n, : self._n] = self._dense[: self._n, : self._n]
                 self._dense = grown
@@ -198,7 +194,7 @@ class ItemKNN(Recommender):
         self._update(users, items)
 
     def _update(self, users: np.ndarray, items: np.ndarray) -> None:
-        size = self.history_len
+        size = self.config.history_len
         # One sequence per user: their last `size` earlier items, then this batch's items.
         order = np.argsort(users, kind="stable")
         su, si = users[order], items[order]
@@ -218,7 +214,7 @@ class ItemKNN(Recommender):
         seq_first = np.concatenate(first)  # [n] where each event's user sequence starts
         event_pos = np.concatenate(pos)  # [n] where each event sits in `seq`
         ages = np.arange(size, dtype=np.int64)
-        age_weight = self.cooc_decay**ages
+        age_weight = self.config.cooc_decay**ages
         step = max(1, _PAIRS_PER_SLICE // size)
         for lo in range(0, len(event_pos), step):
             g = event_pos[lo : lo + step]
@@ -233,8 +229,8 @@ class ItemKNN(Recommender):
     # -- scoring ---------------------------------------------------------------------------------
     def _profile(self, users: np.ndarray) -> sp.csr_matrix:
         """User profiles ``[n, n_items]``: ``recency_decay ** age / n_i ** alpha`` per item."""
-        size = self.history_len
-        inv_norm = np.maximum(self.item_counts, 1.0) ** -self.alpha
+        size = self.config.history_len
+        inv_norm = np.maximum(self.item_counts, 1.0) ** -self.config.alpha
         tails = [self.history.items_of(int(u))[-size:] for u in users.tolist()]
         lens = np.fromiter((len(t) for t in tails), dtype=np.int64, count=len(tails))
         cols = np.concatenate(tails) if tails else np.empty(0, np.int64)
@@ -242,7 +238,7 @@ class ItemKNN(Recommender):
         # age 0 is the last item of each tail
         ends = np.repeat(np.cumsum(lens), lens)
         age = ends - 1 - np.arange(len(cols))
-        vals = self.recency_decay ** age.astype(np.float64) * inv_norm[cols]
+        vals = self.config.recency_decay ** age.astype(np.float64) * inv_norm[cols]
         return sp.csr_matrix(
             (vals.astype(np.float32), (rows, cols)), shape=(len(users), self._n), dtype=np.float32
         )
@@ -256,13 +252,13 @@ class ItemKNN(Recommender):
         of the user's history alone (never of who else is scored alongside).
         """
         assert self._dense is not None
-        tail = self.history.items_of(user)[-self.history_len :]
+        tail = self.history.items_of(user)[-self.config.history_len :]
         n = len(tail)
         if n == 0:
             return np.zeros(self._n)
         age = np.arange(n - 1, -1, -1, dtype=np.float64)  # 0 for the most recent item
-        inv_norm = np.maximum(self.item_counts[tail], 1.0) ** -self.alpha
-        vals = (self.recency_decay**age * inv_norm).astype(np.float32)
+        inv_norm = np.maximum(self.item_counts[tail], 1.0) ** -self.config.alpha
+        vals = (self.config.recency_decay**age * inv_norm).astype(np.float32)
         order = np.lexsort((vals, tail))
         cols, vals = tail[order], vals[order]
         first = np.empty(n, dtype=bool)
@@ -287,7 +283,7 @@ class ItemKNN(Recommender):
             if self._pending_count:
                 raw32 += (profile @ self._pending_matrix()).toarray()
             raw = raw32.astype(np.float64)
-        col_norm = np.maximum(self.item_counts, 1.0) ** (self.alpha - 1.0)
+        col_norm = np.maximum(self.item_counts, 1.0) ** (self.config.alpha - 1.0)
         share = self.item_counts / (self.n_events + 1.0)
         return raw * col_norm[None, :] + TIE_EPS * share[None, :]
 
@@ -318,7 +314,7 @@ class ItemKNN(Recommender):
             shape=(n, n),
             dtype=np.float32,
         )
-        if bool(meta["sparse"]) != (n > self.dense_max_items):
+        if bool(meta["sparse"]) != (n > self.config.dense_max_items):
             raise ValueError("item-knn storage kind does not match the catalogue size")
         if self._dense is not None:
             self._dense[:n, :n] = main.toarray()
@@ -329,19 +325,3 @@ class ItemKNN(Recommender):
             self._pending_count = len(keys)
             self._pending_csr = None
 
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"ItemKNN: {name} must be an int >= {low}, got {value!r}")
-
-
-def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float, np.integer, np.floating))
-        and (low < value if low_open else low <= value)
-        and value <= high
-    )
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"ItemKNN: {name} must be in {bracket}{low}, {high}], got {value!r}")

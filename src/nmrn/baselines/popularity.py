@@ -6,12 +6,15 @@ consumed (``exclude_seen``). They are the floor any personalised model must clea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from nmrn.config import Config, Int, Maybe, Real, option
 from nmrn.errors import ConfigError
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
+from nmrn.training.registry import register
 
 DEFAULT_WINDOW = 1000
 # Decayed scores are rescaled once the running inflation factor passes this (see RecentPopularity).
@@ -20,6 +23,23 @@ _RESCALE_AT = 1e200
 DECAY_TIE_EPS = 1e-9
 
 
+@dataclass(frozen=True)
+class RecentPopularityConfig(Config):
+    """Options of :class:`RecentPopularity` (see its docstring): ``window`` or ``half_life``."""
+
+    window: int | None = option(None, Maybe(Int(low=1)))
+    half_life: float | None = option(None, Maybe(Real(low=0.0, low_open=True)))
+    seed: int = option(0, Int())
+
+    def _validate(self) -> None:
+        if self.window is not None and self.half_life is not None:
+            raise ConfigError(
+                f"RecentPopularity: give window or half_life, not both (got window={self.window}, "
+                f"half_life={self.half_life})"
+            )
+
+
+@register
 class Popularity(Recommender):
     """Global popularity: the score of an item is its number of events so far.
 
@@ -39,11 +59,6 @@ class Popularity(Recommender):
     >>> items.tolist(), scores.tolist()
     ([2, 1], [2.0, 1.0])
     """
-
-    name = "pop"
-
-    def __init__(self, *, seed: int = 0) -> None:
-        super().__init__(seed=seed)
 
     def _fit(
         self,
@@ -77,6 +92,7 @@ class Popularity(Recommender):
         pass
 
 
+@register
 class RecentPopularity(Recommender):
     r"""Popularity over the recent past: a sliding window, or an exponential decay.
 
@@ -115,32 +131,11 @@ class RecentPopularity(Recommender):
     [3, 2, 1]
     """
 
-    name = "recent-pop"
+    config_class = RecentPopularityConfig
 
-    def __init__(
-        self, window: int | None = None, half_life: float | None = None, *, seed: int = 0
-    ) -> None:
-        super().__init__(seed=seed)
-        if window is not None and half_life is not None:
-            raise ConfigError(
-                f"RecentPopularity: give window or half_life, not both (got window={window}, "
-                f"half_life={half_life})"
-            )
-        if window is not None and (
-            isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1
-        ):
-            raise ConfigError(f"RecentPopularity: window must be an int >= 1, got {window!r}")
-        if half_life is not None and (
-            isinstance(half_life, bool)
-            or not isinstance(half_life, (int, float, np.integer, np.floating))
-            or not np.isfinite(half_life)
-            or half_life <= 0
-        ):
-            raise ConfigError(
-                f"RecentPopularity: half_life must be a finite number > 0, got {half_life!r}"
-            )
-        self.window = window
-        self.half_life = half_life
+    def __init__(self, config: Any = None, /, **options: Any) -> None:
+        super().__init__(config, **options)
+        window, half_life = self.config.window, self.config.half_life
         self._decay = half_life is not None
         self._size = int(window) if window is not None else DEFAULT_WINDOW
         # window mode: exact counts and a ring buffer (-1 = empty slot)

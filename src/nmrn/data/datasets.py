@@ -62,6 +62,7 @@ from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from nmrn._version import __version__
 from nmrn.data.events import EventBatch
 from nmrn.errors import DatasetError
 
@@ -556,8 +557,6 @@ def _download(
     url: str, directory: Path, progress: Progress | None, timeout: float
 ) -> tuple[Path, str]:
     """Stream ``url`` into a temporary file in ``directory``; return its path and SHA-256."""
-    from nmrn import __version__
-
     request = urllib.request.Request(url, headers={"User-Agent": f"nmrn/{__version__}"})
     fd, name = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=directory)
     path = Path(name)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nmrn.data.idmap import _as_id_array
+from nmrn.data.idmap import as_id_array
 from nmrn.errors import DataError
 
 COLUMNS = ("user", "item", "timestamp")
@@ -133,7 +133,7 @@ def _ids(values: Any, what: str, where: str) -> np.ndarray:
         j = int(np.flatnonzero(~ok)[0])
         raise DataError(f"{where}: row {j}: {what} id {float(arr[j])!r} is not an int or a string")
     try:
-        return _as_id_array(s.to_numpy(), what)
+        return as_id_array(s.to_numpy(), what)
     except DataError as err:
         raise DataError(f"{where}: {err}") from None
 

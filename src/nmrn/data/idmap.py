@@ -24,7 +24,7 @@ def _is_id(x: Any) -> bool:
     return isinstance(x, (int, str, np.integer, np.str_)) and not isinstance(x, (bool, np.bool_))
 
 
-def _as_id_array(ids: Any, what: str) -> np.ndarray:
+def as_id_array(ids: Any, what: str) -> np.ndarray:
     """Return ``ids`` as a 1-D numpy array of python-hashable ids, checking their types.
 
     Only ``int`` and ``str`` ids are accepted: a float id such as ``3.0`` would silently collide
@@ -102,7 +102,7 @@ class IdMap:
         self._all_int = True
         start = list(ids)
         if start:
-            arr = _as_id_array(start, what)
+            arr = as_id_array(start, what)
             values = [_py(x) for x in arr.tolist()]
             if len(set(values)) != len(values):
                 raise DataError(f"duplicate {what} ids in the initial list of an IdMap")
@@ -153,7 +153,7 @@ class IdMap:
             When not growing, the index reported for an unseen id (e.g. ``-1``); when ``None``
             an unseen id raises :class:`~nmrn.errors.UnknownIdError`.
         """
-        arr = _as_id_array(ids, self.what)
+        arr = as_id_array(ids, self.what)
         values = arr.tolist()
         get = self._index.get
         out = np.fromiter((get(x, -1) for x in values), dtype=np.int64, count=len(values))

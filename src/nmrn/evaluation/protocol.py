@@ -73,7 +73,7 @@ ProgressFn = Callable[[int, int], None]
 
 
 class StreamingModel(Protocol):
-    """What the protocol needs of a model (every :class:`~nmrn.training.base.Recommender`)."""
+    """What the protocol needs of a model (every :class:`~nmrn.training.contract.Recommender`)."""
 
     def fit(self, events: Any) -> Any: ...
 
@@ -385,7 +385,7 @@ class Evaluation(Iterator[SegmentResult]):
                     "fit(events), learn(events) and score(users, items)"
                 )
         self.model = model
-        self.name = name or getattr(model, "name", "") or type(model).__name__
+        self.name = name or getattr(model, "preset", None) or type(model).__name__
         self.progress = progress
         self.events = _checked_events(events)
         n = len(self.events)

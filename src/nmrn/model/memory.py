@@ -40,7 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-ADDRESS_MODES = ("dot", "neg_dist")
+from nmrn.config import ADDRESSING
+
+ADDRESS_MODES = ADDRESSING  # the modes nmrn.config.ModelConfig.addressing accepts
 _DIST_EPS = 1e-12
 
 

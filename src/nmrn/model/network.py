@@ -27,11 +27,14 @@ Adversarial Training", KDD 2018.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from nmrn.model.memory import ADDRESS_MODES, address, evolve, read
+from nmrn.config import ModelConfig
+from nmrn.model.memory import address, evolve, read
+from nmrn.model.tables import grow_rows, normal_rows
 
 _DIST_EPS = 1e-12
 
@@ -43,26 +46,15 @@ class NMRNNetwork(nn.Module):
     ----------
     n_users, n_items
         Initial table sizes (they can grow, see :meth:`grow`).
-    dim
-        d.
-    memory_slots
-        H.
-    addressing
-        ``"dot"`` or ``"neg_dist"`` (see :func:`nmrn.model.memory.address`).
-    temperature
-        Softmax temperature of the address (initial value when learned).
-    learn_temperature
-        Learn the temperature.
-    personal_offset
-        Interest ``s + u``.
-    item_bias
-        Learned per-item bias on the distance.
-    squared_distance
-        Squared Euclidean distance.
-    init_std
-        Std of the normal initialisation of tables and memories.
+    config
+        The architecture (:class:`~nmrn.config.ModelConfig`; ``None``: the paper's). The
+        network reads ``dim``, ``memory_slots``, ``addressing``, ``temperature``,
+        ``learn_temperature``, ``personal_offset``, ``item_bias``, ``squared_distance`` and
+        ``init_std``; the per-user memory and cold-user options belong to the trainer.
     generator
         Torch generator used for the initialisation (the caller's private one).
+    **options
+        Fields of :class:`~nmrn.config.ModelConfig`, applied on top of ``config``.
 
     Attributes
     ----------
@@ -94,28 +86,20 @@ class NMRNNetwork(nn.Module):
         self,
         n_users: int,
         n_items: int,
-        dim: int,
-        memory_slots: int,
+        config: ModelConfig | None = None,
         *,
-        addressing: str = "dot",
-        temperature: float = 1.0,
-        learn_temperature: bool = False,
-        personal_offset: bool = False,
-        item_bias: bool = False,
-        squared_distance: bool = False,
-        init_std: float = 0.1,
         generator: torch.Generator | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
-        if addressing not in ADDRESS_MODES:
-            raise ValueError(f"addressing must be one of {ADDRESS_MODES}, got {addressing!r}")
-        if dim < 1 or memory_slots < 1:
-            raise ValueError(f"dim and memory_slots must be >= 1, got {dim}, {memory_slots}")
+        config = ModelConfig.build(config, options)
+        self.config = config
+        dim, memory_slots, init_std = config.dim, config.memory_slots, config.init_std
         self.dim = dim
         self.memory_slots = memory_slots
-        self.addressing = addressing
-        self.personal_offset = personal_offset
-        self.squared_distance = squared_distance
+        self.addressing = config.addressing
+        self.personal_offset = config.personal_offset
+        self.squared_distance = config.squared_distance
         self.init_std = init_std
         g = generator
 
@@ -131,12 +115,12 @@ class NMRNNetwork(nn.Module):
         self.erase_bias = nn.Parameter(torch.zeros(dim))
         self.add_weight = nn.Parameter((torch.rand(dim, dim, generator=g) * 2 - 1) * bound)
         self.add_bias = nn.Parameter(torch.zeros(dim))
-        log_t = torch.tensor(math.log(temperature))
-        if learn_temperature:
+        log_t = torch.tensor(math.log(config.temperature))
+        if config.learn_temperature:
             self.log_temperature = nn.Parameter(log_t)
         else:
             self.register_buffer("log_temperature", log_t)
-        self.bias = nn.Parameter(torch.zeros(n_items)) if item_bias else None
+        self.bias = nn.Parameter(torch.zeros(n_items)) if config.item_bias else None
 
     # -- sizes and growth --------------------------------------------------------------------------
     @property
@@ -153,16 +137,12 @@ class NMRNNetwork(nn.Module):
         Existing rows are kept exactly and the Parameter objects are kept (their ``.data`` is
         replaced), so references held by a trainer stay valid. Never shrinks.
         """
-        extra_u = n_users - self.n_users
-        if extra_u > 0:
-            new = torch.randn(extra_u, self.dim, generator=generator) * self.init_std
-            self.user_emb.data = torch.cat([self.user_emb.data, new.to(self.user_emb.device)])
-        extra_i = n_items - self.n_items
-        if extra_i > 0:
-            new = torch.randn(extra_i, self.dim, generator=generator) * self.init_std
-            self.item_emb.data = torch.cat([self.item_emb.data, new.to(self.item_emb.device)])
+        std = self.init_std
+        self.user_emb.data = normal_rows(self.user_emb.data, n_users, std, generator)
+        if n_items > self.n_items:
+            self.item_emb.data = normal_rows(self.item_emb.data, n_items, std, generator)
             if self.bias is not None:
-                self.bias.data = torch.cat([self.bias.data, self.bias.new_zeros(extra_i)])
+                self.bias.data = grow_rows(self.bias.data, n_items)
 
     # -- pieces -----------------------------------------------------------------------------------
     def temperature(self) -> Tensor:

@@ -48,6 +48,7 @@ import torch
 from torch import Generator, Tensor, nn
 
 from nmrn.errors import CheckpointError
+from nmrn.model.tables import grow_like, normal_rows
 from nmrn.sampling.base import BaseSampler, Proposal
 from nmrn.sampling.uniform import UniformSampler
 
@@ -160,8 +161,8 @@ class GeneratorNetwork(nn.Module):
             table = getattr(self, name)
             extra = size - table.shape[0]
             if extra > 0:
-                new = torch.randn(extra, self.dim, generator=generator) * self.init_std
-                setattr(self, name, nn.Parameter(torch.cat([table.detach(), new])))
+                grown = normal_rows(table, size, self.init_std, generator)
+                setattr(self, name, nn.Parameter(grown))
 
     def distance(self, user_vecs: Tensor, item_vecs: Tensor) -> Tensor:
         """``d_G`` of ``[B, k]`` users to ``[B, T, k]`` items: ``[B, T]``."""
@@ -255,10 +256,7 @@ class AdversarialSampler(BaseSampler):
             return
         net.grow(self.n_users, self.n_items, generator or torch.Generator().manual_seed(0))
         for name, param in net.named_parameters():
-            acc = self._acc[name]
-            if acc.shape != param.shape:  # new rows start with a zero accumulator
-                extra = acc.new_zeros((param.shape[0] - acc.shape[0],) + acc.shape[1:])
-                self._acc[name] = torch.cat([acc, extra])
+            self._acc[name] = grow_like(self._acc[name], param)  # new rows: zero accumulator
 
     def _check_users(self, users: Tensor) -> None:
         if users.numel() and int(users.max()) >= self.n_users:

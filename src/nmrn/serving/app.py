@@ -324,7 +324,7 @@ def create_app(
         alive = service.writer_alive
         body = {
             "status": "ok" if alive else "writer stopped",
-            "model": type(service.model).name or type(service.model).__name__,
+            "model": service.model.preset or type(service.model).__name__,
             "accepted_seq": service.accepted_seq,
             "applied_seq": service.applied_seq,
             "apply_lag": service.pending,

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from nmrn.errors import NMRNError
-from nmrn.training.base import fsync_dir
+from nmrn.io import fsync_dir
 
 
 class JournalError(NMRNError, ValueError):

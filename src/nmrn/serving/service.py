@@ -1,7 +1,7 @@
 """A recommender run live: one writer thread applies accepted events in order; a read normally
 waits for at most the one run of events being applied.
 
-:class:`LiveService` owns one model (any :class:`~nmrn.training.base.Recommender`). The life of
+:class:`LiveService` owns one model (any :class:`~nmrn.training.contract.Recommender`). The life of
 an event:
 
 1. :meth:`LiveService.submit` checks the events, writes them to the :class:`Journal` under
@@ -41,10 +41,12 @@ from typing import Any
 import numpy as np
 
 from nmrn.data.events import EventBatch
-from nmrn.data.idmap import _as_id_array
+from nmrn.data.idmap import as_id_array
 from nmrn.errors import ConfigError, NMRNError
+from nmrn.io import write_checkpoint
+from nmrn.models import load_model
 from nmrn.serving.journal import Journal, JournalError
-from nmrn.training.base import Recommendations, Recommender, write_checkpoint
+from nmrn.training.contract import Recommendations, Recommender
 
 log = logging.getLogger("nmrn.serving")
 
@@ -128,7 +130,7 @@ class LiveService:
     Parameters
     ----------
     model
-        Any :class:`~nmrn.training.base.Recommender`. ``model.extra["journal_seq"]`` (absent: 0)
+        Any :class:`~nmrn.training.contract.Recommender`. ``model.extra["journal_seq"]`` (absent: 0)
         is the last journal sequence number the model already holds.
     checkpoint_path
         Where checkpoints are written; ``None`` disables them (and journal truncation).
@@ -259,8 +261,7 @@ class LiveService:
     ) -> LiveService:
         """Load a checkpoint (any model) and serve it; the journal defaults to
         ``<checkpoint>.journal``. ``options`` go to the constructor."""
-        _register_models()
-        model = Recommender.load(checkpoint)
+        model = load_model(checkpoint)
         return cls(
             model,
             checkpoint_path=checkpoint,
@@ -733,15 +734,6 @@ class LiveService:
         return "\n".join(lines) + "\n"
 
 
-def _register_models() -> None:
-    """Import the model presets so that their classes are registered for ``Recommender.load``
-    (a fresh process knows no model class until its module is imported)."""
-    try:
-        import nmrn.models  # noqa: F401
-    except ImportError as err:  # a broken optional model must not stop the others loading
-        log.warning("could not import nmrn.models (%s); only imported models can be loaded", err)
-
-
 def _concat(parts: list[EventBatch]) -> EventBatch:
     """Consecutive batches as one (ids of mixed kinds become an object array)."""
     if len(parts) == 1:
@@ -762,8 +754,8 @@ def _concat(parts: list[EventBatch]) -> EventBatch:
 def _batch(events: Sequence[Sequence[Any]]) -> EventBatch:
     """``(user, item, timestamp[, weight])`` rows -> :class:`EventBatch` (weights default 1)."""
     rows = list(events)
-    users = _as_id_array([r[0] for r in rows], "user")
-    items = _as_id_array([r[1] for r in rows], "item")
+    users = as_id_array([r[0] for r in rows], "user")
+    items = as_id_array([r[1] for r in rows], "item")
     ts = np.array([float(r[2]) for r in rows], dtype=np.float64)
     weights = None
     if any(len(r) > 3 for r in rows):

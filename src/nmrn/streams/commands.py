@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 from nmrn.argtypes import positive_int, positive_seconds
@@ -100,13 +98,15 @@ def make_source(args: argparse.Namespace) -> EventSource:
 
 def run_consume(args: argparse.Namespace) -> int:
     """Run ``nmrn consume``; returns the exit status (errors raise :class:`NMRNError`)."""
-    from nmrn.training.checkpoint import checkpoint_exists, load_checkpoint
+    from nmrn.io import checkpoint_exists
+    from nmrn.streams.position import load_checkpoint
 
     if checkpoint_exists(args.checkpoint):
         model, _ = load_checkpoint(args.checkpoint)
-        if args.model and args.model != model.name:
+        if args.model and args.model != model.preset:
+            held = repr(model.preset) if model.preset else f"{type(model).__name__} (no preset)"
             raise ConfigError(
-                f"{args.checkpoint} holds a {model.name!r} model but --model {args.model} was "
+                f"{args.checkpoint} holds a {held} model but --model {args.model} was "
                 "given; drop --model to resume it, or use another --checkpoint path"
             )
     elif args.model:
@@ -145,14 +145,3 @@ def run_consume(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nmrn.streams.commands consume ...``: the same entry point as ``nmrn``."""
-    from nmrn.cli import main as cli_main  # the CLI imports this module; import it late
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

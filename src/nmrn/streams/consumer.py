@@ -5,7 +5,7 @@ Guarantees (for one consumer, the single writer of its checkpoint):
 - **In order.** Events are applied with ``model.learn`` in stream order, in small batches.
 - **Nothing applied twice, nothing lost.** Every ``checkpoint_every`` events (and at idle and at
   stop) the model is saved *with the position of the last entry it has consumed* inside the
-  checkpoint (:func:`~nmrn.training.checkpoint.save_checkpoint`, atomic). Entries are
+  checkpoint (:func:`~nmrn.streams.position.save_checkpoint`, atomic). Entries are
   acknowledged to the source only after that save has returned. On restart the consumer loads
   the checkpoint and the source resumes strictly after its position; a Redis source re-reads the
   group's pending entries and skips those at or before it.
@@ -32,15 +32,11 @@ from typing import Any
 import numpy as np
 
 from nmrn.data.events import EventBatch
-from nmrn.data.idmap import _as_id_array
+from nmrn.data.idmap import as_id_array
+from nmrn.io import checkpoint_exists, remove_stale_temporaries
+from nmrn.streams.position import STREAM_KEY, save_checkpoint
 from nmrn.streams.sources import Entry, EventSource, InvalidEvent
-from nmrn.training.base import Recommender
-from nmrn.training.checkpoint import (
-    STREAM_KEY,
-    checkpoint_exists,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+from nmrn.training.contract import Recommender
 
 __all__ = ["ConsumeStats", "Consumer"]
 
@@ -90,7 +86,7 @@ class Consumer:
     Parameters
     ----------
     model
-        Any :class:`~nmrn.training.base.Recommender`. Its ``extra["stream"]`` (set when it was
+        Any :class:`~nmrn.training.contract.Recommender`. Its ``extra["stream"]`` (set when it was
         loaded from a consumer's checkpoint) is the position to resume after.
     source
         The :class:`~nmrn.streams.sources.EventSource` to read.
@@ -283,8 +279,8 @@ class Consumer:
         if any("weight" in e for e in batch):
             weights = np.array([e.get("weight", 1.0) for e in batch], dtype=np.float64)
         events = EventBatch(
-            _as_id_array([e["user"] for e in batch], "user"),
-            _as_id_array([e["item"] for e in batch], "item"),
+            as_id_array([e["user"] for e in batch], "user"),
+            as_id_array([e["item"] for e in batch], "item"),
             np.array([e["timestamp"] for e in batch], dtype=np.float64),
             weights,
         )

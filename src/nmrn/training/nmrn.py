@@ -40,7 +40,6 @@ Threads: the library never calls ``torch.set_num_threads``; on a small, shared C
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,12 +48,15 @@ import torch
 from torch import Tensor
 
 from nmrn.config import NMRNConfig
-from nmrn.errors import CheckpointError, ConfigError, ModelFitError
+from nmrn.errors import CheckpointError, ModelFitError
 from nmrn.model.losses import rank_weighted_hinge
 from nmrn.model.memory import evolve
 from nmrn.model.network import NMRNNetwork
+from nmrn.model.tables import grow_like, grow_rows
 from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
-from nmrn.training.base import Recommender
+from nmrn.training.contract import Recommender
+from nmrn.training.registry import register
+from nmrn.training.schedule import fit_schedule
 
 _ADAGRAD_EPS = 1e-10
 # Config fields that fix the shapes and meaning of the saved tensors.
@@ -71,9 +73,9 @@ _ARCHITECTURE = (
     "sampler",
 )
 _TABLES = ("user_emb", "item_emb", "bias")  # row-sparse updates; the rest is dense
-_DEFAULTS = NMRNConfig()
 
 
+@register
 class NMRN(Recommender):
     """Neural Memory Recommender Network (the recommender D of Wang et al., KDD 2018).
 
@@ -85,14 +87,13 @@ class NMRN(Recommender):
     Parameters
     ----------
     config
-        An :class:`~nmrn.config.NMRNConfig` or a mapping of its fields. Keyword arguments that
-        differ from their defaults override it.
-    dim, memory_slots, margin, n_candidates, lr, batch_size, epochs, learn_passes, sampler,
-    max_norm, grad_clip, optimizer, init_std, addressing, temperature, learn_temperature,
-    personal_offset, item_bias, squared_distance, per_user_memory, cold_user_init, device, seed,
-    sampler_options
-        As in :class:`~nmrn.config.NMRNConfig` (``sampler_options``: a
-        :class:`~nmrn.config.SamplerConfig` or a dict of its fields; kept as a dict).
+        An :class:`~nmrn.config.NMRNConfig` (or a mapping of its sections and/or flat fields);
+        ``None``: the defaults, i.e. the paper's model.
+    **options
+        Any field of :class:`~nmrn.config.ModelConfig` (``dim``, ``memory_slots``,
+        ``addressing``, ...) or :class:`~nmrn.config.TrainConfig` (``lr``, ``epochs``, ...) by
+        name, or ``sampler``, ``sampler_options``, ``device``, ``seed``; applied on top of
+        ``config``. ``model.get_params()`` gives them all, flat.
 
     Notes
     -----
@@ -113,82 +114,17 @@ class NMRN(Recommender):
     (2, True)
     """
 
-    name = "nmrn"
+    config_class = NMRNConfig
+    config: NMRNConfig
 
-    def __init__(
-        self,
-        config: NMRNConfig | Mapping[str, Any] | None = None,
-        *,
-        dim: int = _DEFAULTS.dim,
-        memory_slots: int = _DEFAULTS.memory_slots,
-        margin: float = _DEFAULTS.margin,
-        n_candidates: int = _DEFAULTS.n_candidates,
-        lr: float = _DEFAULTS.lr,
-        batch_size: int = _DEFAULTS.batch_size,
-        epochs: int = _DEFAULTS.epochs,
-        learn_passes: int = _DEFAULTS.learn_passes,
-        sampler: str = _DEFAULTS.sampler,
-        max_norm: float = _DEFAULTS.max_norm,
-        grad_clip: float | None = _DEFAULTS.grad_clip,
-        optimizer: str = _DEFAULTS.optimizer,
-        init_std: float = _DEFAULTS.init_std,
-        addressing: str = _DEFAULTS.addressing,
-        temperature: float = _DEFAULTS.temperature,
-        learn_temperature: bool = _DEFAULTS.learn_temperature,
-        personal_offset: bool = _DEFAULTS.personal_offset,
-        item_bias: bool = _DEFAULTS.item_bias,
-        squared_distance: bool = _DEFAULTS.squared_distance,
-        per_user_memory: bool = _DEFAULTS.per_user_memory,
-        cold_user_init: str = _DEFAULTS.cold_user_init,
-        device: str = _DEFAULTS.device,
-        seed: int = _DEFAULTS.seed,
-        sampler_options: Any = None,
-    ) -> None:
-        given = {k: v for k, v in locals().items() if k not in ("self", "config", "__class__")}
-        if config is None:
-            cfg = NMRNConfig(**given)
-        else:
-            if isinstance(config, Mapping):
-                config = NMRNConfig.from_dict(config)
-            elif not isinstance(config, NMRNConfig):
-                raise ConfigError(
-                    f"config must be an NMRNConfig or a mapping, got {type(config).__name__}"
-                )
-            overrides = {k: v for k, v in given.items() if v != getattr(_DEFAULTS, k)}
-            cfg = config.replace(**overrides)
-        super().__init__(seed=cfg.seed)
-        #: The effective configuration (also spread over attributes of the same names).
-        self.cfg = cfg
-        self.config = None  # the constructor argument, expanded into the attributes below
-        for field in NMRNConfig.field_names():
-            setattr(self, field, getattr(cfg, field))
-        # kept as a plain dict (or None), so that get_params() stays JSON-serialisable
-        self.sampler_options = (
-            None if cfg.sampler_options is None else cfg.sampler_options.to_dict()
-        )
-        try:
-            self._device = torch.device(cfg.device)
-        except RuntimeError as err:
-            msg = f"NMRNConfig.device {cfg.device!r} is not a torch device: {err}"
-            raise ConfigError(msg) from None
+    def __init__(self, config: NMRNConfig | Mapping[str, Any] | None = None, /,
+                 **options: Any) -> None:
+        super().__init__(config, **options)
+        cfg = self.config
+        self._device = torch.device(cfg.device)
         self._gen = torch.Generator().manual_seed(cfg.seed)  # private; never the global RNG
-        self.network = NMRNNetwork(
-            0,
-            0,
-            cfg.dim,
-            cfg.memory_slots,
-            addressing=cfg.addressing,
-            temperature=cfg.temperature,
-            learn_temperature=cfg.learn_temperature,
-            personal_offset=cfg.personal_offset,
-            item_bias=cfg.item_bias,
-            squared_distance=cfg.squared_distance,
-            init_std=cfg.init_std,
-            generator=self._gen,
-        ).to(self._device)
-        self._sampler = make_sampler(
-            cfg.sampler, options=cfg.sampler_options, generator=self._gen
-        )
+        self.network = NMRNNetwork(0, 0, cfg.model, generator=self._gen).to(self._device)
+        self._sampler = make_sampler(cfg.sampler, options=cfg.sampler_options, generator=self._gen)
         # Value-memory state: None = at the learned initial memory. Per-user: [n_users, H, d]
         # plus a flag per user (False = still at the learned initial memory).
         self._memory: Tensor | None = None
@@ -215,16 +151,13 @@ class NMRN(Recommender):
             return
         net.grow(n_users, n_items, self._gen)
         for name, param in self._parameters_by_name().items():
-            acc = self._accumulators[name]
-            if acc.shape != param.shape:  # a table grew: new rows start with a zero accumulator
-                extra = param.shape[0] - acc.shape[0]
-                self._accumulators[name] = torch.cat([acc, acc.new_zeros((extra,) + acc.shape[1:])])
-        if self.per_user_memory and n_users > old_users:
-            extra = n_users - old_users
-            h, d = self.memory_slots, self.dim
+            # a table grew: new rows start with a zero accumulator
+            self._accumulators[name] = grow_like(self._accumulators[name], param)
+        if self.config.model.per_user_memory and n_users > old_users:
+            h, d = self.config.model.memory_slots, self.config.model.dim
             bank = self._memory if self._memory is not None else net.init_values.new_zeros(0, h, d)
-            self._memory = torch.cat([bank.detach(), bank.new_zeros(extra, h, d)])
-            self._has_memory = torch.cat([self._has_memory, self._has_memory.new_zeros(extra)])
+            self._memory = grow_rows(bank, n_users)  # a new user's row: "at the initial memory"
+            self._has_memory = grow_rows(self._has_memory, n_users)
         if n_users > old_users and self._fresh_from is None:
             self._fresh_from = old_users
         self._sampler.grow(n_items, n_users=n_users, generator=self._gen)
@@ -236,47 +169,44 @@ class NMRN(Recommender):
     ) -> None:
         self._fresh_from = None  # cold_user_init applies to users first seen in learn()
         self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
-        adversarial = isinstance(self._sampler, AdversarialSampler)
-        n_joint = min(self._sampler.options.adversarial_epochs, self.epochs) if adversarial else 0
-        if self.epochs == 0:
+        epochs = self.config.train.epochs
+        if epochs == 0:
             self._advance(users, items)
-        for epoch in range(self.epochs):
-            if adversarial:  # Algorithm 1: D on uniform negatives, then G on frozen D, then both
-                if epoch == self.epochs - n_joint:
-                    self._pretrain_generator(users, items)
-                self._sampler.training = epoch >= self.epochs - n_joint
+
+        def run_epoch(epoch: int) -> None:
             self._reset_memory()  # every epoch starts from the learned initial memory
-            self._run_batches(users, items, where=f"fit epoch {epoch + 1}/{self.epochs}")
-        if adversarial and n_joint == 0:
-            self._pretrain_generator(users, items)
+            self._run_batches(users, items, where=f"fit epoch {epoch + 1}/{epochs}")
+
+        fit_schedule(epochs, self._sampler, run_epoch,
+                     lambda: self._pretrain_generator(users, items))
 
     def _learn(
         self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, weights: Any
     ) -> None:
-        if self.cold_user_init == "item_mean" and self._fresh_from is not None:
+        if self.config.model.cold_user_init == "item_mean" and self._fresh_from is not None:
             self._init_fresh_users(users, items, self._fresh_from)
         self._fresh_from = None
         self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
         # Only the memory rows of this batch's users can change; a pass after the first
         # replays from their state before the batch. (Copying the whole per-user memory per
         # call cost 43 ms on a 20,000-user model, whatever the batch.)
-        start = self._snapshot_rows(users) if self.learn_passes > 1 else None
-        for p in range(self.learn_passes):
+        passes = self.config.train.learn_passes
+        start = self._snapshot_rows(users) if passes > 1 else None
+        for p in range(passes):
             if p > 0:  # replay from the same state: the memory evolves once per event
                 assert start is not None
                 self._restore_rows(start)
-            self._run_batches(users, items, where=f"learn pass {p + 1}/{self.learn_passes}")
+            self._run_batches(users, items, where=f"learn pass {p + 1}/{passes}")
 
     def _run_batches(self, users: np.ndarray, items: np.ndarray, *, where: str) -> None:
         u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
         i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
-        for lo in range(0, len(u_all), self.batch_size):
-            self._train_batch(
-                u_all[lo : lo + self.batch_size], i_all[lo : lo + self.batch_size], where
-            )
+        size = self.config.train.batch_size
+        for lo in range(0, len(u_all), size):
+            self._train_batch(u_all[lo : lo + size], i_all[lo : lo + size], where)
 
     def _reset_memory(self) -> None:
-        if self.per_user_memory:
+        if self.config.model.per_user_memory:
             if self._memory is not None:
                 self._memory.zero_()
             self._has_memory.zero_()
@@ -290,7 +220,7 @@ class NMRN(Recommender):
     def _snapshot_rows(self, users: np.ndarray) -> tuple[Tensor | None, Tensor, Tensor | None]:
         """What events of ``users`` can change in the memory: their rows of a per-user memory
         (with the rows' indices), or the whole shared memory."""
-        if not self.per_user_memory:
+        if not self.config.model.per_user_memory:
             mem, flags = self._snapshot_memory()
             return mem, flags, None
         assert self._memory is not None
@@ -318,14 +248,14 @@ class NMRN(Recommender):
         copy), so that its gradient flows.
         """
         init = self.network.init_values
-        if not self.per_user_memory:
+        if not self.config.model.per_user_memory:
             return init if self._memory is None else self._memory
         assert self._memory is not None
         has = self._has_memory[uniq_users][:, None, None]  # [U, 1, 1]
         return torch.where(has, self._memory[uniq_users], init[None])
 
     def _store_memory(self, uniq_users: Tensor, final: Tensor) -> None:
-        if self.per_user_memory:
+        if self.config.model.per_user_memory:
             assert self._memory is not None
             self._memory[uniq_users] = final.detach()
             self._has_memory[uniq_users] = True
@@ -334,7 +264,7 @@ class NMRN(Recommender):
 
     def _train_batch(self, users: Tensor, items: Tensor, where: str) -> None:
         net, dev = self.network, self._device
-        n_cand = self.n_candidates
+        n_cand = self.config.train.n_candidates
         proposal = self._sampler.propose(users, items, n_cand, generator=self._gen)
         negatives = proposal.candidates  # [B, T]
         users, items, negatives = users.to(dev), items.to(dev), negatives.to(dev)
@@ -345,7 +275,7 @@ class NMRN(Recommender):
         p_rows = net.item_emb.detach()[uniq_p].requires_grad_()  # [P, d]
         u = u_rows.index_select(0, inv_u)  # [B, d]; backward = index_add
         v_pos = p_rows.index_select(0, inv_p)  # [B, d]
-        index = inv_u if self.per_user_memory else None
+        index = inv_u if self.config.model.per_user_memory else None
         s, final = net.read_batch(u, v_pos, self._batch_memory(uniq_u), index)  # [B, d]
         # Only the hardest of the T candidates gets a gradient (the hinge takes their min), so
         # all T distances are computed without autograd and the hardest one again with it.
@@ -368,21 +298,23 @@ class NMRN(Recommender):
             leaves += [pb_rows, hb_rows]
         d_pos = net.distance(s, v_pos, pos_bias)  # [B]
         d_hard = net.distance(s, h_rows.index_select(0, inv_h), hard_bias)  # [B]
-        loss = rank_weighted_hinge(d_pos, d_neg, self.margin, net.n_items, hardest=d_hard).mean()
+        margin = self.config.train.margin
+        loss = rank_weighted_hinge(d_pos, d_neg, margin, net.n_items, hardest=d_hard).mean()
         if not torch.isfinite(loss):
             raise ModelFitError(
                 f"non-finite loss ({loss.item()}) at step {self._step + 1} ({where}, mini-batch "
-                f"of {users.shape[0]} events): lower lr (now {self.lr}), set grad_clip, or check "
-                "the model's weights for NaN/inf"
+                f"of {users.shape[0]} events): lower lr (now {self.config.train.lr}), set "
+                "grad_clip, or check the model's weights for NaN/inf"
             )
         dense = {n: p for n, p in net.named_parameters() if n not in _TABLES}
         grads = list(torch.autograd.grad(loss, leaves + list(dense.values()), allow_unused=True))
         grads = [_or_zeros(g, x) for g, x in zip(grads[: len(leaves)], leaves, strict=True)] + [
             g for g in grads[len(leaves) :]
         ]
-        if self.grad_clip:
+        if self.config.train.grad_clip:
             norms = torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])
-            scale = (self.grad_clip / (torch.linalg.vector_norm(norms) + 1e-12)).clamp(max=1.0)
+            total = torch.linalg.vector_norm(norms) + 1e-12
+            scale = (self.config.train.grad_clip / total).clamp(max=1.0)
             grads = [None if g is None else g * scale for g in grads]
         with torch.no_grad():
             # A row can be both a positive and a hardest negative: sum its two gradients.
@@ -394,14 +326,14 @@ class NMRN(Recommender):
             for (name, param), grad in zip(dense.items(), grads[len(leaves) :], strict=True):
                 if grad is not None:
                     self._update_dense(name, param, grad)
-            _clip_rows(net.user_emb.data, uniq_u, self.max_norm)
-            _clip_rows(net.item_emb.data, uniq_i, self.max_norm)
+            _clip_rows(net.user_emb.data, uniq_u, self.config.train.max_norm)
+            _clip_rows(net.item_emb.data, uniq_i, self.config.train.max_norm)
             for name in ("keys", "init_values"):
-                _clip_rows(getattr(net, name).data, None, self.max_norm)
+                _clip_rows(getattr(net, name).data, None, self.config.train.max_norm)
         self._store_memory(uniq_u, final)
         self._step += 1
         self._items_changed(uniq_i)
-        violating = self.margin + d_pos.detach()[:, None] - d_neg > 0  # [B, T]
+        violating = self.config.train.margin + d_pos.detach()[:, None] - d_neg > 0  # [B, T]
         self._sampler.update(
             users, items, negatives, reward=-d_neg, chosen=proposal.chosen, violating=violating
         )
@@ -422,13 +354,14 @@ class NMRN(Recommender):
         i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
         for _ in range(sampler.options.pretrain_epochs):
             self._reset_memory()
-            for lo in range(0, len(u_all), self.batch_size):
-                u_cpu, i_cpu = u_all[lo : lo + self.batch_size], i_all[lo : lo + self.batch_size]
-                proposal = sampler.propose(u_cpu, i_cpu, self.n_candidates, generator=self._gen)
+            size, n_cand = self.config.train.batch_size, self.config.train.n_candidates
+            for lo in range(0, len(u_all), size):
+                u_cpu, i_cpu = u_all[lo : lo + size], i_all[lo : lo + size]
+                proposal = sampler.propose(u_cpu, i_cpu, n_cand, generator=self._gen)
                 u, i, cands = u_cpu.to(dev), i_cpu.to(dev), proposal.candidates.to(dev)
                 with torch.no_grad():  # D is frozen: no autograd, no update
                     uniq_u, inv_u = torch.unique(u, return_inverse=True)
-                    index = inv_u if self.per_user_memory else None
+                    index = inv_u if self.config.model.per_user_memory else None
                     v_pos = net.item_emb[i]
                     s, final = net.read_batch(
                         net.user_emb[u], v_pos, self._batch_memory(uniq_u), index
@@ -445,7 +378,7 @@ class NMRN(Recommender):
                     cands,
                     reward=-d_neg,
                     chosen=proposal.chosen,
-                    violating=self.margin + d_pos[:, None] - d_neg > 0,
+                    violating=self.config.train.margin + d_pos[:, None] - d_neg > 0,
                 )
         self._restore_memory(saved)
 
@@ -464,21 +397,22 @@ class NMRN(Recommender):
 
     def _update_rows(self, name: str, rows: Tensor, grad: Tensor) -> None:
         param = self.network.get_parameter(name).data  # no dict of every parameter per call
-        if self.optimizer == "sgd":
-            param.index_add_(0, rows, grad, alpha=-self.lr)
+        if self.config.train.optimizer == "sgd":
+            param.index_add_(0, rows, grad, alpha=-self.config.train.lr)
             return
         acc = self._accumulators[name]
         new_acc = acc[rows].addcmul_(grad, grad)
         acc[rows] = new_acc
-        param.index_add_(0, rows, grad / (new_acc.sqrt_().add_(_ADAGRAD_EPS)), alpha=-self.lr)
+        step = grad / new_acc.sqrt_().add_(_ADAGRAD_EPS)
+        param.index_add_(0, rows, step, alpha=-self.config.train.lr)
 
     def _update_dense(self, name: str, param: Tensor, grad: Tensor) -> None:
-        if self.optimizer == "sgd":
-            param.data.add_(grad, alpha=-self.lr)
+        if self.config.train.optimizer == "sgd":
+            param.data.add_(grad, alpha=-self.config.train.lr)
             return
         acc = self._accumulators[name]
         acc.addcmul_(grad, grad)
-        param.data.addcdiv_(grad, acc.sqrt().add_(_ADAGRAD_EPS), value=-self.lr)
+        param.data.addcdiv_(grad, acc.sqrt().add_(_ADAGRAD_EPS), value=-self.config.train.lr)
 
     @torch.no_grad()
     def _advance(self, users: np.ndarray, items: np.ndarray) -> None:
@@ -487,11 +421,11 @@ class NMRN(Recommender):
         self._reset_memory()
         u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64)).to(self._device)
         i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64)).to(self._device)
-        for lo in range(0, len(u_all), self.batch_size):
-            u = u_all[lo : lo + self.batch_size]
+        for lo in range(0, len(u_all), self.config.train.batch_size):
+            u = u_all[lo : lo + self.config.train.batch_size]
             uniq_u, inv_u = torch.unique(u, return_inverse=True)
-            erase, add = net.gates(net.item_emb[i_all[lo : lo + self.batch_size]])
-            index = inv_u if self.per_user_memory else None
+            erase, add = net.gates(net.item_emb[i_all[lo : lo + self.config.train.batch_size]])
+            index = inv_u if self.config.model.per_user_memory else None
             _, final = evolve(
                 self._batch_memory(uniq_u), net.address(net.user_emb[u]), erase, add, index
             )
@@ -512,7 +446,7 @@ class NMRN(Recommender):
         )
         rows = torch.unique(u)
         table[rows] = sums[rows] / counts[rows, None]
-        _clip_rows(table, rows, self.max_norm)
+        _clip_rows(table, rows, self.config.train.max_norm)
         self._version += 1
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -543,7 +477,7 @@ class NMRN(Recommender):
         out = np.empty((len(users), net.n_items), dtype=np.float64)
         for row, user in enumerate(np.asarray(users, dtype=np.int64).tolist()):
             u = net.user_emb[user : user + 1]  # [1, d]
-            if not self.per_user_memory:
+            if not self.config.model.per_user_memory:
                 values = net.init_values if self._memory is None else self._memory  # [H, d]
             elif self._memory is not None and bool(self._has_memory[user]):
                 values = self._memory[user]
@@ -555,7 +489,8 @@ class NMRN(Recommender):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _architecture(self) -> dict[str, Any]:
-        return {k: getattr(self.cfg, k) for k in _ARCHITECTURE}
+        params = self.config.to_params()
+        return {k: params[k] for k in _ARCHITECTURE}
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays: dict[str, np.ndarray] = {}
@@ -633,16 +568,16 @@ class NMRN(Recommender):
     def bytes_per_row(self) -> dict[str, int]:
         """Bytes of model state per user and per item (tables, optimizer state, memories)."""
         elem = self.network.user_emb.element_size()
-        opt = 2 if self.optimizer == "adagrad" else 1
-        per_user = opt * self.dim * elem
-        if self.per_user_memory:
-            per_user += self.memory_slots * self.dim * elem + 1
-        per_item = opt * (self.dim + int(self.item_bias)) * elem
+        opt = 2 if self.config.train.optimizer == "adagrad" else 1
+        per_user = opt * self.config.model.dim * elem
+        if self.config.model.per_user_memory:
+            per_user += self.config.model.memory_slots * self.config.model.dim * elem + 1
+        per_item = opt * (self.config.model.dim + int(self.config.model.item_bias)) * elem
         return {"user": per_user, "item": per_item}
 
     def to_config(self) -> NMRNConfig:
         """The effective configuration (an :class:`~nmrn.config.NMRNConfig`)."""
-        return dataclasses.replace(self.cfg)
+        return self.config
 
 
 def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:

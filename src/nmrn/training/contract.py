@@ -1,15 +1,19 @@
-"""The recommender facade shared by NMRN and every baseline.
+"""The recommender contract shared by NMRN and every baseline (DESIGN §5).
 
 :class:`Recommender` owns what is common to all models: the user and item :class:`IdMap`\\ s, the
 per-user :class:`History` (for exclusions), item counts (the popularity fallback for unknown
-users), argument checking, top-k with exclusions, and saving/loading without pickle. A model
-subclass supplies only its own parts:
+users), the configuration, argument checking, top-k with exclusions, and saving/loading without
+pickle. A model subclass supplies only its own parts:
 
+- ``config_class``: its frozen, validated configuration (a :class:`~nmrn.config.Config`);
+  ``Model(config=None, /, **options)`` builds it, and ``model.config`` holds it;
 - ``_fit(users, items, timestamps, weights)`` and ``_learn(...)`` on *dense indices*. The tables
   have already been grown for new ids (``_grow``), and ``self.history`` still holds only the
-  events *before* this batch (it is appended right after the call).
-- ``_score_all(users) -> [n, n_items]`` for known user indices (higher is better).
+  events *before* this batch (it is appended right after the call);
+- ``_score_all(users) -> [n, n_items]`` for known user indices (higher is better);
 - ``_state() -> (arrays, meta)`` and ``_load_state(arrays, meta)`` for checkpoints.
+
+A model class is made loadable from checkpoints with :func:`nmrn.training.registry.register`.
 
 Unknown users. ``score`` and ``recommend`` answer an unknown user with the popularity of each
 item over every event learned so far, and flag it (:attr:`Recommendations.cold`). Unknown items
@@ -19,37 +23,34 @@ in ``score`` raise :class:`~nmrn.errors.UnknownIdError`: there is no honest scor
 from __future__ import annotations
 
 import copy
-import inspect
-import json
 import os
-import shutil
-import tempfile
 import time
-import zipfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from nmrn._version import __version__
+from nmrn.config import Config, SeedConfig
 from nmrn.data.events import as_events
 from nmrn.data.history import History
-from nmrn.data.idmap import IdMap, _as_id_array
-from nmrn.errors import CheckpointError, ConfigError
+from nmrn.data.idmap import IdMap, as_id_array
+from nmrn.errors import CheckpointError
+from nmrn.io import (
+    FORMAT,
+    FORMAT_VERSION,
+    read_checkpoint,
+    recover_interrupted_save,
+    write_checkpoint,
+)
+from nmrn.training.ranking import RANKING_PREFIX, Ranking, top_k
+from nmrn.training.registry import model_class
 
-FORMAT = "nmrn-checkpoint"
-FORMAT_VERSION = 1
-META_FILE = "meta.json"
-ARRAYS_FILE = "arrays.npz"
+__all__ = ["MAX_K", "Recommendations", "Recommender"]
+
 MAX_K = 100_000
-# How many of the best items a cached ranking keeps (see _Ranking); reads that need more fall
-# back to scoring every item.
-RANKING_PREFIX = 2048
-# Rows at least this long take top_k's sampled-threshold path; TOPK_SAMPLE is the sample size.
-TOPK_LONG_ROW = 8192
-TOPK_SAMPLE = 1024
-
-_REGISTRY: dict[str, type[Recommender]] = {}
 
 
 class Recommendations(tuple):  # type: ignore[type-arg]
@@ -93,145 +94,37 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the ``k`` largest entries of each row, best first.
-
-    ``scores`` is ``[n, m]``; returns ``([n, k], [n, k])`` with ``k <= m``. Ties are broken by
-    the lower column index, so results are deterministic.
-    """
-    n, m = scores.shape
-    k = min(k, m)
-    if k == 0:
-        return np.empty((n, 0), np.int64), np.empty((n, 0), scores.dtype)
-    if k < m and m >= TOPK_LONG_ROW:
-        idx = np.empty((n, k), dtype=np.int64)
-        for r in range(n):
-            found = _top_k_long_row(scores[r], k)
-            idx[r] = found if found is not None else _top_k_rows(scores[r : r + 1], k)[0]
-        return idx, np.take_along_axis(scores, idx, axis=1)
-    idx = _top_k_rows(scores, k)
-    return idx, np.take_along_axis(scores, idx, axis=1)
-
-
-def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """:func:`top_k`'s indices, vectorised over rows (``1 <= k <= m``)."""
-    n, m = scores.shape
-    if k < m:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        # argpartition keeps an arbitrary subset of the items tied with the k-th best score;
-        # the rule is the lowest indices, so a row with more such ties than slots is redone.
-        kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
-        crowded = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
-        for r in crowded.tolist():
-            row, t = scores[r], kth[r]
-            above = np.flatnonzero(row > t)
-            part[r] = np.concatenate([above, np.flatnonzero(row == t)[: k - len(above)]])
-    else:
-        part = np.broadcast_to(np.arange(m), (n, m)).copy()
-    vals = np.take_along_axis(scores, part, axis=1)
-    # sort by (-score, index): lexsort keys go last-first
-    order = np.lexsort((part, -vals), axis=1)
-    return np.take_along_axis(part, order, axis=1).astype(np.int64)
-
-
-def _top_k_long_row(row: np.ndarray, k: int) -> np.ndarray | None:
-    """:func:`top_k`'s indices for one long row, or ``None`` if NaN in the row gets in the way.
-
-    The ``k``-th best of an evenly spaced sample of the row is at most the row's own ``k``-th
-    best, so every item scoring at least that much is a candidate and the top ``k`` (ties
-    included) are among them; the candidates are few, so ranking them is cheap. A select over
-    the whole row (``argpartition``) costs about 10x more on 100,000 items, and numpy's
-    selection slows down further on rows with many equal scores (popularity counts).
-    """
-    cand = _at_least_kth(row, row[:: max(1, len(row) // TOPK_SAMPLE)], k)
-    if cand is None or len(cand) < k:
-        return None
-    # cand is in index order, so a stable sort by -score breaks ties by the lower index
-    return cand[np.argsort(-row[cand], kind="stable")[:k]]
-
-
-def _at_least_kth(row: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray | None:
-    """Indices (in order) of the items of ``row`` scoring at least the ``k``-th best of
-    ``sample`` (a subset of ``row``), hence a superset of ``row``'s top ``k``; ``None`` if the
-    sample is shorter than ``k`` or its ``k``-th best is NaN."""
-    if len(sample) < k:
-        return None
-    t = np.sort(sample)[len(sample) - k]  # a sort of the sample: no selection worst case
-    if np.isnan(t):
-        return None
-    return np.flatnonzero(row >= t)
-
-
-class _Ranking:
-    """The best ``size`` items of one score row, ranked once: best first, ties by lower index.
-
-    Serves models whose row is shared by many users (popularity for every known user, the
-    popularity fallback for every unknown one): a user's top-k is the first ``k`` ranked items
-    they have not seen, so a read costs ``O(size + seen)`` instead of a pass over every item.
-    Everything outside the prefix ranks below everything in it, so an answer found inside the
-    prefix is exactly :func:`top_k`'s.
-    """
-
-    __slots__ = ("complete", "items", "scores", "version")
-
-    def __init__(self, row: np.ndarray, size: int, version: int) -> None:
-        n = len(row)
-        cand = None
-        if size < n:
-            # Estimate the size-th best score from a sample (with a margin), take every item
-            # scoring at least that, and check that there are at least `size` of them: then
-            # they include the best `size`, ties and all. (numpy's selection is slow on rows
-            # with many equal scores, such as popularity counts: 12 ms on 100,000 items.)
-            sample = row[:: max(1, n // 8192)]
-            want = min(len(sample), int(np.ceil(1.25 * size * len(sample) / n)) + 1)
-            cand = _at_least_kth(row, sample, want)
-            if cand is not None and len(cand) < size:
-                cand = None  # the estimate fell short: rank everything
-        if cand is None:
-            cand = np.arange(n)
-        # cand is in index order: a stable sort by -score breaks ties by the lower index
-        ranked = cand[np.argsort(-row[cand], kind="stable")]
-        self.items = ranked[:size].astype(np.int64)
-        self.scores = row[self.items].astype(np.float64)
-        self.complete = len(self.items) >= n
-        self.version = version
-
-    def top(self, k: int, seen: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """The first ``k`` ranked items not in ``seen``, or ``None`` if the prefix runs out."""
-        if seen is None or len(seen) == 0:
-            keep = slice(0, k)
-            if k <= len(self.items):
-                return self.items[keep], self.scores[keep]
-        else:
-            mask = ~np.isin(self.items, seen)
-            idx = np.flatnonzero(mask)[:k]
-            if len(idx) == k:
-                return self.items[idx], self.scores[idx]
-            keep = idx  # type: ignore[assignment]
-        if not self.complete:
-            return None
-        return self.items[keep], self.scores[keep]  # every candidate, fewer than k
 
 
 class Recommender(ABC):
     """Base class of every nmrn model: the public contract of DESIGN §5.
 
-    Subclasses set ``name`` (the registry key used by ``nmrn evaluate --models`` and by
-    checkpoints) and keep every constructor argument as an attribute of the same name, so that
-    :meth:`get_params` and :meth:`clone` work (river's discipline).
+    Parameters
+    ----------
+    config
+        The model's configuration: an instance of its ``config_class``, a mapping of its
+        fields, or ``None`` (the defaults).
+    **options
+        Fields of the configuration, applied on top of ``config`` (every one given is applied;
+        an unknown name raises :class:`~nmrn.errors.ConfigError` with a suggestion).
+
+    Attributes
+    ----------
+    config
+        The effective, frozen configuration.
+    preset
+        The name of the preset the model was built from (:func:`nmrn.models.make_model`), or
+        ``None``; checkpoints record it.
     """
 
-    name: ClassVar[str] = ""
+    #: The model's configuration class; its fields are the model's hyper-parameters (the
+    #: default: a model whose only option is ``seed``).
+    config_class: ClassVar[type[Config]] = SeedConfig
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.name:
-            _REGISTRY[cls.name] = cls
-
-    def __init__(self, *, seed: int = 0) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ConfigError(f"seed must be an int, got {type(seed).__name__}")
-        self.seed = int(seed)
+    def __init__(self, config: Config | Mapping[str, Any] | None = None, /, **options: Any) -> None:
+        self.config = self.config_class.build(config, options)
+        self.seed: int = getattr(self.config, "seed", 0)
+        self.preset: str | None = None
         self.users = IdMap(what="user")
         self.items = IdMap(what="item")
         self.history = History()
@@ -245,25 +138,28 @@ class Recommender(ABC):
         self.extra: dict[str, Any] = {}
         # bumped by every fit/learn: cached rankings of an older state are stale
         self._state_version = 0
-        self._rankings: dict[str, _Ranking] = {}  # "shared" / "cold" -> see _ranking
+        self._rankings: dict[str, Ranking] = {}  # "shared" / "cold" -> see _ranking
 
     # -- parameters ----------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, read back from the attributes of the same names."""
-        sig = inspect.signature(type(self).__init__)
-        return {
-            p: getattr(self, p)
-            for p in sig.parameters
-            if p != "self" and sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD
-        }
+        """The keyword arguments that rebuild this model's configuration (JSON-serialisable)."""
+        return self.config.to_params()
 
     def clone(self) -> Recommender:
-        """An untrained model with the same hyper-parameters."""
-        return type(self)(**self.get_params())
+        """An untrained model with the same configuration (and preset name)."""
+        twin = type(self)(self.config)
+        twin.preset = self.preset
+        return twin
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        """Small configurations the conformance suite builds this model with (river's
+        discipline): fast to train, and together covering the model's code paths."""
+        yield {}
 
     # -- learning ------------------------------------------------------------------------------
     def _ingest(self, events: Any, method: str) -> None:
@@ -338,18 +234,18 @@ class Recommender(ABC):
         user (popularity); ``None`` (the default) for a personalised model.
 
         When it is given, :meth:`recommend` ranks the items once per model state and answers
-        each user by skipping the items they have seen (see :class:`_Ranking`).
+        each user by skipping the items they have seen (see :class:`Ranking`).
         """
         return None
 
-    def _ranking(self, which: str) -> _Ranking:
+    def _ranking(self, which: str) -> Ranking:
         """The cached ranking of the shared (``"shared"``) or cold (``"cold"``) score row,
         rebuilt when the model has learned since."""
         found = self._rankings.get(which)
         if found is None or found.version != self._state_version:
             row = self._shared_scores() if which == "shared" else self._cold_scores()
             assert row is not None
-            found = self._rankings[which] = _Ranking(row, RANKING_PREFIX, self._state_version)
+            found = self._rankings[which] = Ranking(row, RANKING_PREFIX, self._state_version)
         return found
 
     def _ranked_top_k(
@@ -389,7 +285,7 @@ class Recommender(ABC):
 
     def _user_array(self, users: Any) -> tuple[np.ndarray, bool]:
         scalar = isinstance(users, (str, int, np.integer, np.str_)) and not isinstance(users, bool)
-        return _as_id_array([users] if scalar else users, "user"), scalar
+        return as_id_array([users] if scalar else users, "user"), scalar
 
     def score(self, users: Any, items: Any) -> np.ndarray:
         """Scores (higher is better) of ``items`` for ``users``.
@@ -492,11 +388,9 @@ class Recommender(ABC):
         """``(arrays, meta)``: everything :meth:`save` writes, as copies.
 
         Taking a snapshot is the only part of a save that must see a still model (a live
-        service takes it under its model lock); :func:`write_checkpoint` can then write it,
-        the slow part, while the model moves on.
+        service takes it under its model lock); :func:`nmrn.io.write_checkpoint` can then write
+        it, the slow part, while the model moves on.
         """
-        from nmrn import __version__
-
         arrays, model_meta = self._state()
         indptr, hist_items = self.history.to_arrays()
         all_arrays = {f"model.{k}": np.array(v, copy=True) for k, v in arrays.items()}
@@ -514,7 +408,8 @@ class Recommender(ABC):
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "nmrn_version": __version__,
-            "model": self.name,
+            "class": type(self).__name__,
+            "preset": self.preset,
             "params": copy.deepcopy(self.get_params()),
             "users": self.users.to_list(),
             "items": self.items.to_list(),
@@ -530,24 +425,32 @@ class Recommender(ABC):
         """Load a checkpoint written by :meth:`save`; the class is read from the checkpoint.
 
         Called on a subclass, the checkpoint must hold that model (else
-        :class:`~nmrn.errors.CheckpointError`).
+        :class:`~nmrn.errors.CheckpointError`). Called on :class:`Recommender`, the model's
+        class must be registered, i.e. its module imported: :func:`nmrn.models.load_model`
+        (``nmrn.load_recommender``) imports every model the package ships first.
         """
-        import nmrn.models  # noqa: F401  (registers every model class; a cycle at import time)
-
         recover_interrupted_save(Path(path))
         meta, arrays = read_checkpoint(path)
-        model_cls = _REGISTRY.get(meta["model"])
-        if model_cls is None:
+        version2 = meta["format_version"] >= 2
+        try:
+            model_cls = model_class(meta["class"] if version2 else meta["model"])
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        if not issubclass(model_cls, cls):
             raise CheckpointError(
-                f"{path}: unknown model {meta['model']!r}; known: {sorted(_REGISTRY)}"
+                f"{path}: holds a {model_cls.__name__} model, not a {cls.__name__}"
             )
-        if cls is not Recommender and not issubclass(model_cls, cls):
-            raise CheckpointError(f"{path}: holds a {meta['model']!r} model, not a {cls.name!r}")
         try:
             rec = model_cls(**meta["params"])
         except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: bad parameters for {meta['model']!r}: {err}") from None
+            raise CheckpointError(
+                f"{path}: bad parameters for {model_cls.__name__}: {err}"
+            ) from None
         try:
+            preset = meta.get("preset") if version2 else None
+            if preset is not None and not isinstance(preset, str):
+                raise CheckpointError(f"{path}: preset must be a string or null, got {preset!r}")
+            rec.preset = preset
             rec.users = IdMap.from_list(meta["users"], what="user")
             rec.items = IdMap.from_list(meta["items"], what="item")
             rec.history = History.from_arrays(
@@ -570,136 +473,3 @@ class Recommender(ABC):
         except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
             raise CheckpointError(f"{path}: inconsistent checkpoint: {err}") from None
         return rec
-
-
-def write_checkpoint(
-    path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]
-) -> Path:
-    """Write a :meth:`Recommender.snapshot` as a checkpoint directory at ``path``, atomically:
-    a temporary directory next to it, fsynced, then renamed over it (the old one, if any, is
-    replaced only once the new one is complete). Returns ``path``.
-
-    Raises
-    ------
-    CheckpointError
-        ``path`` exists and is not an nmrn checkpoint (it is never replaced).
-    """
-    path = Path(path)
-    if path.exists() and not _is_checkpoint(path):
-        raise CheckpointError(
-            f"{path}: exists and is not an nmrn checkpoint; refusing to replace it "
-            f"(choose another path or remove it)"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    # mkdtemp makes the directory 0700; give it the permissions a plain mkdir would have
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
-        with open(tmp / ARRAYS_FILE, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
-            json.dump(meta, f)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _is_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a directory whose meta.json says it is an nmrn checkpoint."""
-    try:
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so that a rename inside it is durable (a no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def recover_interrupted_save(path: Path) -> None:
-    """Put back the previous checkpoint if a save was killed between its two renames.
-
-    :meth:`Recommender.save` moves the old checkpoint to ``.<name>.old-<pid>`` and then renames
-    the new one into place; a kill between the two renames leaves nothing at ``path``.
-    """
-    if path.exists() or not path.parent.is_dir():
-        return
-    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
-        if not (old / META_FILE).is_file():
-            continue
-        try:
-            read_checkpoint(old)
-        except CheckpointError:
-            continue
-        os.rename(old, path)
-        return
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read and check a checkpoint directory; returns ``(meta, arrays)``. Never unpickles."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint directory (missing or not a directory)")
-    meta_path = path / META_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"{path}: not an nmrn checkpoint ({META_FILE} is missing)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an nmrn checkpoint (format field is not {FORMAT!r})")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {version!r} is not supported (this nmrn reads "
-            f"{FORMAT_VERSION})"
-        )
-    for key in ("model", "params", "users", "items", "n_events", "model_meta"):
-        if key not in meta:
-            raise CheckpointError(f"{path}: {META_FILE} lacks the field {key!r}")
-    if not isinstance(meta["params"], dict) or not isinstance(meta["model_meta"], dict):
-        raise CheckpointError(f"{path}: params and model_meta must be JSON objects")
-    try:
-        with np.load(path / ARRAYS_FILE, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: {ARRAYS_FILE} is missing") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # pickled arrays too
-        raise CheckpointError(f"{path}/{ARRAYS_FILE}: unreadable or unsafe ({err})") from None
-    return meta, arrays
-
-
-def load_recommender(path: str | os.PathLike[str]) -> Recommender:
-    """Load any model's checkpoint (the model class is read from the checkpoint)."""
-    return Recommender.load(path)
-
-
-def registered_models() -> dict[str, type[Recommender]]:
-    """Model names -> classes (every imported :class:`Recommender` subclass with a name)."""
-    return dict(_REGISTRY)

@@ -1,9 +1,9 @@
 """Checkpoints that carry a stream position: what a consumer restarts from.
 
-A checkpoint is the directory :meth:`Recommender.save` writes (``meta.json`` + ``arrays.npz``,
-no pickle, written atomically). A stream consumer stores the position of the last event it
-applied in ``model.extra["stream"]``, so that the model's state and the position are one file
-system object: either both are durable or neither is.
+A checkpoint is the directory :meth:`~nmrn.training.contract.Recommender.save` writes
+(``meta.json`` + ``arrays.npz``, no pickle, written atomically). A stream consumer stores the
+position of the last event it applied in ``model.extra["stream"]``, so that the model's state and
+the position are one file system object: either both are durable or neither is.
 
 Examples
 --------
@@ -20,22 +20,17 @@ Examples
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from nmrn.errors import CheckpointError
-from nmrn.training.base import Recommender, recover_interrupted_save
+from nmrn.io import recover_interrupted_save
+from nmrn.models import load_model
+from nmrn.training.contract import Recommender
 
 STREAM_KEY = "stream"
 
-__all__ = [
-    "STREAM_KEY",
-    "checkpoint_exists",
-    "load_checkpoint",
-    "remove_stale_temporaries",
-    "save_checkpoint",
-]
+__all__ = ["STREAM_KEY", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(
@@ -46,7 +41,7 @@ def save_checkpoint(
     Parameters
     ----------
     model
-        Any :class:`~nmrn.training.base.Recommender`.
+        Any :class:`~nmrn.training.contract.Recommender`.
     path
         The checkpoint directory (replaced atomically if it exists).
     position
@@ -89,46 +84,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Recommender, dict[str
     """
     path = Path(path)
     recover_interrupted_save(path)
-    _register_models()
-    model = Recommender.load(path)
+    model = load_model(path)
     position = model.extra.get(STREAM_KEY)
     if position is not None and not isinstance(position, dict):
         raise CheckpointError(
             f"{path}: extra[{STREAM_KEY!r}] must be a JSON object, got {type(position).__name__}"
         )
     return model, position
-
-
-def checkpoint_exists(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` holds a checkpoint (after repairing an interrupted save, if any).
-
-    Something at ``path`` that is not a checkpoint counts as existing, so that the caller loads
-    it and gets a clear :class:`~nmrn.errors.CheckpointError` rather than overwriting it.
-    """
-    path = Path(path)
-    recover_interrupted_save(path)
-    return path.exists()
-
-
-def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
-    """Delete what killed saves left beside ``path`` (``.<name>.*`` directories); returns them.
-
-    Only call this from the single process that writes the checkpoint.
-    """
-    path = Path(path)
-    removed = []
-    if path.parent.is_dir():
-        for p in path.parent.glob(f".{path.name}.*"):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
-    return removed
-
-
-def _register_models() -> None:
-    # Recommender.load finds the class by name among the imported subclasses; importing the
-    # presets registers every model the package ships.
-    try:
-        import nmrn.models  # noqa: F401
-    except ImportError:  # pragma: no cover - a model module missing from a partial install
-        pass
