@@ -304,10 +304,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
     model = load_model(args.checkpoint)
     # ids typed on a command line are text: use the int form where the model knows that one
-    users: list[int | str] = []
-    for text in args.user:
-        as_int = int(text) if text.lstrip("-").isdigit() else None
-        users.append(as_int if text not in model.users and as_int in model.users else text)
+    users = [model.users.resolve_text(text) for text in args.user]
     recs = model.recommend(users, k=args.k, exclude_seen=not args.include_seen)
     out = []
     for j, user in enumerate(users):

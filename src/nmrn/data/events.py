@@ -82,9 +82,11 @@ class EventBatch:
 
     @staticmethod
     def concat(batches: Sequence[EventBatch]) -> EventBatch:
-        """Concatenate batches in order."""
+        """Concatenate batches in order (one batch is returned as it is)."""
         if not batches:
             return empty_batch()
+        if len(batches) == 1:
+            return batches[0]
         weights = None
         if any(b.weights is not None for b in batches):
             weights = np.concatenate(

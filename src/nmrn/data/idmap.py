@@ -7,6 +7,7 @@ so growing the map never renumbers an existing id.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +16,8 @@ import pandas as pd
 
 from nmrn.errors import DataError, UnknownIdError
 
+# What an int id typed as text looks like (ASCII only: str.isdigit() accepts "²", int() not).
+_DECIMAL = re.compile(r"-?[0-9]{1,30}")
 # pandas.api.types.infer_dtype results that are acceptable as ids.
 _ID_KINDS = {"integer", "string", "mixed-integer", "empty"}
 
@@ -169,6 +172,30 @@ class IdMap:
                 first = values[int(np.flatnonzero(unseen)[0])]
                 raise UnknownIdError(f"unknown {self.what} {first!r}")
         return out
+
+    def resolve_text(self, text: str) -> int | str:
+        """The id that ``text``, typed as text (a URL path, a command line), stands for.
+
+        The text itself if the map knows it; else the int it spells (ASCII digits with an
+        optional leading ``-``, surrounding spaces ignored) if the map knows that int; else the
+        text unchanged (an unknown id). The one rule for every text entry point.
+
+        Examples
+        --------
+        >>> ids = IdMap([196, "alice", "7"])
+        >>> ids.resolve_text("196"), ids.resolve_text("alice"), ids.resolve_text("7")
+        (196, 'alice', '7')
+        >>> ids.resolve_text("²"), ids.resolve_text("+196"), ids.resolve_text("unknown")
+        ('²', '+196', 'unknown')
+        """
+        if not isinstance(text, str) or text in self:
+            return text
+        spelled = text.strip()
+        if _DECIMAL.fullmatch(spelled):
+            as_int = int(spelled)
+            if as_int in self:
+                return as_int
+        return text
 
     def get(self, x: int | str, default: int = -1) -> int:
         """The index of one id, or ``default``."""

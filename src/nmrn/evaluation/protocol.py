@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from nmrn.config import Int
 from nmrn.data.events import EventBatch, as_events
 from nmrn.errors import ConfigError, DataError, ModelFitError
 from nmrn.evaluation.metrics import expected_hits, expected_ndcg, expected_rr, rank_counts
@@ -274,14 +275,6 @@ def sample_negatives(
 
 
 # -- the protocol --------------------------------------------------------------------------------
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else math.nan
 
@@ -373,11 +366,12 @@ class Evaluation(Iterator[SegmentResult]):
             )
         self.protocol = protocol
         self.base_fraction = float(base_fraction)
-        self.n_blocks = _check_int("n_blocks", n_blocks, 1)
-        self.chunk_size = _check_int("chunk_size", chunk_size, 1)
-        self.n_sampled = _check_int("n_sampled", n_sampled, 1)
-        self.seed = _check_int("seed", seed, -(2**63))
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        positive = Int(low=1)
+        self.n_blocks = positive("n_blocks", n_blocks)
+        self.chunk_size = positive("chunk_size", chunk_size)
+        self.n_sampled = positive("n_sampled", n_sampled)
+        self.seed = Int(low=-(2**63))("seed", seed)
+        self.batch_size = positive("batch_size", batch_size)
         for method in ("fit", "learn", "score"):
             if not callable(getattr(model, method, None)):
                 raise TypeError(

@@ -422,20 +422,10 @@ class LiveService:
     ) -> tuple[list[int | str], Recommendations]:
         start = time.perf_counter()
         if text_ids:
-            users = [self._resolve_text(u) for u in users]
+            users = [self.model.users.resolve_text(u) for u in users]
         recs = self.model.recommend(list(users), k=k, exclude_seen=exclude_seen)
         self.recommend_latency.observe(time.perf_counter() - start)
         return list(users), recs
-
-    def _resolve_text(self, user: int | str) -> int | str:
-        if not isinstance(user, str) or user in self.model.users:
-            return user
-        text = user.strip()
-        if text.lstrip("-").isdigit() and text.count("-") <= 1 and not text.startswith("+"):
-            as_int = int(text)
-            if as_int in self.model.users:
-                return as_int
-        return user
 
     # -- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self, timeout: float = 120.0) -> dict[str, Any]:
@@ -512,7 +502,7 @@ class LiveService:
         try:
             start = time.perf_counter()
             try:
-                self.model.learn(_concat(parts))
+                self.model.learn(EventBatch.concat(parts))
             except Exception as err:  # noqa: BLE001 - one bad batch must not stop the service
                 if len(parts) == 1:
                     self.count_error("learn")
@@ -732,23 +722,6 @@ class LiveService:
             f"nmrn_known_items {len(self.model.items)}",
         ]
         return "\n".join(lines) + "\n"
-
-
-def _concat(parts: list[EventBatch]) -> EventBatch:
-    """Consecutive batches as one (ids of mixed kinds become an object array)."""
-    if len(parts) == 1:
-        return parts[0]
-    weights = None
-    if any(p.weights is not None for p in parts):
-        weights = np.concatenate(
-            [p.weights if p.weights is not None else np.ones(len(p)) for p in parts]
-        )
-    return EventBatch(
-        np.concatenate([p.users for p in parts]),
-        np.concatenate([p.items for p in parts]),
-        np.concatenate([p.timestamps for p in parts]),
-        weights,
-    )
 
 
 def _batch(events: Sequence[Sequence[Any]]) -> EventBatch:
