@@ -9,6 +9,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -635,3 +636,24 @@ def test_real_movielens_100k_inter(ml100k_path: Path) -> None:
     assert batch.users.dtype == np.int64 and batch.items.dtype == np.int64
     assert np.all(np.diff(batch.timestamps) >= 0)
     assert batch.weights is not None and set(np.unique(batch.weights)) == {1, 2, 3, 4, 5}
+
+
+def test_a_registered_format_is_inferred_and_read(tmp_path: Path, monkeypatch: Any) -> None:
+    # the worked example of CONTRIBUTING.md: a pipe-separated log is one register_format call
+    import csv
+
+    from nmrn.data import readers
+
+    monkeypatch.setattr(readers, "LOG_FORMATS", dict(readers.LOG_FORMATS))
+    readers.register_format(
+        readers.LogFormat("psv", readers.delimited("|", csv.QUOTE_NONE), (".psv",), takes_sep=True)
+    )
+    path = tmp_path / "log.psv"
+    path.write_text("user|item|timestamp\nb|x|2\na|y|1\n")
+    assert readers.infer_format(path) == "psv"
+    batch = readers.read_log(path)
+    assert batch.users.tolist() == ["a", "b"] and batch.items.tolist() == ["y", "x"]
+    with pytest.raises(ValueError, match=r"\['.csv'\] already mean the log format 'csv'"):
+        readers.register_format(readers.LogFormat("other", readers.delimited(",", 0), (".csv",)))
+    with pytest.raises(ValueError, match="'psv' is already registered"):
+        readers.register_format(readers.LogFormat("psv", readers.delimited(",", 0)))

@@ -249,7 +249,8 @@ def test_checkpoint_round_trip_resumes_identically(tmp_path, stream: pd.DataFram
     )
     path = model.save(tmp_path / "ckpt")
     loaded = NMRN.load(path)
-    assert isinstance(loaded, NMRN) and loaded.config.sampler_options == model.config.sampler_options
+    assert isinstance(loaded, NMRN)
+    assert loaded.config.sampler_options == model.config.sampler_options
     assert loaded.negative_sampler.baseline == model.negative_sampler.baseline
     for chunk in (stream.iloc[120:160], stream.iloc[160:200]):  # includes new users and items
         model.learn(chunk)

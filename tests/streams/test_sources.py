@@ -319,7 +319,8 @@ def test_consume_command_errors(tmp_path: Path, argv: list[str], message: str) -
 
 def test_consume_command_refuses_another_model_for_an_existing_checkpoint(tmp_path: Path) -> None:
     path = _checkpoint(tmp_path)
-    with pytest.raises(ConfigError, match=r"holds a OrderModel \(no preset\) model but --model pop"):
+    held = r"holds a OrderModel \(no preset\) model but --model pop"
+    with pytest.raises(ConfigError, match=held):
         run_consume(_parse(["--checkpoint", str(path), "--source", "-", "--model", "pop"]))
 
 

@@ -1,6 +1,7 @@
 """Readers that turn interaction logs into a time-sorted :class:`~nmrn.data.events.EventBatch`.
 
-Formats (:data:`FORMATS`; :func:`infer_format` picks one from the file name)
+Formats (:data:`LOG_FORMATS`, by name; :func:`infer_format` picks one from the file name; a
+new format is one :func:`register_format` call, see CONTRIBUTING.md)
     ``csv``, ``tsv``
         Delimited text with a header row (``sep=`` overrides the separator). CSV fields may be
         quoted; TSV fields may not (tabs never occur inside a field).
@@ -99,6 +100,11 @@ from nmrn.errors import DataError
 __all__ = [
     "DUPLICATES",
     "FORMATS",
+    "LOG_FORMATS",
+    "LogFormat",
+    "delimited",
+    "fixed_layout",
+    "register_format",
     "ROLES",
     "infer_format",
     "iter_log_chunks",
@@ -108,7 +114,6 @@ __all__ = [
     "read_recbole_inter",
 ]
 
-FORMATS = ("csv", "tsv", "parquet", "jsonl", "ml-100k", "ml-1m", "recbole")
 DUPLICATES = ("keep", "drop", "error")
 ROLES = ("user", "item", "timestamp", "weight")
 _REQUIRED = ("user", "item", "timestamp")
@@ -121,17 +126,6 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "weight": ("weight", "rating", "score"),
 }
 _RECBOLE_TYPE = re.compile(r":(token|token_seq|float|float_seq)$", re.IGNORECASE)
-_SUFFIXES = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".inter": "recbole",
-}
 _OPENERS: dict[str, Callable[..., IO[str]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _SEPARATOR_CHARS = (",", "\t", ";", "|")
 # Integer literals that are exactly str(int(x)) and fit int64 (at most 18 digits): such a text
@@ -156,7 +150,7 @@ def infer_format(path: str | os.PathLike[str]) -> str:
     Raises
     ------
     DataError
-        The name matches no format; the message names the file and lists :data:`FORMATS`.
+        The name matches no format; the message names the file and lists the formats.
 
     Examples
     --------
@@ -169,17 +163,17 @@ def infer_format(path: str | os.PathLike[str]) -> str:
     stem, ext = os.path.splitext(name)
     if ext in _OPENERS:
         name = stem
-    if name == "u.data":
-        return "ml-100k"
-    if name == "ratings.dat":
-        return "ml-1m"
-    fmt = _SUFFIXES.get(os.path.splitext(name)[1])
-    if fmt is None:
-        raise DataError(
-            f"{path}: cannot tell the log format from the file name; pass format= one of "
-            f"{', '.join(FORMATS)}"
-        )
-    return fmt
+    suffix = os.path.splitext(name)[1]
+    for spec in LOG_FORMATS.values():
+        if name in spec.file_names:
+            return spec.name
+    for spec in LOG_FORMATS.values():
+        if suffix in spec.suffixes:
+            return spec.name
+    raise DataError(
+        f"{path}: cannot tell the log format from the file name; pass format= one of "
+        f"{', '.join(LOG_FORMATS)}"
+    )
 
 
 def iter_log_chunks(
@@ -197,7 +191,8 @@ def iter_log_chunks(
     path
         The log file.
     format
-        One of :data:`FORMATS`; ``None`` infers it from the file name (:func:`infer_format`).
+        A name of :data:`LOG_FORMATS`; ``None`` infers it from the file name
+        (:func:`infer_format`).
     columns
         Maps the roles ``user``, ``item``, ``timestamp``, ``weight`` to the file's column names
         (csv, tsv, parquet, jsonl, recbole); unmapped roles are found by alias (module docs).
@@ -411,8 +406,12 @@ class _Source:
     chunk_rows: int
 
     @property
+    def spec(self) -> LogFormat:
+        return LOG_FORMATS[self.fmt]
+
+    @property
     def unit(self) -> str:
-        return "row" if self.fmt == "parquet" else "line"
+        return self.spec.unit
 
     def at(self, n: int) -> str:
         return f"{self.label}: {self.unit} {n}"
@@ -429,17 +428,20 @@ class _Source:
     ) -> _Source:
         """Check the arguments and that the file exists."""
         fmt = infer_format(path) if format is None else format
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown log format {fmt!r}; use one of {', '.join(FORMATS)}")
+        if fmt not in LOG_FORMATS:
+            raise ValueError(f"unknown log format {fmt!r}; use one of {', '.join(LOG_FORMATS)}")
+        spec = LOG_FORMATS[fmt]
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)):
             raise TypeError(f"chunk_rows must be an int, got {type(chunk_rows).__name__}")
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
-        if sep is not None and fmt not in ("csv", "tsv", "recbole"):
-            raise ValueError(f"sep= applies to csv, tsv and recbole logs, not to {fmt}")
+        if sep is not None and not spec.takes_sep:
+            *firsts, last = [n for n, f in LOG_FORMATS.items() if f.takes_sep]
+            takers = f"{', '.join(firsts)} and {last}" if firsts else last
+            raise ValueError(f"sep= applies to {takers} logs, not to {fmt}")
         if sep is not None and (not isinstance(sep, str) or len(sep) != 1):
             raise ValueError(f"sep must be a single character, got {sep!r}")
-        if columns and fmt in ("ml-100k", "ml-1m"):
+        if columns and not spec.takes_columns:
             raise ValueError(f"columns= does not apply to {fmt}, whose layout is fixed")
         columns = dict(columns or {})
         unknown = sorted(set(columns) - set(ROLES))
@@ -454,12 +456,7 @@ class _Source:
 
     def chunks(self) -> Iterator[_Chunk]:
         """Validated chunks in file order; raises DataError for a log with no events."""
-        if self.fmt == "parquet":
-            raw = self._parquet_chunks()
-        elif self.fmt == "jsonl":
-            raw = self._jsonl_chunks()
-        else:
-            raw = self._text_chunks()
+        raw = self.spec.read(self)
         n_events = 0
         for chunk in raw:
             if len(chunk.lines):
@@ -510,15 +507,6 @@ class _Source:
 
     # -- delimited text ---------------------------------------------------------------------
 
-    def _layout(self) -> _TextLayout:
-        if self.fmt == "ml-100k":
-            return _ML_100K
-        if self.fmt == "ml-1m":
-            return _ML_1M
-        default = "," if self.fmt == "csv" else "\t"
-        quoting = csv.QUOTE_MINIMAL if self.fmt == "csv" else csv.QUOTE_NONE
-        return _TextLayout(sep=self.sep or default, header=True, quoting=quoting)
-
     def _read_csv(self, layout: _TextLayout, dtype: Any, **kwargs: Any) -> Any:
         # ml-1m's two-character separator would need pandas' slow python engine; splitting on
         # ':' with the C engine gives empty fields between the real ones instead.
@@ -540,8 +528,7 @@ class _Source:
         except UnicodeDecodeError as err:
             raise DataError(f"{self.label}: not UTF-8 text ({err})") from None
 
-    def _text_chunks(self) -> Iterator[_Chunk]:
-        layout = self._layout()
+    def _text_chunks(self, layout: _TextLayout) -> Iterator[_Chunk]:
         if layout.header:
             found = [str(c) for c in self._read_csv(layout, str, nrows=0).columns]
             self._check_separator(found, layout)
@@ -726,6 +713,94 @@ class _Source:
             problem = (diagnose(n) if diagnose is not None else None) or problem
             raise DataError(f"{self.at(n)}: {problem}")
         return _Chunk(users, items, timestamps, weights, lines)
+
+
+@dataclass(frozen=True)
+class LogFormat:
+    """How one log format is recognised from a file name and read.
+
+    Parameters
+    ----------
+    name
+        The format's name (``format=`` of the readers, ``--format`` of the CLI).
+    read
+        ``read(source)`` yields the file's chunks; a delimited text format uses
+        :func:`delimited`, a headerless one with a fixed layout :func:`fixed_layout`.
+    suffixes
+        File suffixes (lower case, with the dot) that mean this format.
+    file_names
+        Whole file names (lower case) that mean this format (they win over suffixes).
+    takes_sep
+        Whether ``sep=`` applies.
+    takes_columns
+        Whether ``columns=`` applies (not to a fixed layout).
+    unit
+        What error messages count: ``"line"`` or ``"row"``.
+    """
+
+    name: str
+    read: Callable[[_Source], Iterator[_Chunk]]
+    suffixes: tuple[str, ...] = ()
+    file_names: tuple[str, ...] = ()
+    takes_sep: bool = False
+    takes_columns: bool = True
+    unit: str = "line"
+
+
+#: Every log format the readers know, by name (built-in ones first).
+LOG_FORMATS: dict[str, LogFormat] = {}
+
+
+def register_format(spec: LogFormat) -> LogFormat:
+    """Make a log format known to :func:`read_log`, :func:`infer_format` and the CLI.
+
+    Raises
+    ------
+    ValueError
+        The name, a suffix or a file name is already taken by another format.
+    """
+    for other in LOG_FORMATS.values():
+        if other.name == spec.name:
+            raise ValueError(f"log format {spec.name!r} is already registered")
+        taken = set(other.suffixes) & set(spec.suffixes) or set(other.file_names) & set(
+            spec.file_names
+        )
+        if taken:
+            raise ValueError(f"{sorted(taken)} already mean the log format {other.name!r}")
+    LOG_FORMATS[spec.name] = spec
+    return spec
+
+
+def delimited(default_sep: str, quoting: int) -> Callable[[_Source], Iterator[_Chunk]]:
+    """The reader of a delimited text format with a header row (``sep=`` may override)."""
+
+    def read(source: _Source) -> Iterator[_Chunk]:
+        layout = _TextLayout(sep=source.sep or default_sep, header=True, quoting=quoting)
+        return source._text_chunks(layout)
+
+    return read
+
+
+def fixed_layout(layout: _TextLayout) -> Callable[[_Source], Iterator[_Chunk]]:
+    """The reader of a headerless delimited text format laid out as ``layout``."""
+    return lambda source: source._text_chunks(layout)
+
+
+for _spec in (
+    LogFormat("csv", delimited(",", csv.QUOTE_MINIMAL), (".csv",), takes_sep=True),
+    LogFormat("tsv", delimited("\t", csv.QUOTE_NONE), (".tsv", ".tab"), takes_sep=True),
+    LogFormat("parquet", lambda src: src._parquet_chunks(), (".parquet", ".pq"), unit="row"),
+    LogFormat("jsonl", lambda src: src._jsonl_chunks(), (".jsonl", ".ndjson", ".json")),
+    LogFormat("ml-100k", fixed_layout(_ML_100K), file_names=("u.data",), takes_columns=False),
+    LogFormat("ml-1m", fixed_layout(_ML_1M), file_names=("ratings.dat",), takes_columns=False),
+    LogFormat("recbole", delimited("\t", csv.QUOTE_NONE), (".inter",), takes_sep=True),
+):
+    register_format(_spec)
+
+#: The names of the built-in formats.
+FORMATS = tuple(LOG_FORMATS)
+
+
 
 
 # --------------------------------------------------------------------------------------------
