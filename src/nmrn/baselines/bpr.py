@@ -122,6 +122,14 @@ class BPR(Recommender):
 
     config_class = BPRConfig
 
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, dict[str, Any]]:
+        small = {"dim": 8, "batch_size": 32, "seed": 7}
+        return {
+            "adagrad": {**small, "epochs": 3},
+            "adam": {**small, "epochs": 2, "optimizer": "adam", "lr": 0.01},
+        }
+
     def __init__(self, config: Any = None, /, **options: Any) -> None:
         super().__init__(config, **options)
         c = self.config

@@ -94,6 +94,14 @@ class ItemKNN(Recommender):
 
     config_class = ItemKNNConfig
 
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, dict[str, Any]]:
+        return {
+            "dense": {"history_len": 8, "recency_decay": 0.8, "cooc_decay": 0.9},
+            # a tiny dense limit: the catalogue outgrows it, so the sparse storage is exercised
+            "sparse": {"history_len": 8, "recency_decay": 0.8, "dense_max_items": 10},
+        }
+
     def __init__(self, config: Any = None, /, **options: Any) -> None:
         super().__init__(config, **options)
         self._n = 0

@@ -133,6 +133,10 @@ class RecentPopularity(Recommender):
 
     config_class = RecentPopularityConfig
 
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, dict[str, Any]]:
+        return {"window": {"window": 37}, "half-life": {"half_life": 25.0}}
+
     def __init__(self, config: Any = None, /, **options: Any) -> None:
         super().__init__(config, **options)
         window, half_life = self.config.window, self.config.half_life

@@ -26,7 +26,7 @@ import copy
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -156,10 +156,11 @@ class Recommender(ABC):
         return f"{type(self).__name__}({params})"
 
     @classmethod
-    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
-        """Small configurations the conformance suite builds this model with (river's
-        discipline): fast to train, and together covering the model's code paths."""
-        yield {}
+    def _unit_test_params(cls) -> dict[str, dict[str, Any]]:
+        """Named small configurations the conformance suite (``tests/test_conformance.py``)
+        builds this model with, for every model in the registry (river's discipline): fast to
+        train, and together covering the model's code paths."""
+        return {"default": {}}
 
     # -- learning ------------------------------------------------------------------------------
     def _ingest(self, events: Any, method: str) -> None:

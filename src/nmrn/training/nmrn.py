@@ -117,6 +117,25 @@ class NMRN(Recommender):
     config_class = NMRNConfig
     config: NMRNConfig
 
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, dict[str, Any]]:
+        small = {"dim": 8, "memory_slots": 4, "batch_size": 32, "epochs": 2, "n_candidates": 5,
+                 "seed": 7}
+        return {
+            "faithful": small,
+            "per-user-memory": {**small, "per_user_memory": True},
+            "variants": {
+                **small,
+                "addressing": "neg_dist",
+                "learn_temperature": True,
+                "personal_offset": True,
+                "item_bias": True,
+                "squared_distance": True,
+                "cold_user_init": "item_mean",
+                "learn_passes": 2,
+            },
+        }
+
     def __init__(self, config: NMRNConfig | Mapping[str, Any] | None = None, /,
                  **options: Any) -> None:
         super().__init__(config, **options)
