@@ -128,14 +128,19 @@ def test_metrics_and_health(client: TestClient, service: LiveService) -> None:
     client.get("/recommendations/196?k=0")
     client.post("/events", json={"user": 1})
     text = client.get("/metrics").text
-    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
-    assert lines["nmrn_events_accepted_total"] == "4"
-    assert lines["nmrn_events_applied_total"] == "4"
-    assert lines["nmrn_apply_lag_events"] == "0"
-    assert lines["nmrn_recommend_seconds_count"] == "1"
-    assert lines['nmrn_learn_seconds_bucket{le="+Inf"}'] == "1"
-    assert lines['nmrn_errors_total{kind="invalid"}'] == "1"
-    assert lines['nmrn_errors_total{kind="unauthorized"}'] == "1"
+    lines = {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines())
+        if not name.startswith("#")
+    }
+    assert lines["nmrn_events_accepted_total"] == 4
+    assert lines["nmrn_events_applied_total"] == 4
+    assert lines["nmrn_apply_lag_events"] == 0
+    assert lines["nmrn_recommend_seconds_count"] == 1
+    assert lines['nmrn_learn_seconds_bucket{le="+Inf"}'] == 1
+    assert lines['nmrn_errors_total{kind="invalid"}'] == 1
+    assert lines['nmrn_errors_total{kind="unauthorized"}'] == 1
+    assert lines["nmrn_known_items"] == len(service.model.items)
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["accepted_seq"] == 4 and health["apply_lag"] == 0
 
@@ -203,8 +208,8 @@ def test_writer_applies_in_order_in_small_batches(tmp_path: Path) -> None:
         assert (first, last) == (1, 10)
         assert svc.wait_applied(10)
         assert model.items.to_list() == ["x"] + [f"i{j}" for j in range(10)]
-        _, _, count = svc.learn_latency.snapshot()
-        assert count == 4  # 3 + 3 + 3 + 1
+        runs = svc.metrics.learn_seconds.collect()[0].samples
+        assert next(x.value for x in runs if x.name == "nmrn_learn_seconds_count") == 4  # 3+3+3+1
         assert model.extra[SEQ_KEY] == 10
 
 

@@ -28,7 +28,6 @@ accepted is lost, nothing is applied twice.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import threading
@@ -46,6 +45,7 @@ from nmrn.errors import ConfigError, NMRNError
 from nmrn.io import write_checkpoint
 from nmrn.models import load_model
 from nmrn.serving.journal import Journal, JournalError
+from nmrn.serving.metrics import ServiceMetrics
 from nmrn.training.contract import Recommendations, Recommender
 
 log = logging.getLogger("nmrn.serving")
@@ -53,58 +53,8 @@ log = logging.getLogger("nmrn.serving")
 SEQ_KEY = "journal_seq"
 # After a batch that reads waited for, the writer pauses this long before taking the model again.
 READER_TURN_SECONDS = 0.0005
-LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-)
-
-
 class ServiceUnavailable(NMRNError, RuntimeError):
     """The service cannot take the request now (closed, or too far behind); HTTP 503."""
-
-
-class Histogram:
-    """A thread-safe cumulative histogram in the Prometheus sense (``le`` buckets, sum, count).
-
-    Examples
-    --------
-    >>> h = Histogram((0.1, 1.0))
-    >>> for x in (0.05, 0.5, 3.0):
-    ...     h.observe(x)
-    >>> h.snapshot()
-    ([1, 2, 3], 3.55, 3)
-    """
-
-    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
-        self.buckets = tuple(float(b) for b in buckets)
-        self._counts = [0] * (len(self.buckets) + 1)
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        """Record one observation."""
-        j = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            self._counts[j] += 1
-            self._sum += value
-
-    def snapshot(self) -> tuple[list[int], float, int]:
-        """``(cumulative counts per bucket, +Inf included; sum; count)``."""
-        with self._lock:
-            counts = list(self._counts)
-            total = self._sum
-        cumulative = np.cumsum(counts).tolist()
-        return cumulative, total, cumulative[-1]
-
-    def render(self, name: str, help_text: str) -> list[str]:
-        """Prometheus text-format lines for this histogram."""
-        cumulative, total, count = self.snapshot()
-        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-        for bound, c in zip((*self.buckets, float("inf")), cumulative, strict=True):
-            le = "+Inf" if bound == float("inf") else repr(bound)
-            lines.append(f'{name}_bucket{{le="{le}"}} {c}')
-        lines += [f"{name}_sum {total!r}", f"{name}_count {count}"]
-        return lines
 
 
 class _CheckpointRequest:
@@ -216,14 +166,8 @@ class LiveService:
         self._stopping = False
         self._closed = False
 
-        self.learn_latency = Histogram()
-        self.recommend_latency = Histogram()
-        self.errors: dict[str, int] = {}
-        self._errors_lock = threading.Lock()
+        self.metrics = ServiceMetrics(self)
         self.checkpoints = 0
-        self.checkpoint_seconds_total = 0.0
-        self.last_checkpoint_duration = 0.0
-        self.last_checkpoint_snapshot = 0.0  # of which the model lock was held
         self.last_checkpoint_time = time.time()
         self.started = time.time()
 
@@ -424,7 +368,7 @@ class LiveService:
         if text_ids:
             users = [self.model.users.resolve_text(u) for u in users]
         recs = self.model.recommend(list(users), k=k, exclude_seen=exclude_seen)
-        self.recommend_latency.observe(time.perf_counter() - start)
+        self.metrics.recommend_seconds.observe(time.perf_counter() - start)
         return list(users), recs
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -468,15 +412,16 @@ class LiveService:
             arrays, meta = self.model.snapshot()
         finally:
             self._release_model()
-        self.last_checkpoint_snapshot = time.perf_counter() - start
+        self.metrics.checkpoint_last_snapshot_seconds.set(time.perf_counter() - start)
         write_checkpoint(self.checkpoint_path, arrays, meta)
         seconds = time.perf_counter() - start
         if self.journal is not None:
             self.journal.truncate(seq)
         self.checkpoint_seq = seq
         self.checkpoints += 1
-        self.checkpoint_seconds_total += seconds
-        self.last_checkpoint_duration = seconds
+        self.metrics.checkpoints.inc()
+        self.metrics.checkpoint_seconds.inc(seconds)
+        self.metrics.checkpoint_last_seconds.set(seconds)
         self.last_checkpoint_time = time.time()
         log.info("checkpoint at event %d in %.3f s: %s", seq, seconds, self.checkpoint_path)
         return {"seq": seq, "seconds": seconds, "path": str(self.checkpoint_path)}
@@ -518,7 +463,7 @@ class LiveService:
                                       at + len(part) - 1, part_err)
                         at += len(part)
             self.model.extra[SEQ_KEY] = last
-            self.learn_latency.observe(time.perf_counter() - start)
+            self.metrics.learn_seconds.observe(time.perf_counter() - start)
             with self._cond:
                 self.applied_seq = last
                 self._cond.notify_all()
@@ -663,65 +608,13 @@ class LiveService:
 
     # -- metrics ---------------------------------------------------------------------------------
     def count_error(self, kind: str) -> None:
-        """Count one error of ``kind`` (shown in :meth:`metrics_text`)."""
-        with self._errors_lock:
-            self.errors[kind] = self.errors.get(kind, 0) + 1
+        """Count one error of ``kind`` (``nmrn_errors_total{kind=...}``)."""
+        self.metrics.errors.labels(kind=kind).inc()
 
-    def metrics_text(self) -> str:
-        """Every metric in the Prometheus text exposition format (version 0.0.4)."""
-        accepted, applied = self.accepted_seq, self.applied_seq
-        lines = [
-            "# HELP nmrn_events_accepted_total Events accepted (journalled) since sequence 0.",
-            "# TYPE nmrn_events_accepted_total counter",
-            f"nmrn_events_accepted_total {accepted}",
-            "# HELP nmrn_events_applied_total Events applied to the model since sequence 0.",
-            "# TYPE nmrn_events_applied_total counter",
-            f"nmrn_events_applied_total {applied}",
-            "# HELP nmrn_apply_lag_events Accepted events not applied yet.",
-            "# TYPE nmrn_apply_lag_events gauge",
-            f"nmrn_apply_lag_events {accepted - applied}",
-            "# HELP nmrn_events_replayed_total Journalled events replayed at start.",
-            "# TYPE nmrn_events_replayed_total counter",
-            f"nmrn_events_replayed_total {self.replayed}",
-        ]
-        lines += self.learn_latency.render(
-            "nmrn_learn_seconds", "Time of one learn call (one run of events)."
-        )
-        lines += self.recommend_latency.render(
-            "nmrn_recommend_seconds", "Time of one recommend call (lock held)."
-        )
-        lines += [
-            "# HELP nmrn_errors_total Refused requests and internal failures, by kind.",
-            "# TYPE nmrn_errors_total counter",
-        ]
-        with self._errors_lock:
-            errors = sorted(self.errors.items())
-        lines += [f'nmrn_errors_total{{kind="{kind}"}} {n}' for kind, n in errors]
-        lines += [
-            "# HELP nmrn_checkpoints_total Checkpoints written since start.",
-            "# TYPE nmrn_checkpoints_total counter",
-            f"nmrn_checkpoints_total {self.checkpoints}",
-            "# HELP nmrn_checkpoint_seconds_total Time spent writing checkpoints.",
-            "# TYPE nmrn_checkpoint_seconds_total counter",
-            f"nmrn_checkpoint_seconds_total {self.checkpoint_seconds_total!r}",
-            "# HELP nmrn_checkpoint_last_seconds Duration of the last checkpoint.",
-            "# TYPE nmrn_checkpoint_last_seconds gauge",
-            f"nmrn_checkpoint_last_seconds {self.last_checkpoint_duration!r}",
-            "# HELP nmrn_checkpoint_last_snapshot_seconds Part of the last checkpoint during "
-            "which reads waited (the snapshot).",
-            "# TYPE nmrn_checkpoint_last_snapshot_seconds gauge",
-            f"nmrn_checkpoint_last_snapshot_seconds {self.last_checkpoint_snapshot!r}",
-            "# HELP nmrn_checkpoint_seq Last event sequence number held by a checkpoint.",
-            "# TYPE nmrn_checkpoint_seq gauge",
-            f"nmrn_checkpoint_seq {self.checkpoint_seq}",
-            "# HELP nmrn_known_users Users the model knows.",
-            "# TYPE nmrn_known_users gauge",
-            f"nmrn_known_users {len(self.model.users)}",
-            "# HELP nmrn_known_items Items the model knows.",
-            "# TYPE nmrn_known_items gauge",
-            f"nmrn_known_items {len(self.model.items)}",
-        ]
-        return "\n".join(lines) + "\n"
+    @property
+    def errors(self) -> dict[str, int]:
+        """Errors counted so far, by kind."""
+        return self.metrics.error_counts()
 
 
 def _batch(events: Sequence[Sequence[Any]]) -> EventBatch:

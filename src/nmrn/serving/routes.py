@@ -1,0 +1,285 @@
+"""The HTTP endpoints, as one FastAPI ``APIRouter`` over the service in ``app.state``.
+
+======  ==========================  =====================================================
+POST    ``/events``                 ingest one event or ``{"events": [...]}``; 202
+GET     ``/recommendations/{user}`` top-k for one user (``?k=10&exclude_seen=true``)
+POST    ``/recommendations``        top-k for ``{"users": [...], "k": 10}``
+GET     ``/healthz``                liveness and progress (503 when the writer stopped)
+GET     ``/metrics``                Prometheus text format
+POST    ``/checkpoint``             checkpoint now
+======  ==========================  =====================================================
+
+A handler only parses, calls the service and shapes the answer; it raises on any problem. Every
+route of the router is a :class:`GuardedRoute`, which turns whatever a handler raises into one
+JSON refusal (:func:`refusal`): a :class:`~nmrn.serving.schemas.BadRequest` gives its own 4xx,
+:class:`~nmrn.serving.service.ServiceUnavailable` a 503, any other
+:class:`~nmrn.errors.NMRNError` a 422, and anything unexpected a 500 whose details stay in the
+server log: no stack trace ever reaches a client. The app registers :func:`http_error` for the
+router's own 404 and 405, so they take the same shape.
+
+The state a handler reads (``request.app.state``): ``service`` (the
+:class:`~nmrn.serving.service.LiveService`), ``limits``, ``token`` (``None``: writes are open)
+and ``reads`` (a :class:`Reads`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nmrn.errors import NMRNError
+from nmrn.serving.metrics import CONTENT_TYPE
+from nmrn.serving.schemas import (
+    BadRequest,
+    Limits,
+    parse_events,
+    parse_id,
+    parse_query,
+    parse_recommend,
+    recommendation_rows,
+)
+from nmrn.serving.service import LiveService, ServiceUnavailable
+
+log = logging.getLogger("nmrn.serving")
+
+__all__ = ["GuardedRoute", "Reads", "http_error", "read_one", "refusal", "router"]
+
+# Reads for at most INLINE_USERS users run on the event loop itself; larger ones in a worker
+# thread, so that the loop keeps serving while they run.
+INLINE_USERS = 8
+# A read waiting for the writer's batch tries again after this long even if no wake-up came.
+WAKE_TIMEOUT = 0.05
+KINDS = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid", 500: "internal", 503: "unavailable",
+}
+
+
+# -- refusals --------------------------------------------------------------------------------------
+def refusal(service: LiveService, err: Exception) -> tuple[int, dict[str, str], dict[str, str]]:
+    """``(status, body, headers)`` answering a request that raised ``err``; counted in the
+    service's ``nmrn_errors_total`` by kind."""
+    if isinstance(err, BadRequest):
+        status, message = err.status, str(err)
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {}
+    elif isinstance(err, ServiceUnavailable):
+        status, message, headers = 503, str(err), {"Retry-After": "1"}
+    elif isinstance(err, NMRNError):  # e.g. a DataError the parser did not anticipate
+        status, message, headers = 422, str(err), {}
+    else:
+        log.error("internal error", exc_info=err)
+        status, message, headers = 500, "internal error (see the server log)", {}
+    service.count_error(KINDS.get(status, str(status)))
+    return status, {"error": message}, headers
+
+
+class GuardedRoute(APIRoute):
+    """A route whose handler's exceptions become JSON refusals (:func:`refusal`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as err:  # noqa: BLE001 - never a stack trace to the client
+                status, body, headers = refusal(request.app.state.service, err)
+                return JSONResponse(body, status_code=status, headers=headers or None)
+
+        return guarded
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """The router's own refusals (unknown path: 404, wrong method: 405) as JSON."""
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    request.app.state.service.count_error(KINDS.get(exc.status_code, str(exc.status_code)))
+    message = f"{request.method} {request.url.path}: {detail.lower()}"
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+# -- request pieces --------------------------------------------------------------------------------
+def check_token(request: Request) -> None:
+    """Refuse a write without the configured bearer token (401) or with another one (403)."""
+    token: str | None = request.app.state.token
+    if token is None:
+        return
+    header = request.headers.get("authorization")
+    if header is None:
+        raise BadRequest("authorization: missing; send 'Authorization: Bearer <token>'", 401)
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise BadRequest("authorization: expected 'Bearer <token>'", status=401)
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise BadRequest("authorization: the token is not valid", status=403)
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"body: {name} is not valid JSON (numbers must be finite)", status=400)
+
+
+async def json_body(request: Request, limits: Limits) -> Any:
+    """The request body parsed as JSON, within ``limits.max_body_bytes``."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        shown = ctype or "none"
+        raise BadRequest(f"content-type: must be application/json, got {shown}", status=415)
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise BadRequest(f"content-length: {length!r} is not a number", status=400)
+        if int(length) > limits.max_body_bytes:
+            raise BadRequest(
+                f"body: {int(length)} bytes; the limit is {limits.max_body_bytes}", status=413
+            )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise BadRequest(f"body: more than the limit of {limits.max_body_bytes} bytes", 413)
+    if not body.strip():
+        raise BadRequest("body: is empty; send a JSON object", status=400)
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("body: is not UTF-8 text", status=400) from None
+    except json.JSONDecodeError as err:
+        raise BadRequest(
+            f"body: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})",
+            status=400,
+        ) from None
+    except RecursionError:
+        raise BadRequest("body: JSON nested too deeply", status=400) from None
+
+
+# -- reads -----------------------------------------------------------------------------------------
+class Reads:
+    """Answers reads without parking them in threads while the writer holds the model.
+
+    A small read runs right on the event loop: a recommend costs well under a millisecond, less
+    than a hop to a worker thread. If the writer is inside a run, the read waits for the run's
+    end (the loop serves other requests meanwhile) and tries again; reads are never parked in
+    threads, where each would hold the model lock in turn and push the next read off the loop
+    too. A large read (more than :data:`INLINE_USERS` users) runs in a worker thread.
+    """
+
+    def __init__(self, service: LiveService) -> None:
+        self.service = service
+        self._free: asyncio.Future[None] | None = None  # resolved when the writer's run ends
+
+    async def _model_free(self) -> None:
+        """Wait (without blocking the loop) until the model lock is next released."""
+        loop = asyncio.get_running_loop()
+        future = self._free
+        if future is None or future.done() or future.get_loop() is not loop:
+            future = self._free = loop.create_future()
+
+            def resolve() -> None:
+                if not future.done():
+                    future.set_result(None)
+
+            def wake() -> None:  # runs in the thread that released the lock
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(resolve)
+
+            if not self.service.notify_when_free(wake):
+                resolve()  # already free: try again at once
+            else:  # belt and braces: a missed wake-up costs a retry, never a hung read
+                loop.call_later(WAKE_TIMEOUT, resolve)
+        # shared by every waiting read: one read being cancelled must not cancel the others
+        await asyncio.shield(future)
+
+    async def answer(
+        self, users: list[Any], k: int, exclude: bool, *, text: bool
+    ) -> list[dict[str, Any]]:
+        """The response rows of a read (``text``: ids came as text, e.g. in a URL path)."""
+        service = self.service
+        if len(users) <= INLINE_USERS:
+            while (found := service.try_recommend(users, k, exclude, text_ids=text)) is None:
+                await self._model_free()
+        else:
+            found = await run_in_threadpool(service.recommend, users, k, exclude, text_ids=text)
+        looked_up, recs = found
+        return recommendation_rows(looked_up, recs.items, recs.scores, recs.cold)
+
+
+async def read_one(state: Any, user: str, query: bytes) -> tuple[int, Any, dict[str, str]]:
+    """``GET /recommendations/{user}``: ``(status, body, headers)``. Shared by the route and
+    the fast path in front of the app (:class:`nmrn.serving.app.ServingApp`)."""
+    try:
+        uid = parse_id(user, "user", state.limits)
+        k, exclude = (10, True) if not query else parse_query(QueryParams(query), state.limits)
+        return 200, (await state.reads.answer([uid], k, exclude, text=True))[0], {}
+    except Exception as err:  # noqa: BLE001 - never a stack trace to the client
+        return refusal(state.service, err)
+
+
+# -- the routes ------------------------------------------------------------------------------------
+router = APIRouter(route_class=GuardedRoute)
+
+
+@router.post("/events", status_code=202)
+async def post_events(request: Request) -> JSONResponse:
+    state = request.app.state
+    check_token(request)
+    rows = parse_events(await json_body(request, state.limits), state.limits)
+    first, last = await run_in_threadpool(state.service.submit, rows)
+    return JSONResponse({"accepted": len(rows), "first_seq": first, "seq": last}, status_code=202)
+
+
+@router.get("/recommendations/{user}")
+async def get_recommendations(user: str, request: Request) -> JSONResponse:
+    status, body, headers = await read_one(
+        request.app.state, user, request.scope.get("query_string", b"")
+    )
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+@router.post("/recommendations")
+async def post_recommendations(request: Request) -> JSONResponse:
+    state = request.app.state
+    if request.query_params:
+        raise BadRequest("query: POST /recommendations takes its arguments in the body")
+    users, k, exclude = parse_recommend(await json_body(request, state.limits), state.limits)
+    rows = await state.reads.answer(users, k, exclude, text=False)
+    return JSONResponse({"results": rows})
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> JSONResponse:
+    service: LiveService = request.app.state.service
+    alive = service.writer_alive
+    body = {
+        "status": "ok" if alive else "writer stopped",
+        "model": service.model.preset or type(service.model).__name__,
+        "accepted_seq": service.accepted_seq,
+        "applied_seq": service.applied_seq,
+        "apply_lag": service.pending,
+        "checkpoint_seq": service.checkpoint_seq,
+        "users": len(service.model.users),
+        "items": len(service.model.items),
+    }
+    return JSONResponse(body, status_code=200 if alive else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.post("/checkpoint")
+async def post_checkpoint(request: Request) -> JSONResponse:
+    check_token(request)
+    return JSONResponse(await run_in_threadpool(request.app.state.service.checkpoint))
