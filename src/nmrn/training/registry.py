@@ -19,18 +19,17 @@ True
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import Any, TypeVar
 
 from nmrn.errors import CheckpointError
 
-if TYPE_CHECKING:
-    from nmrn.training.contract import Recommender
-
 __all__ = ["model_class", "register", "registered_models"]
 
-R = TypeVar("R", bound="type[Recommender]")
+# The registry holds Recommender subclasses; it does not import the contract (which imports
+# the registry to load checkpoints), so the classes are typed as plain classes here.
+R = TypeVar("R", bound=type)
 
-_MODELS: dict[str, type[Recommender]] = {}
+_MODELS: dict[str, type[Any]] = {}
 # The names checkpoints of format 1 recorded, for the classes that existed then.
 _FORMAT1_NAMES = {
     "pop": "Popularity",
@@ -54,7 +53,7 @@ def register(cls: R) -> R:
     return cls
 
 
-def model_class(name: str) -> type[Recommender]:
+def model_class(name: str) -> type[Any]:
     """The registered class called ``name`` (or its format-1 name).
 
     Raises
@@ -72,6 +71,6 @@ def model_class(name: str) -> type[Recommender]:
     return found
 
 
-def registered_models() -> dict[str, type[Recommender]]:
+def registered_models() -> dict[str, type[Any]]:
     """Class names -> classes, for every registered model (in registration order)."""
     return dict(_MODELS)
