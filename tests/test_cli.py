@@ -40,26 +40,27 @@ def test_evaluate_writes_table_json_and_plots(log_csv, tmp_path, capsys):
         [
             "evaluate", "--data", log_csv, "--columns", "user=uid,item=movie,timestamp=ts",
             "--models", "pop,item-knn", "--protocol", "both", "--base-fraction", "0.5",
-            "--blocks", "3", "--chunk-size", "50", "--out", out_dir, "--no-progress",
+            "--blocks", "3", "--chunk-size", "50,25", "--out", out_dir, "--no-progress",
         ],
         capsys,
     )
     assert code == 0, err
     lines = [ln for ln in out.splitlines() if ln.startswith(("pop ", "item-knn "))]
-    assert len(lines) == 4  # two models x two protocols
+    assert len(lines) == 6  # two models x (blocks, chunks of 50, chunks of 25)
     doc = json.loads((out_dir / "results.json").read_text())
     results = doc["results"] if isinstance(doc, dict) else doc
-    assert {(r["model"], r["protocol"]) for r in results} == {
-        ("pop", "blocks"), ("item-knn", "blocks"), ("pop", "chunks"), ("item-knn", "chunks")
-    }
+    assert sorted((r["model"], r["protocol"], r["params"].get("chunk_size")) for r in results) == [
+        ("item-knn", "blocks", None), ("item-knn", "chunks", 25), ("item-knn", "chunks", 50),
+        ("pop", "blocks", None), ("pop", "chunks", 25), ("pop", "chunks", 50),
+    ]
     for r in results:
         assert 0.0 <= r["metrics"]["Hits@10"] <= 1.0
         assert r["n_tested"] + r["n_skipped"] == 300
         assert r["metrics"]["Hits@1"] <= r["metrics"]["Hits@10"] <= r["metrics"]["Hits@20"]
     blocks = [r for r in results if r["protocol"] == "blocks"]
     assert all(len(r["segments"]) == 3 for r in blocks)
-    for protocol in ("blocks", "chunks"):
-        png = (out_dir / f"hits10_{protocol}.png").read_bytes()
+    for setting in ("blocks", "chunks50", "chunks25"):
+        png = (out_dir / f"hits10_{setting}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     # the structured items really are easier than random for item-knn
     knn = next(r for r in blocks if r["model"] == "item-knn")

@@ -59,6 +59,14 @@ def _columns(text: str) -> dict[str, str]:
     return out
 
 
+def _sizes(text: str) -> list[int]:
+    """``--chunk-size 100,1000``: one or more whole numbers >= 1, in the order given."""
+    sizes = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected one or more whole numbers, got {text!r}")
+    return list(dict.fromkeys(sizes))
+
+
 def _param(text: str) -> tuple[str, str, Any]:
     """``MODEL.KEY=VALUE`` with VALUE parsed as JSON when it is JSON, else kept as text."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
@@ -121,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated model names (default: %(default)s)",
     )
     ev.add_argument("--protocol", choices=["blocks", "chunks", "both"], default="blocks")
-    ev.add_argument("--chunk-size", type=positive_int, default=1000)
+    ev.add_argument(
+        "--chunk-size",
+        type=_sizes,
+        default=[1000],
+        help="events per chunk in the chunks protocol; several, comma-separated, run each "
+        "(e.g. 100,1000; default 1000)",
+    )
     ev.add_argument("--base-fraction", type=fraction, default=0.6)
     ev.add_argument("--blocks", type=positive_int, default=5)
     ev.add_argument("--seed", type=int, default=0)
@@ -242,13 +256,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     source, events = _load_events(args)
     log.info("%s: %d events", source, len(events))
     protocols = ["blocks", "chunks"] if args.protocol == "both" else [args.protocol]
+    settings = [
+        (protocol, size)
+        for protocol in protocols
+        for size in (args.chunk_size if protocol == "chunks" else [args.chunk_size[0]])
+    ]
     results = []
-    for protocol in protocols:
+    for protocol, chunk_size in settings:
+        label = protocol if protocol == "blocks" else f"chunks {chunk_size}"
         for name in models:
             model = make_model(name, seed=args.seed, **overrides[name])
             with tqdm(
                 total=len(events),
-                desc=f"{name} [{protocol}]",
+                desc=f"{name} [{label}]",
                 unit="ev",
                 file=sys.stderr,
                 disable=args.no_progress,
@@ -265,7 +285,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                     protocol=protocol,
                     base_fraction=args.base_fraction,
                     n_blocks=args.blocks,
-                    chunk_size=args.chunk_size,
+                    chunk_size=chunk_size,
                     seed=args.seed,
                     progress=progress,
                 )
@@ -275,9 +295,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(results, args.out / "results.json")
     written = [args.out / "results.json"]
-    for protocol in protocols:
-        subset = [r for r in results if r.protocol == protocol]
-        png = args.out / f"hits10_{protocol}.png"
+    for setting in dict.fromkeys(r.setting for r in results):
+        subset = [r for r in results if r.setting == setting]
+        png = args.out / f"hits10_{setting.replace(' ', '')}.png"
         plot_segments(subset, png)
         written.append(png)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -13,6 +13,7 @@ from nmrn.data.events import EventBatch, as_events
 from nmrn.errors import ConfigError, DataError
 from nmrn.evaluation.protocol import (
     METRICS,
+    NEW_USER_EVENTS,
     SAMPLED_HITS,
     evaluate,
     iter_evaluate,
@@ -123,7 +124,7 @@ def reference(model, log, *, protocol, base_fraction, n_blocks=5, chunk_size=10,
     n_base = math.floor(base_fraction * n)
     model.fit(log[:n_base])
     parts = _parts(n, n_base, protocol, n_blocks, chunk_size)
-    per_part, per_event = [], []
+    per_part, per_event, new_user = [], [], []
     for start, stop in parts:
         known_users = {u for u, _ in events[:start]}
         known_items = list(dict.fromkeys(i for _, i in events[:start]))
@@ -152,6 +153,8 @@ def reference(model, log, *, protocol, base_fraction, n_blocks=5, chunk_size=10,
                     _avg(sg, st, lambda r: float(r <= 10)),
                 ]
             )
+            if sum(uu == u for uu, _ in events[:p]) < NEW_USER_EVENTS:
+                new_user.append(rows[-1])
         model.learn(log[start:stop])
         per_part.append(rows)
         per_event += rows
@@ -159,6 +162,9 @@ def reference(model, log, *, protocol, base_fraction, n_blocks=5, chunk_size=10,
         headline = np.mean([np.mean(rows, axis=0) for rows in per_part if rows], axis=0)
     else:
         headline = np.mean(per_event, axis=0)
+    reference.new_user = (  # type: ignore[attr-defined]
+        len(new_user), dict(zip(METRICS, np.mean(new_user, axis=0).tolist(), strict=True))
+    )
     return dict(zip(METRICS, headline.tolist(), strict=True)), len(per_event)
 
 
@@ -183,6 +189,11 @@ def test_matches_the_per_event_reference(protocol, seed):
     assert result.n_tested + result.n_skipped + result.n_base == len(log)
     for name in METRICS:
         assert result.metrics[name] == pytest.approx(expected[name], abs=1e-12), name
+    # the events of users with fewer than NEW_USER_EVENTS earlier events, counted by hand
+    n_new, new_metrics = reference.new_user
+    assert result.n_tested_new == n_new and 0 < n_new < n_tested
+    for name in METRICS:
+        assert result.new_user_metrics[name] == pytest.approx(new_metrics[name], abs=1e-12)
 
 
 # -- exclusions ----------------------------------------------------------------------------------

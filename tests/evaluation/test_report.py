@@ -102,10 +102,15 @@ def test_table_has_one_row_per_result_and_aligned_columns(results):
     assert set(lines[1]) == {"-", " "}
     assert len({len(line) for line in lines}) == 1  # last column right-aligned: equal widths
     rows = [line.split() for line in lines[2:]]
-    assert [row[:2] for row in rows] == [["constant", "blocks"], ["constant", "chunks"]]
+    assert [row[:3] for row in rows] == [
+        ["constant", "blocks", f"{results[0].metrics['Hits@1']:.4f}"],
+        ["constant", "chunks", "7"],  # the chunk size belongs to the setting
+    ]
     for row, result in zip(rows, results, strict=True):
-        assert row[2] == f"{result.metrics['Hits@1']:.4f}"
-        assert row[-4:-2] == [str(result.n_tested), str(result.n_skipped)]
+        new = result.new_user_metrics["Hits@10"]
+        shown = "-" if math.isnan(new) else f"{new:.4f}"  # no new user: nothing to average
+        assert row[-6:-2] == [str(result.n_tested), str(result.n_skipped), shown,
+                              str(result.n_tested_new)]
 
 
 def test_table_shows_sample_size_and_dashes_for_nan():

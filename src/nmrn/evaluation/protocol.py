@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -50,6 +50,7 @@ from nmrn.evaluation.metrics import expected_hits, expected_ndcg, expected_rr, r
 __all__ = [
     "HITS_KS",
     "METRICS",
+    "NEW_USER_EVENTS",
     "PROTOCOLS",
     "SAMPLED_HITS",
     "EvalResult",
@@ -69,6 +70,8 @@ SAMPLED_HITS = "Hits@10 (sampled)"
 METRICS = (*(f"Hits@{k}" for k in HITS_KS), f"NDCG@{NDCG_K}", "MRR", SAMPLED_HITS)
 #: Number of report segments of the test stream in chunk mode.
 N_CHUNK_SEGMENTS = 5
+#: A tested event is a "new user" event when its user had fewer earlier events than this.
+NEW_USER_EVENTS = 5
 
 ProgressFn = Callable[[int, int], None]
 
@@ -148,6 +151,10 @@ class EvalResult:
         Wall time of ``fit`` and of all ``learn`` calls together.
     fit_events_per_s, learn_events_per_s
         Throughput of each (NaN when the time measured is zero).
+    n_tested_new, new_user_metrics
+        The tested events whose user had fewer than :data:`NEW_USER_EVENTS` earlier events in
+        the log (history included), and the mean of each metric over them, in both protocols
+        (NaN if there is none). Where memory of a user's first steps should show.
     """
 
     model: str
@@ -162,6 +169,14 @@ class EvalResult:
     learn_seconds: float
     fit_events_per_s: float
     learn_events_per_s: float
+    n_tested_new: int = 0
+    new_user_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def setting(self) -> str:
+        """The protocol with its size: ``"blocks"``, or ``"chunks 1000"``."""
+        size = self.params.get("chunk_size")
+        return f"chunks {size}" if self.protocol == "chunks" and size is not None else self.protocol
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of every field, segments included."""
@@ -180,6 +195,9 @@ class EvalResult:
             n_skipped=int(data["n_skipped"]),
             n_base=int(data["n_base"]),
             **{key: _float(data[key]) for key in _TIMING_FIELDS},
+            # absent from results written before the new-user figures existed
+            n_tested_new=int(data.get("n_tested_new", 0)),
+            new_user_metrics=_floats(data.get("new_user_metrics") or {}),
         )
 
 
@@ -445,6 +463,8 @@ class Evaluation(Iterator[SegmentResult]):
         sums = np.zeros((n_seg, len(METRICS)), dtype=np.float64)
         tested = np.zeros(n_seg, dtype=np.int64)
         skipped = np.zeros(n_seg, dtype=np.int64)
+        new_sums = np.zeros(len(METRICS), dtype=np.float64)
+        n_new = 0
 
         start_time = time.perf_counter()
         self.model.fit(self.events[:n_base])
@@ -464,6 +484,9 @@ class Evaluation(Iterator[SegmentResult]):
                 seg_tested = seg_of[warm]
                 np.add.at(sums, seg_tested, values)
                 np.add.at(tested, seg_tested, 1)
+                new = stream.rank_in_user[positions] < NEW_USER_EVENTS
+                new_sums += values[new].sum(axis=0)
+                n_new += int(new.sum())
 
             start_time = time.perf_counter()
             self.model.learn(self.events[start:stop])
@@ -508,6 +531,8 @@ class Evaluation(Iterator[SegmentResult]):
             learn_seconds=learn_seconds,
             fit_events_per_s=_rate(n_base, fit_seconds),
             learn_events_per_s=_rate(n_test, learn_seconds),
+            n_tested_new=n_new,
+            new_user_metrics=_means(new_sums, n_new),
         )
 
     def _score_part(self, stream: _Stream, start: int, positions: np.ndarray) -> np.ndarray:

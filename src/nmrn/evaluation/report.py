@@ -37,8 +37,10 @@ def _sampled_header(results: Sequence[EvalResult]) -> str:
 def format_table(results: Sequence[EvalResult]) -> str:
     """An aligned text table, one row per result.
 
-    Columns: model, protocol, Hits@1/5/10/20, NDCG@10, MRR, the sampled Hits@10, tested and
-    skipped events, fit seconds and learn events/s. Metrics have 4 decimals; a value that could
+    Columns: model, protocol (with the chunk size), Hits@1/5/10/20, NDCG@10, MRR, the sampled
+    Hits@10, tested and skipped events, Hits@10 over the tested events of new users (fewer than
+    :data:`~nmrn.evaluation.protocol.NEW_USER_EVENTS` earlier events) and how many there were,
+    fit seconds and learn events/s. Metrics have 4 decimals; a value that could
     not be measured (nothing tested) shows as ``-``.
 
     Parameters
@@ -58,18 +60,20 @@ def format_table(results: Sequence[EvalResult]) -> str:
     ...                n_tested=10, n_skipped=2, n_base=50, fit_seconds=0.25,
     ...                learn_seconds=0.5, fit_events_per_s=200.0, learn_events_per_s=120.0)
     >>> lines = format_table([r]).splitlines()
-    >>> lines[0].split("  ")[-5:]
-    ['Hits@10(100 sampled)', 'tested', 'skipped', 'fit s', 'learn ev/s']
-    >>> lines[2].split()[:3], lines[2].split()[-4:]
-    (['pop', 'blocks', '0.5000'], ['10', '2', '0.25', '120'])
+    >>> lines[0].split("  ")[-7:]
+    ['Hits@10(100 sampled)', 'tested', 'skipped', 'new H@10', 'new', 'fit s', 'learn ev/s']
+    >>> lines[2].split()[:3], lines[2].split()[-6:]
+    (['pop', 'blocks', '0.5000'], ['10', '2', '-', '0', '0.25', '120'])
     """
     headers = ["model", "protocol", *METRICS[:-1], _sampled_header(results)]
-    headers += ["tested", "skipped", "fit s", "learn ev/s"]
+    headers += ["tested", "skipped", "new H@10", "new", "fit s", "learn ev/s"]
     rows = []
     for r in results:
-        row = [r.model, r.protocol]
+        row = [r.model, r.setting]
         row += [_number(r.metrics.get(name, math.nan)) for name in METRICS]
-        row += [str(r.n_tested), str(r.n_skipped), _number(r.fit_seconds, 2)]
+        row += [str(r.n_tested), str(r.n_skipped)]
+        row += [_number(r.new_user_metrics.get("Hits@10", math.nan)), str(r.n_tested_new)]
+        row += [_number(r.fit_seconds, 2)]
         row.append(_number(r.learn_events_per_s, 0))
         rows.append(row)
     widths = [max([len(h), *(len(row[j]) for row in rows)]) for j, h in enumerate(headers)]
@@ -164,7 +168,7 @@ def plot_segments(
     for r in results:
         xs = [s.index + 1 for s in r.segments]
         ys = [s.metrics.get(metric, math.nan) for s in r.segments]
-        ax.plot(xs, ys, marker="o", label=f"{r.model} ({r.protocol})")
+        ax.plot(xs, ys, marker="o", label=f"{r.model} ({r.setting})")
     protocols = {r.protocol for r in results}
     if protocols == {"blocks"}:
         ax.set_xlabel("test block")
