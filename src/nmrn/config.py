@@ -323,6 +323,15 @@ class ModelConfig(Config):
         mean of the vectors of the items of their first events (clipped to ``max_norm``).
     init_std
         Standard deviation of the normal initialisation of embeddings and memories.
+    context_len
+        L, the user's most recent items that join the memory's query (0: the paper's model, the
+        query is the user vector alone). With L > 0 the query is
+        ``q = u + sum_j context_decay**j v_{i_j}`` over the user's last L items ``i_0`` (the
+        most recent), ``i_1``, ...: it addresses the read and the write (and is the personal
+        offset), so the read changes as soon as the user acts, and a user with one event
+        already reads a meaningful vector.
+    context_decay
+        gamma, the weight of the j-th most recent item is ``gamma**j``, in (0, 1].
     """
 
     dim: int = option(64, Int(low=1))  # d
@@ -336,6 +345,8 @@ class ModelConfig(Config):
     per_user_memory: bool = option(False, Bool())
     cold_user_init: str = option("random", OneOf(COLD_USER_INIT))
     init_std: float = option(0.1, Real(low=0.0, low_open=True))
+    context_len: int = option(0, Int(low=0, high=1000))
+    context_decay: float = option(0.5, Real(low=0.0, high=1.0, low_open=True))
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,35 @@ def test_million_events_in_chunks():
     u = int(users[123])
     assert h.items_of(u).tolist() == items[users == u].tolist()
     assert len(h) == 1_000_000
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 9)), min_size=0, max_size=40),
+    st.integers(0, 40),
+    st.integers(0, 6),
+)
+@settings(max_examples=150, deadline=None)
+def test_contexts_do_not_depend_on_how_the_stream_is_cut(
+    events: list[tuple[int, int]], cut: int, length: int
+) -> None:
+    users = np.array([u for u, _ in events], dtype=np.int64)
+    items = np.array([i for _, i in events], dtype=np.int64)
+    cut = min(cut, len(events))
+    # the oracle: for each event, the user's earlier items, most recent first
+    expected = np.full((len(events), length), -1, dtype=np.int64)
+    for k, (u, _) in enumerate(events):
+        before = [i for uu, i in events[:k] if uu == u][::-1][:length]
+        expected[k, : len(before)] = before
+    whole = History()
+    np.testing.assert_array_equal(whole.contexts(users, items, length), expected)
+    split = History()
+    first = split.contexts(users[:cut], items[:cut], length)
+    split.append(users[:cut], items[:cut])
+    second = split.contexts(users[cut:], items[cut:], length)
+    np.testing.assert_array_equal(np.concatenate([first, second]), expected)
+    split.append(users[cut:], items[cut:])
+    np.testing.assert_array_equal(
+        split.recent(np.arange(6), length),
+        np.array([([i for uu, i in events if uu == u][::-1][:length] + [-1] * length)[:length]
+                  for u in range(6)], dtype=np.int64).reshape(6, length),
+    )

@@ -91,3 +91,39 @@ def test_growth_keeps_old_rows_exactly() -> None:
 def test_bad_addressing_rejected() -> None:
     with pytest.raises(ValueError, match="addressing"):
         NMRNNetwork(1, 1, dim=2, memory_slots=1, addressing="cos")
+
+
+def test_context_query_by_hand_and_against_a_per_event_oracle() -> None:
+    # q = u + sum_j gamma^j c_j addresses the read and the write, and is the personal offset
+    net = _net(context_len=2, context_decay=0.5, personal_offset=True)
+    users, pos = torch.tensor([0, 2, 0]), torch.tensor([1, 5, 3])
+    u, v = net.user_emb[users], net.item_emb[pos]
+    ctx_items = torch.tensor([[4, -1], [0, 2], [1, 4]])  # -1: the user has no second item
+    present = (ctx_items >= 0)[..., None]  # [3, 2, 1]
+    context = net.item_emb[ctx_items.clamp_min(0)] * present  # zero vectors where absent
+    q = net.query(u, context)
+    e = net.item_emb
+    by_hand = torch.stack([u[0] + e[4], u[1] + e[0] + 0.5 * e[2], u[2] + e[1] + 0.5 * e[4]])
+    torch.testing.assert_close(q, by_hand)
+    s, final = net.read_batch(u, v, net.init_values, None, context)
+    reads, final_ref = evolve_sequential(net.init_values, address(by_hand, net.keys), *net.gates(v))
+    torch.testing.assert_close(s, reads + by_hand)
+    torch.testing.assert_close(final, final_ref)
+    # scoring every item uses the same query
+    all_d = net.score_all(u, net.init_values, context=context)
+    s_now = net.interest(q, net.address(q), net.init_values)
+    torch.testing.assert_close(all_d[:, 3], net.distance(s_now, net.item_emb[3].expand(3, 3)))
+
+
+def test_gradcheck_through_the_context_query() -> None:
+    net = _net(context_len=3, context_decay=0.7, addressing="neg_dist")
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    context = torch.randn(4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def interests(u: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        s, final = net.read_batch(u, v, net.init_values, None, c)
+        return torch.cat([s.reshape(-1), final.reshape(-1)])
+
+    assert torch.autograd.gradcheck(interests, (u, v, context))

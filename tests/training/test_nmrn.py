@@ -329,3 +329,51 @@ def test_the_score_cache_follows_training_exactly() -> None:
         assert torch.equal(rec._score_cache[1], full)
         rec._score_cache = None  # force a full rebuild: the same scores
         np.testing.assert_array_equal(rec.score(rec.known_users[:4], rec.known_items), got)
+
+
+def test_with_a_context_query_one_event_changes_the_users_recommendations() -> None:
+    # the query moves to the item the user just consumed, even when training barely moves the
+    # weights (lr 1e-9): the read changes at once
+    log = _stream(200)
+    rec = _model(context_len=5, per_user_memory=True, lr=1e-9).fit(log)
+    user = log.user.iloc[0]
+    top = rec.recommend(user, k=10).items.tolist()
+    item = next(i for i in rec.known_items.tolist() if i not in top)
+    query_before = _query(rec, user)
+    rec.learn(pd.DataFrame({"user": [user], "item": [item], "timestamp": [1e9]}))
+    assert rec.recommend(user, k=10).items.tolist() != top
+    # the new query is the old one with the new item in front, the older ones decayed
+    row = rec.users.get(user)
+    gamma = rec.config.model.context_decay
+    recent = rec.history.recent([row], 5)[0]
+    assert recent[0] == rec.items.get(item)
+    with torch.no_grad():
+        e, u = rec.network.item_emb, rec.network.user_emb[row]
+        sixth = rec.history.recent([row], 6)[0][5]  # fell out of the last five
+        dropped = e[sixth] if sixth >= 0 else 0.0
+        expected = u + e[recent[0]] + gamma * (query_before - u - gamma**4 * dropped)
+    torch.testing.assert_close(_query(rec, user), expected, rtol=0, atol=1e-5)
+
+
+def _query(rec: NMRN, user: object) -> torch.Tensor:
+    row = rec.users.get(user)
+    recent = torch.from_numpy(rec.history.recent([row], rec.config.model.context_len))
+    context = rec._context_vectors(recent, leaf=False)[0]
+    with torch.no_grad():
+        return rec.network.query(rec.network.user_emb[row : row + 1], context)[0]
+
+
+def test_context_query_checkpoint_round_trip_and_old_checkpoints_load(tmp_path) -> None:
+    rec = _model(context_len=4).fit(_stream(80))
+    loaded = NMRN.load(rec.save(tmp_path / "ctx"))
+    np.testing.assert_array_equal(loaded.score([0, 1], rec.known_items),
+                                  rec.score([0, 1], rec.known_items))
+    # a checkpoint written before context_len existed has no such architecture field
+    plain = _model().fit(_stream(40))
+    arrays, meta = plain._state()
+    del meta["architecture"]["context_len"], meta["architecture"]["context_decay"]
+    _model()._grow(len(plain.users), len(plain.items))
+    twin = _model()
+    twin.users, twin.items = plain.users, plain.items
+    twin._grow(len(plain.users), len(plain.items))
+    twin._load_state(arrays, meta)  # no architecture mismatch

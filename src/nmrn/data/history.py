@@ -93,6 +93,61 @@ class History:
         """Events per user index, shape ``[n_users]``."""
         return self._lens.copy()
 
+    def recent(self, users: np.ndarray | list[int], length: int) -> np.ndarray:
+        """The last ``length`` items of each user, most recent first, ``-1`` where a user has
+        fewer: ``[n, length]`` int64 (unknown users, index < 0, get a row of ``-1``).
+
+        >>> h = History()
+        >>> h.append([0, 0, 0, 1], [5, 6, 7, 8])
+        >>> h.recent([0, 1, 2], 2).tolist()
+        [[7, 6], [8, -1], [-1, -1]]
+        """
+        users = np.asarray(users, dtype=np.int64)
+        out = np.full((len(users), length), -1, dtype=np.int64)
+        if length == 0:
+            return out
+        for row, u in enumerate(users.tolist()):
+            tail = self.items_of(u)[-length:]
+            out[row, : len(tail)] = tail[::-1]
+        return out
+
+    def contexts(
+        self, users: np.ndarray | list[int], items: np.ndarray | list[int], length: int
+    ) -> np.ndarray:
+        """For each event of a time-ordered batch *not yet appended*, the last ``length`` items
+        its user consumed before it, most recent first: the user's earlier events in the batch,
+        then the stored history; ``-1`` where there are fewer. ``[n, length]`` int64.
+
+        The answer does not depend on how a stream is cut into batches: appending a batch and
+        asking about the next one gives the same rows as asking about both at once.
+
+        >>> h = History()
+        >>> h.append([0], [5])
+        >>> h.contexts([0, 1, 0], [6, 9, 7], 3).tolist()
+        [[5, -1, -1], [-1, -1, -1], [6, 5, -1]]
+        """
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        n = len(users)
+        out = np.full((n, length), -1, dtype=np.int64)
+        if n == 0 or length == 0:
+            return out
+        order = np.argsort(users, kind="stable")
+        su, si = users[order], items[order]
+        first = np.r_[True, su[1:] != su[:-1]]
+        group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        rank = np.arange(n) - group_start  # earlier events of the same user in the batch
+        uniq, row_of = np.unique(su, return_inverse=True)
+        stored = self.recent(uniq, length)  # [U, length]
+        ctx = np.empty((n, length), dtype=np.int64)
+        for lag in range(1, length + 1):
+            in_batch = rank >= lag
+            from_batch = si[np.maximum(np.arange(n) - lag, 0)]
+            from_stored = stored[row_of, np.clip(lag - rank - 1, 0, length - 1)]
+            ctx[:, lag - 1] = np.where(in_batch, from_batch, from_stored)
+        out[order] = ctx
+        return out
+
     def seen_pairs(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Coordinates ``(rows, items)`` of every item seen by each of ``users``.
 

@@ -121,6 +121,12 @@ class NMRNNetwork(nn.Module):
         else:
             self.register_buffer("log_temperature", log_t)
         self.bias = nn.Parameter(torch.zeros(n_items)) if config.item_bias else None
+        # gamma**j for the j-th most recent item of the query's context (not learned)
+        self.context_len = config.context_len
+        decay = config.context_decay ** torch.arange(config.context_len, dtype=torch.float64)
+        self.register_buffer(
+            "context_weights", decay.to(torch.get_default_dtype()), persistent=False
+        )
 
     # -- sizes and growth --------------------------------------------------------------------------
     @property
@@ -148,6 +154,16 @@ class NMRNNetwork(nn.Module):
     def temperature(self) -> Tensor:
         """The softmax temperature (0-d tensor)."""
         return self.log_temperature.exp()
+
+    def query(self, u: Tensor, context: Tensor | None = None) -> Tensor:
+        """The memory's query: ``u``, plus ``sum_j gamma**j c_j`` over the context vectors.
+
+        ``u [B, d]``; ``context [B, L, d]`` (the vectors of each user's last L items, most
+        recent first, zero rows where a user has fewer) or None -> ``[B, d]``.
+        """
+        if context is None or self.context_len == 0:
+            return u
+        return u + torch.einsum("l,bld->bd", self.context_weights, context)
 
     def address(self, u: Tensor) -> Tensor:
         """Attention ``[B, H]`` of users ``u [B, d]`` over the slots."""
@@ -200,6 +216,7 @@ class NMRNNetwork(nn.Module):
         index: Tensor | None = None,
         pos_bias: Tensor | None = None,
         neg_bias: Tensor | None = None,
+        context: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Score a time-ordered mini-batch of events, then apply their writes.
 
@@ -221,6 +238,9 @@ class NMRNNetwork(nn.Module):
             ``[B]`` long: which of the S memories each event uses, or None.
         pos_bias, neg_bias
             ``[B]`` and ``[B, T]`` item biases (``item_bias=True``), or None.
+        context
+            ``[B, L, d]`` the vectors of each event's context items (see :meth:`query`), or
+            None.
 
         Returns
         -------
@@ -231,22 +251,30 @@ class NMRNNetwork(nn.Module):
         final : Tensor
             The value memory after the batch, shaped like ``values0``.
         """
-        s, final = self.read_batch(u, v_pos, values0, index)  # [B, d], like values0
+        s, final = self.read_batch(u, v_pos, values0, index, context)  # [B, d], like values0
         return self.distance(s, v_pos, pos_bias), self.distance(s, v_neg, neg_bias), final
 
     def read_batch(
-        self, u: Tensor, v_pos: Tensor, values0: Tensor, index: Tensor | None = None
+        self,
+        u: Tensor,
+        v_pos: Tensor,
+        values0: Tensor,
+        index: Tensor | None = None,
+        context: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Interests of a time-ordered mini-batch, and the memory after its writes.
 
         ``u [B, d]``, ``v_pos [B, d]``, ``values0 [H, d]`` (or ``[S, H, d]`` with ``index
-        [B]``) -> ``(s [B, d], final)``: event ``t``'s interest is read from the memory as left
-        by events ``< t``; its positive item then writes (:func:`nmrn.model.memory.evolve`).
+        [B]``), ``context [B, L, d]`` or None -> ``(s [B, d], final)``: event ``t``'s interest
+        is read from the memory as left by events ``< t``, addressed by its query
+        (:meth:`query`); its positive item then writes where the query points
+        (:func:`nmrn.model.memory.evolve`).
         """
-        w = self.address(u)  # [B, H]
+        q = self.query(u, context)  # [B, d]
+        w = self.address(q)  # [B, H]
         erase, add = self.gates(v_pos)  # [B, d] each
         s, final = evolve(values0, w, erase, add, index)  # [B, d], like values0
-        return (s + u if self.personal_offset else s), final
+        return (s + q if self.personal_offset else s), final
 
     @torch.no_grad()
     def score_all(
@@ -255,6 +283,7 @@ class NMRNNetwork(nn.Module):
         values: Tensor,
         items: Tensor | None = None,
         item_sq_norms: Tensor | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """Distances from each user's interest to every item (lower is better), in float64.
 
@@ -272,6 +301,8 @@ class NMRNNetwork(nn.Module):
             ``[N, d]`` item vectors; defaults to the whole item table.
         item_sq_norms
             ``[N]`` cached ``||v||^2`` of ``items`` (saves one pass over the table).
+        context
+            ``[n, L, d]`` the vectors of each user's last L items (see :meth:`query`), or None.
 
         Returns
         -------
@@ -279,7 +310,8 @@ class NMRNNetwork(nn.Module):
             ``[n, N]`` float64 distances, with the item bias added when enabled.
         """
         items = self.item_emb if items is None else items
-        s = self.interest(u, self.address(u), values)  # [n, d]
+        q = self.query(u, context)  # [n, d]
+        s = self.interest(q, self.address(q), values)  # [n, d]
         if item_sq_norms is None:
             item_sq_norms = (items.double() ** 2).sum(dim=-1)
         dots = torch.mm(items, s.T).T.double()  # [n, N]; items row-major: a plain gemv for n=1

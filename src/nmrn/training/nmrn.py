@@ -63,6 +63,8 @@ _ADAGRAD_EPS = 1e-10
 _ARCHITECTURE = (
     "dim",
     "memory_slots",
+    "context_len",
+    "context_decay",
     "addressing",
     "learn_temperature",
     "personal_offset",
@@ -72,6 +74,8 @@ _ARCHITECTURE = (
     "optimizer",
     "sampler",
 )
+# Architecture fields added after checkpoints were first written, with the value those had.
+_ADDED_ARCHITECTURE = {"context_len": 0, "context_decay": 0.5}
 _TABLES = ("user_emb", "item_emb", "bias")  # row-sparse updates; the rest is dense
 
 
@@ -124,6 +128,7 @@ class NMRN(Recommender):
         return {
             "faithful": small,
             "per-user-memory": {**small, "per_user_memory": True},
+            "context": {**small, "context_len": 3, "context_decay": 0.6},
             "variants": {
                 **small,
                 "addressing": "neg_dist",
@@ -189,15 +194,16 @@ class NMRN(Recommender):
         self._fresh_from = None  # cold_user_init applies to users first seen in learn()
         self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
         epochs = self.config.train.epochs
+        ctx = self._contexts(users, items)
         if epochs == 0:
-            self._advance(users, items)
+            self._advance(users, items, ctx)
 
         def run_epoch(epoch: int) -> None:
             self._reset_memory()  # every epoch starts from the learned initial memory
-            self._run_batches(users, items, where=f"fit epoch {epoch + 1}/{epochs}")
+            self._run_batches(users, items, ctx, where=f"fit epoch {epoch + 1}/{epochs}")
 
         fit_schedule(epochs, self._sampler, run_epoch,
-                     lambda: self._pretrain_generator(users, items))
+                     lambda: self._pretrain_generator(users, items, ctx))
 
     def _learn(
         self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, weights: Any
@@ -210,19 +216,51 @@ class NMRN(Recommender):
         # replays from their state before the batch. (Copying the whole per-user memory per
         # call cost 43 ms on a 20,000-user model, whatever the batch.)
         passes = self.config.train.learn_passes
+        ctx = self._contexts(users, items)
         start = self._snapshot_rows(users) if passes > 1 else None
         for p in range(passes):
             if p > 0:  # replay from the same state: the memory evolves once per event
                 assert start is not None
                 self._restore_rows(start)
-            self._run_batches(users, items, where=f"learn pass {p + 1}/{passes}")
+            self._run_batches(users, items, ctx, where=f"learn pass {p + 1}/{passes}")
 
-    def _run_batches(self, users: np.ndarray, items: np.ndarray, *, where: str) -> None:
+    def _contexts(self, users: np.ndarray, items: np.ndarray) -> Tensor | None:
+        """``[N, L]`` each event's context items (its user's last L items before it, -1 where
+        fewer), or None without a context query. The same however the stream is cut."""
+        length = self.config.model.context_len
+        if length == 0:
+            return None
+        return torch.from_numpy(self.history.contexts(users, items, length))
+
+    def _context_vectors(
+        self, ctx: Tensor | None, *, leaf: bool
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``(vectors [B, L, d], unique item rows, their leaf)`` of context items ``ctx [B, L]``
+        (zero vectors at -1); with ``leaf`` the rows are a leaf tensor whose gradient is their
+        sparse update."""
+        if ctx is None:
+            return None, None, None
+        table = self.network.item_emb.detach()
+        valid = (ctx >= 0).reshape(-1)
+        slots = torch.nonzero(valid).squeeze(1).to(self._device)  # [V]
+        uniq, inverse = torch.unique(ctx.reshape(-1)[valid].to(self._device), return_inverse=True)
+        rows = table[uniq]  # [C, d]
+        if leaf:
+            rows.requires_grad_()
+        b, length = ctx.shape
+        flat = table.new_zeros(b * length, table.shape[1])
+        vectors = flat.index_copy(0, slots, rows.index_select(0, inverse)).view(b, length, -1)
+        return vectors, uniq, rows
+
+    def _run_batches(
+        self, users: np.ndarray, items: np.ndarray, ctx: Tensor | None, *, where: str
+    ) -> None:
         u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
         i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
         size = self.config.train.batch_size
         for lo in range(0, len(u_all), size):
-            self._train_batch(u_all[lo : lo + size], i_all[lo : lo + size], where)
+            part = None if ctx is None else ctx[lo : lo + size]
+            self._train_batch(u_all[lo : lo + size], i_all[lo : lo + size], part, where)
 
     def _reset_memory(self) -> None:
         if self.config.model.per_user_memory:
@@ -281,7 +319,7 @@ class NMRN(Recommender):
         else:
             self._memory = final.detach()
 
-    def _train_batch(self, users: Tensor, items: Tensor, where: str) -> None:
+    def _train_batch(self, users: Tensor, items: Tensor, ctx: Tensor | None, where: str) -> None:
         net, dev = self.network, self._device
         n_cand = self.config.train.n_candidates
         proposal = self._sampler.propose(users, items, n_cand, generator=self._gen)
@@ -295,7 +333,8 @@ class NMRN(Recommender):
         u = u_rows.index_select(0, inv_u)  # [B, d]; backward = index_add
         v_pos = p_rows.index_select(0, inv_p)  # [B, d]
         index = inv_u if self.config.model.per_user_memory else None
-        s, final = net.read_batch(u, v_pos, self._batch_memory(uniq_u), index)  # [B, d]
+        context, uniq_c, c_rows = self._context_vectors(ctx, leaf=True)  # [B, L, d] or None
+        s, final = net.read_batch(u, v_pos, self._batch_memory(uniq_u), index, context)  # [B, d]
         # Only the hardest of the T candidates gets a gradient (the hinge takes their min), so
         # all T distances are computed without autograd and the hardest one again with it.
         with torch.no_grad():
@@ -315,6 +354,8 @@ class NMRN(Recommender):
             hb_rows = net.bias.detach()[uniq_h].requires_grad_()  # [Q]
             pos_bias, hard_bias = pb_rows[inv_p], hb_rows[inv_h]
             leaves += [pb_rows, hb_rows]
+        if c_rows is not None:
+            leaves.append(c_rows)  # last: the context items' rows [C, d]
         d_pos = net.distance(s, v_pos, pos_bias)  # [B]
         d_hard = net.distance(s, h_rows.index_select(0, inv_h), hard_bias)  # [B]
         margin = self.config.train.margin
@@ -336,28 +377,40 @@ class NMRN(Recommender):
             scale = (self.config.train.grad_clip / total).clamp(max=1.0)
             grads = [None if g is None else g * scale for g in grads]
         with torch.no_grad():
-            # A row can be both a positive and a hardest negative: sum its two gradients.
+            # A row can be a positive, a hardest negative and a context item: sum its gradients.
             uniq_i, inv_i = torch.unique(torch.cat([uniq_p, uniq_h]), return_inverse=True)
             self._update_rows("user_emb", uniq_u, grads[0])
-            self._update_rows("item_emb", uniq_i, _merge(len(uniq_i), inv_i, grads[1], grads[2]))
+            touched = uniq_i  # item rows whose embedding changes
+            if c_rows is None:
+                merged = _merge(len(uniq_i), inv_i, grads[1], grads[2])
+                self._update_rows("item_emb", uniq_i, merged)
+            else:
+                assert uniq_c is not None
+                uniq_e, inv_e = torch.unique(torch.cat([uniq_p, uniq_h, uniq_c]),
+                                             return_inverse=True)
+                merged = _merge(len(uniq_e), inv_e, grads[1], grads[2], grads[len(leaves) - 1])
+                self._update_rows("item_emb", uniq_e, merged)
+                touched = uniq_e
             if net.bias is not None:
                 self._update_rows("bias", uniq_i, _merge(len(uniq_i), inv_i, grads[3], grads[4]))
             for (name, param), grad in zip(dense.items(), grads[len(leaves) :], strict=True):
                 if grad is not None:
                     self._update_dense(name, param, grad)
             _clip_rows(net.user_emb.data, uniq_u, self.config.train.max_norm)
-            _clip_rows(net.item_emb.data, uniq_i, self.config.train.max_norm)
+            _clip_rows(net.item_emb.data, touched, self.config.train.max_norm)
             for name in ("keys", "init_values"):
                 _clip_rows(getattr(net, name).data, None, self.config.train.max_norm)
         self._store_memory(uniq_u, final)
         self._step += 1
-        self._items_changed(uniq_i)
+        self._items_changed(touched)
         violating = self.config.train.margin + d_pos.detach()[:, None] - d_neg > 0  # [B, T]
         self._sampler.update(
             users, items, negatives, reward=-d_neg, chosen=proposal.chosen, violating=violating
         )
 
-    def _pretrain_generator(self, users: np.ndarray, items: np.ndarray) -> None:
+    def _pretrain_generator(
+        self, users: np.ndarray, items: np.ndarray, ctx: Tensor | None = None
+    ) -> None:
         """Train G against the frozen D for ``pretrain_epochs`` passes (D and its memory unchanged).
 
         Each pass replays the events from the learned initial memory, as a ``fit`` epoch does,
@@ -382,8 +435,11 @@ class NMRN(Recommender):
                     uniq_u, inv_u = torch.unique(u, return_inverse=True)
                     index = inv_u if self.config.model.per_user_memory else None
                     v_pos = net.item_emb[i]
+                    context, _, _ = self._context_vectors(
+                        None if ctx is None else ctx[lo : lo + size], leaf=False
+                    )
                     s, final = net.read_batch(
-                        net.user_emb[u], v_pos, self._batch_memory(uniq_u), index
+                        net.user_emb[u], v_pos, self._batch_memory(uniq_u), index, context
                     )
                     bias = net.bias
                     d_pos = net.distance(s, v_pos, None if bias is None else bias[i])  # [B]
@@ -434,20 +490,23 @@ class NMRN(Recommender):
         param.data.addcdiv_(grad, acc.sqrt().add_(_ADAGRAD_EPS), value=-self.config.train.lr)
 
     @torch.no_grad()
-    def _advance(self, users: np.ndarray, items: np.ndarray) -> None:
+    def _advance(self, users: np.ndarray, items: np.ndarray, ctx: Tensor | None) -> None:
         """Apply the events' memory writes without training (``epochs=0``)."""
         net = self.network
         self._reset_memory()
         u_all = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64)).to(self._device)
         i_all = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64)).to(self._device)
-        for lo in range(0, len(u_all), self.config.train.batch_size):
-            u = u_all[lo : lo + self.config.train.batch_size]
+        size = self.config.train.batch_size
+        for lo in range(0, len(u_all), size):
+            u = u_all[lo : lo + size]
             uniq_u, inv_u = torch.unique(u, return_inverse=True)
-            erase, add = net.gates(net.item_emb[i_all[lo : lo + self.config.train.batch_size]])
+            erase, add = net.gates(net.item_emb[i_all[lo : lo + size]])
             index = inv_u if self.config.model.per_user_memory else None
-            _, final = evolve(
-                self._batch_memory(uniq_u), net.address(net.user_emb[u]), erase, add, index
+            context, _, _ = self._context_vectors(
+                None if ctx is None else ctx[lo : lo + size], leaf=False
             )
+            q = net.query(net.user_emb[u], context)
+            _, final = evolve(self._batch_memory(uniq_u), net.address(q), erase, add, index)
             self._store_memory(uniq_u, final)
 
     @torch.no_grad()
@@ -494,15 +553,20 @@ class NMRN(Recommender):
             self._dirty_items, self._n_dirty = [], 0
         sq_norms = self._score_cache[1]
         out = np.empty((len(users), net.n_items), dtype=np.float64)
+        length = self.config.model.context_len
         for row, user in enumerate(np.asarray(users, dtype=np.int64).tolist()):
             u = net.user_emb[user : user + 1]  # [1, d]
+            context = None
+            if length:  # the user's last L items, now
+                recent = torch.from_numpy(self.history.recent([user], length))
+                context = self._context_vectors(recent, leaf=False)[0]  # [1, L, d]
             if not self.config.model.per_user_memory:
                 values = net.init_values if self._memory is None else self._memory  # [H, d]
             elif self._memory is not None and bool(self._has_memory[user]):
                 values = self._memory[user]
             else:
                 values = net.init_values
-            dist = net.score_all(u, values, item_sq_norms=sq_norms)  # [1, N]
+            dist = net.score_all(u, values, item_sq_norms=sq_norms, context=context)  # [1, N]
             out[row] = dist[0].neg_().cpu().numpy()
         return out
 
@@ -533,6 +597,8 @@ class NMRN(Recommender):
 
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         saved = meta.get("architecture")
+        if isinstance(saved, dict):  # fields added since a checkpoint was written: their default
+            saved = {**_ADDED_ARCHITECTURE, **saved}
         if saved != self._architecture():
             raise CheckpointError(
                 f"checkpoint architecture {saved} does not match the model's {self._architecture()}"
@@ -603,10 +669,10 @@ def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
-def _merge(n_rows: int, inverse: Tensor, first: Tensor, second: Tensor) -> Tensor:
-    """Sum per-row gradients of two leaves onto their ``n_rows`` unique rows."""
-    out = first.new_zeros((n_rows,) + first.shape[1:])
-    return out.index_add_(0, inverse, torch.cat([first, second]))
+def _merge(n_rows: int, inverse: Tensor, *grads: Tensor) -> Tensor:
+    """Sum per-row gradients of several leaves onto their ``n_rows`` unique rows."""
+    out = grads[0].new_zeros((n_rows,) + grads[0].shape[1:])
+    return out.index_add_(0, inverse, torch.cat(grads))
 
 
 def _clip_rows(table: Tensor, rows: Tensor | None, max_norm: float) -> None:
