@@ -332,6 +332,14 @@ class ModelConfig(Config):
         already reads a meaningful vector.
     context_decay
         gamma, the weight of the j-th most recent item is ``gamma**j``, in (0, 1].
+    item_memory_len
+        L_I, the size of an item-level memory (RUM, Chen et al., WSDM 2018): the vectors
+        ``m_j`` of the user's last L_I items, read by the candidate item ``v`` itself,
+        ``r(v) = sum_j softmax_j(a * v . m_j) m_j`` (a learned scale ``a``), and added to the
+        memory read: the distance is ``||s + b * r(v) - v||`` (a learned weight ``b``). Items
+        that co-occur with the user's recent ones can move towards them: item co-occurrence
+        lives in the model. 0 (the default): off. Scoring every item costs ``N * L_I * d``
+        more per user.
     """
 
     dim: int = option(64, Int(low=1))  # d
@@ -347,6 +355,7 @@ class ModelConfig(Config):
     init_std: float = option(0.1, Real(low=0.0, low_open=True))
     context_len: int = option(0, Int(low=0, high=1000))
     context_decay: float = option(0.5, Real(low=0.0, high=1.0, low_open=True))
+    item_memory_len: int = option(0, Int(low=0, high=1000))
 
 
 @dataclass(frozen=True)

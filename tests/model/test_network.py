@@ -127,3 +127,53 @@ def test_gradcheck_through_the_context_query() -> None:
         return torch.cat([s.reshape(-1), final.reshape(-1)])
 
     assert torch.autograd.gradcheck(interests, (u, v, context))
+
+
+def test_item_memory_read_by_hand() -> None:
+    net = _net(item_memory_len=2)
+    with torch.no_grad():
+        net.item_log_scale.fill_(0.0)  # scale a = 1
+        net.item_weight.fill_(0.5)  # b = 0.5
+    m = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]],
+                      [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]], dtype=torch.float64)  # row 2: empty
+    v = torch.tensor([[1.0, 1.0, 0.0], [3.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    r = net.item_read(v, m)
+    att = torch.softmax(torch.tensor([1.0, 2.0], dtype=torch.float64), 0)  # v0 . m0_j
+    torch.testing.assert_close(r[0], 0.5 * (att[0] * m[0, 0] + att[1] * m[0, 1]))
+    torch.testing.assert_close(r[1], 0.5 * m[1, 0])  # the absent second item gets no weight
+    torch.testing.assert_close(r[2], torch.zeros(3, dtype=torch.float64))  # no items: reads 0
+    # a candidate's distance uses its own read; scoring every item agrees with it
+    all_d = net.score_all(net.user_emb[:3], net.init_values, context=m)
+    q = net.user_emb[:3]
+    s = net.interest(q, net.address(q), net.init_values)
+    for j in range(6):
+        v_j = net.item_emb[j].expand(3, 3)
+        want = net.distance(net.candidate_interest(s, v_j, m), v_j)
+        torch.testing.assert_close(all_d[:, j], want.detach())
+
+
+def test_gradcheck_through_the_item_memory() -> None:
+    net = _net(item_memory_len=3, context_len=2)
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(4, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    context = torch.randn(4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def distances(s: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return net.distance(net.candidate_interest(s, v, c), v)
+
+    assert torch.autograd.gradcheck(distances, (s, v, context))
+    # and through the learned scale and weight of the read: swap them for plain tensors
+    scale0, weight0 = net.item_log_scale, net.item_weight
+    del net._parameters["item_log_scale"], net._parameters["item_weight"]
+
+    def by_params(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        net.item_log_scale, net.item_weight = scale, weight
+        return net.item_read(v.detach(), context.detach())
+
+    try:
+        inputs = tuple(t.detach().clone().requires_grad_() for t in (scale0, weight0))
+        assert torch.autograd.gradcheck(by_params, inputs)
+    finally:
+        del net.item_log_scale, net.item_weight
+        net.item_log_scale, net.item_weight = scale0, weight0

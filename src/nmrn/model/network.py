@@ -127,6 +127,11 @@ class NMRNNetwork(nn.Module):
         self.register_buffer(
             "context_weights", decay.to(torch.get_default_dtype()), persistent=False
         )
+        # item-level memory (RUM): log of the attention scale a, and the read's weight b
+        self.item_memory_len = config.item_memory_len
+        if config.item_memory_len:
+            self.item_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.item_weight = nn.Parameter(torch.tensor(1.0))
 
     # -- sizes and growth --------------------------------------------------------------------------
     @property
@@ -163,7 +168,26 @@ class NMRNNetwork(nn.Module):
         """
         if context is None or self.context_len == 0:
             return u
-        return u + torch.einsum("l,bld->bd", self.context_weights, context)
+        recent = context[:, : self.context_len]  # the context may hold more (item memory)
+        return u + torch.einsum("l,bld->bd", self.context_weights, recent)
+
+    def item_read(self, v: Tensor, context: Tensor | None) -> Tensor | None:
+        """The item-level memory read ``b * r(v)`` for candidate vectors ``v`` (``[B, d]`` or
+        ``[B, T, d]``), over each row's last ``item_memory_len`` context vectors
+        (``context [B, L, d]``; zero rows are absent items, never attended to); ``None`` when
+        the option is off. A row without items reads 0.
+        """
+        if context is None or self.item_memory_len == 0:
+            return None
+        memory = context[:, : self.item_memory_len]  # [B, L_I, d]
+        present = memory.abs().sum(dim=-1) > 0  # [B, L_I]
+        single = v.dim() == 2
+        cands = v[:, None, :] if single else v  # [B, T, d]
+        logits = self.item_log_scale.exp() * torch.einsum("btd,bld->btl", cands, memory)
+        logits = logits.masked_fill(~present[:, None, :], float("-inf"))
+        att = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a row of -inf: no item, reads 0
+        read = self.item_weight * torch.einsum("btl,bld->btd", att, memory)
+        return read[:, 0] if single else read
 
     def address(self, u: Tensor) -> Tensor:
         """Attention ``[B, H]`` of users ``u [B, d]`` over the slots."""
@@ -201,7 +225,7 @@ class NMRNNetwork(nn.Module):
             ``[B]`` or ``[B, T]``. The square root has an epsilon inside, so its gradient is
             finite when ``s == v``.
         """
-        diff = (s if v.dim() == 2 else s[:, None, :]) - v  # [B, d] or [B, T, d]
+        diff = (s if s.dim() == v.dim() else s[:, None, :]) - v  # [B, d] or [B, T, d]
         sq = (diff * diff).sum(dim=-1)
         dist = sq if self.squared_distance else torch.sqrt(sq + _DIST_EPS)
         return dist if bias is None else dist + bias
@@ -252,7 +276,17 @@ class NMRNNetwork(nn.Module):
             The value memory after the batch, shaped like ``values0``.
         """
         s, final = self.read_batch(u, v_pos, values0, index, context)  # [B, d], like values0
-        return self.distance(s, v_pos, pos_bias), self.distance(s, v_neg, neg_bias), final
+        return (
+            self.distance(self.candidate_interest(s, v_pos, context), v_pos, pos_bias),
+            self.distance(self.candidate_interest(s, v_neg, context), v_neg, neg_bias),
+            final,
+        )
+
+    def candidate_interest(self, s: Tensor, v: Tensor, context: Tensor | None) -> Tensor:
+        """The interest a candidate is measured against: ``s``, plus the item-level read
+        ``b * r(v)`` when that memory is on (``[B, d]``, or ``[B, T, d]`` for ``v [B, T, d]``)."""
+        r = self.item_read(v, context)
+        return s if r is None else (s if v.dim() == 2 else s[:, None, :]) + r
 
     def read_batch(
         self,
@@ -312,6 +346,13 @@ class NMRNNetwork(nn.Module):
         items = self.item_emb if items is None else items
         q = self.query(u, context)  # [n, d]
         s = self.interest(q, self.address(q), values)  # [n, d]
+        if self.item_memory_len and context is not None:  # candidate-dependent interests
+            out = torch.empty(len(s), items.shape[0], dtype=torch.float64, device=items.device)
+            for row in range(len(s)):
+                r = self.item_read(items[None], context[row : row + 1])  # [1, N, d]
+                assert r is not None
+                out[row] = self.distance(s[row : row + 1] + r, items[None])[0].double()
+            return out if self.bias is None else out + self.bias.double()[None, :]
         if item_sq_norms is None:
             item_sq_norms = (items.double() ** 2).sum(dim=-1)
         dots = torch.mm(items, s.T).T.double()  # [n, N]; items row-major: a plain gemv for n=1

@@ -65,6 +65,7 @@ _ARCHITECTURE = (
     "memory_slots",
     "context_len",
     "context_decay",
+    "item_memory_len",
     "addressing",
     "learn_temperature",
     "personal_offset",
@@ -75,7 +76,7 @@ _ARCHITECTURE = (
     "sampler",
 )
 # Architecture fields added after checkpoints were first written, with the value those had.
-_ADDED_ARCHITECTURE = {"context_len": 0, "context_decay": 0.5}
+_ADDED_ARCHITECTURE = {"context_len": 0, "context_decay": 0.5, "item_memory_len": 0}
 _TABLES = ("user_emb", "item_emb", "bias")  # row-sparse updates; the rest is dense
 
 
@@ -129,6 +130,7 @@ class NMRN(Recommender):
             "faithful": small,
             "per-user-memory": {**small, "per_user_memory": True},
             "context": {**small, "context_len": 3, "context_decay": 0.6},
+            "item-memory": {**small, "item_memory_len": 4, "per_user_memory": True},
             "variants": {
                 **small,
                 "addressing": "neg_dist",
@@ -224,10 +226,15 @@ class NMRN(Recommender):
                 self._restore_rows(start)
             self._run_batches(users, items, ctx, where=f"learn pass {p + 1}/{passes}")
 
+    def _context_len(self) -> int:
+        """How many recent items the query and the item-level memory use (0: none)."""
+        return max(self.config.model.context_len, self.config.model.item_memory_len)
+
     def _contexts(self, users: np.ndarray, items: np.ndarray) -> Tensor | None:
         """``[N, L]`` each event's context items (its user's last L items before it, -1 where
-        fewer), or None without a context query. The same however the stream is cut."""
-        length = self.config.model.context_len
+        fewer), or None without a context query or item memory. The same however the stream is
+        cut."""
+        length = self._context_len()
         if length == 0:
             return None
         return torch.from_numpy(self.history.contexts(users, items, length))
@@ -339,7 +346,10 @@ class NMRN(Recommender):
         # all T distances are computed without autograd and the hardest one again with it.
         with torch.no_grad():
             neg_bias = None if net.bias is None else net.bias[negatives]
-            d_neg = net.distance(s.detach(), net.item_emb[negatives], neg_bias)  # [B, T]
+            v_neg = net.item_emb[negatives]  # [B, T, d]
+            ctx_now = None if context is None else context.detach()
+            s_neg = net.candidate_interest(s.detach(), v_neg, ctx_now)  # [B, d] or [B, T, d]
+            d_neg = net.distance(s_neg, v_neg, neg_bias)  # [B, T]
             if proposal.chosen is not None and proposal.use_chosen:  # G's negative
                 pick = proposal.chosen.to(dev)[:, None]  # [B, 1]
             else:
@@ -356,8 +366,9 @@ class NMRN(Recommender):
             leaves += [pb_rows, hb_rows]
         if c_rows is not None:
             leaves.append(c_rows)  # last: the context items' rows [C, d]
-        d_pos = net.distance(s, v_pos, pos_bias)  # [B]
-        d_hard = net.distance(s, h_rows.index_select(0, inv_h), hard_bias)  # [B]
+        d_pos = net.distance(net.candidate_interest(s, v_pos, context), v_pos, pos_bias)  # [B]
+        v_hard = h_rows.index_select(0, inv_h)  # [B, d]
+        d_hard = net.distance(net.candidate_interest(s, v_hard, context), v_hard, hard_bias)
         margin = self.config.train.margin
         loss = rank_weighted_hinge(d_pos, d_neg, margin, net.n_items, hardest=d_hard).mean()
         if not torch.isfinite(loss):
@@ -442,9 +453,12 @@ class NMRN(Recommender):
                         net.user_emb[u], v_pos, self._batch_memory(uniq_u), index, context
                     )
                     bias = net.bias
-                    d_pos = net.distance(s, v_pos, None if bias is None else bias[i])  # [B]
+                    s_pos = net.candidate_interest(s, v_pos, context)
+                    d_pos = net.distance(s_pos, v_pos, None if bias is None else bias[i])  # [B]
+                    v_neg = net.item_emb[cands]  # [B, T, d]
                     d_neg = net.distance(
-                        s, net.item_emb[cands], None if bias is None else bias[cands]
+                        net.candidate_interest(s, v_neg, context), v_neg,
+                        None if bias is None else bias[cands],
                     )  # [B, T]
                 self._store_memory(uniq_u, final)
                 sampler.update(
@@ -553,7 +567,7 @@ class NMRN(Recommender):
             self._dirty_items, self._n_dirty = [], 0
         sq_norms = self._score_cache[1]
         out = np.empty((len(users), net.n_items), dtype=np.float64)
-        length = self.config.model.context_len
+        length = self._context_len()
         for row, user in enumerate(np.asarray(users, dtype=np.int64).tolist()):
             u = net.user_emb[user : user + 1]  # [1, d]
             context = None
