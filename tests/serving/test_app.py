@@ -22,6 +22,7 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from nmrn.baselines.popularity import Popularity  # noqa: E402
+from nmrn.errors import ConfigError  # noqa: E402
 from nmrn.serving.app import create_app  # noqa: E402
 from nmrn.serving.commands import add_serve_command, build_app_from_args  # noqa: E402
 from nmrn.serving.schemas import Limits  # noqa: E402
@@ -304,3 +305,18 @@ def test_serve_arguments_build_the_configured_app(tmp_path: Path, monkeypatch: A
     finally:
         service.close()
     assert json.loads((ckpt / "meta.json").read_text())["n_events"] == len(HISTORY)
+
+
+@pytest.mark.parametrize("given", [["--token", ""], ["--token", "  "], []])
+def test_an_empty_token_is_refused_not_turned_into_open_writes(
+    tmp_path: Path, monkeypatch: Any, given: list[str]
+) -> None:
+    # issue 11: NMRN_TOKEN="" used to turn write authentication off without a word
+    ckpt = tmp_path / "pop.ckpt"
+    Popularity().fit(HISTORY).save(ckpt)
+    parser = argparse.ArgumentParser()
+    add_serve_command(parser.add_subparsers(dest="command"))
+    monkeypatch.setenv("NMRN_TOKEN", "")
+    args = parser.parse_args(["serve", "--checkpoint", str(ckpt), *given])
+    with pytest.raises(ConfigError, match="(--token|NMRN_TOKEN) is empty"):
+        build_app_from_args(args)

@@ -91,19 +91,22 @@ def test_integer_literal_ids_become_ints_other_strings_stay(
 
 
 BAD = [
-    ({"item": "1", "timestamp": "1"}, "missing field 'user'"),
-    ({"user": "1", "timestamp": "1"}, "missing field 'item'"),
-    ({"user": "1", "item": "1"}, "missing field 'timestamp'"),
-    ({"user": "", "item": "1", "timestamp": "1"}, "user id is empty"),
-    ({"user": "1", "item": "1", "timestamp": "soon"}, "timestamp 'soon' is not a number"),
-    ({"user": "1", "item": "1", "timestamp": "inf"}, "timestamp 'inf' is not finite"),
-    ({"user": "1", "item": "1", "timestamp": "nan"}, "timestamp 'nan' is not finite"),
-    ({"user": "1", "item": "1", "timestamp": "1", "weight": "x"}, "weight 'x' is not a number"),
+    ({"item": "1", "timestamp": "1"}, "user: missing"),
+    ({"user": "1", "timestamp": "1"}, "item: missing"),
+    ({"user": "1", "item": "1"}, "timestamp: missing"),
+    ({"user": "", "item": "1", "timestamp": "1"}, "user: must not be an empty string"),
+    ({"user": "1", "item": "1", "timestamp": "soon"}, "timestamp: must be a number, got 'soon'"),
+    ({"user": "1", "item": "1", "timestamp": "inf"}, "timestamp: must be a finite number"),
+    ({"user": "1", "item": "1", "timestamp": "nan"}, "timestamp: must be a finite number"),
+    ({"user": "1", "item": "1", "timestamp": "1", "weight": "x"}, "weight: must be a number"),
     ({"user": b"\xff", "item": "1", "timestamp": "1"}, "field 'user' is not valid UTF-8"),
-    ({"json": "{nope"}, "invalid JSON"),
+    ({"user": "u", "item": "\x07bell", "timestamp": "1"}, "item: contains the control character"),
+    ({"json": "{nope"}, "json: not valid JSON"),
     ({"json": "[1, 2]"}, "JSON value is a list, expected an object"),
-    ({"json": '{"user": 1.5, "item": 1, "timestamp": 1}'}, "user id 1.5 has type float"),
-    ({"json": '{"user": true, "item": 1, "timestamp": 1}'}, "user id True has type bool"),
+    ({"json": '{"user": 1.5, "item": 1, "timestamp": 1}'}, "user: must be an int or a string"),
+    ({"json": '{"user": true, "item": 1, "timestamp": 1}'}, "got bool True"),
+    ({"json": '{"user": "u", "item": "\\udc80", "timestamp": 1}'}, "item: is not valid Unicode"),
+    ({"json": "[" * 2000 + "]" * 2000}, "json: JSON nested 2000 deep; the limit is 32"),
     ({"json": '{"user": 1, "item": 1, "timestamp": 1}', "user": "2"}, "both a 'json' field"),
 ]
 

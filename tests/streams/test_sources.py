@@ -57,15 +57,18 @@ def test_text_round_trip_of_int_ids_and_timestamps(user: int, ts: float) -> None
 
 @pytest.mark.parametrize(
     ("record", "reason"),
-    [({"user": 1, "item": 2}, "missing field 'timestamp'"),
-     ({"user": None, "item": 2, "timestamp": 1}, "missing field 'user'"),
-     ({"user": [1], "item": 2, "timestamp": 1}, "user id [1] has type list"),
-     ({"user": 1, "item": "", "timestamp": 1}, "item id is empty"),
-     ({"user": 1, "item": 2**70, "timestamp": 1}, "outside the int64 range"),
-     ({"user": 1, "item": 2, "timestamp": True}, "timestamp True is not a number"),
-     ({"user": 1, "item": 2, "timestamp": float("inf")}, "timestamp inf is not finite"),
-     ({"user": 1, "item": 2, "timestamp": "x"}, "timestamp 'x' is not a number"),
-     ({"user": 1, "item": 2, "timestamp": 1, "weight": float("nan")}, "weight nan is not finite")],
+    [({"user": 1, "item": 2}, "timestamp: missing"),
+     ({"user": None, "item": 2, "timestamp": 1}, "user: must be an int or a string, got null"),
+     ({"user": [1], "item": 2, "timestamp": 1}, "user: must be an int or a string, got array"),
+     ({"user": 1, "item": "", "timestamp": 1}, "item: must not be an empty string"),
+     ({"user": 1, "item": 2**70, "timestamp": 1}, "outside the 64-bit range"),
+     ({"user": 1, "item": 2, "timestamp": True}, "timestamp: must be a number, got bool True"),
+     ({"user": 1, "item": 2, "timestamp": float("inf")}, "timestamp: must be a finite number"),
+     # the same rule as over HTTP: in JSON a string is not a number
+     ({"user": 1, "item": 2, "timestamp": "5"}, "timestamp: must be a number, got str '5'"),
+     ({"user": 1, "item": "\udc80", "timestamp": 1}, "item: is not valid Unicode text"),
+     ({"user": "a\x00b", "item": 2, "timestamp": 1}, "user: contains the control character"),
+     ({"user": 1, "item": 2, "timestamp": 1, "weight": float("nan")}, "weight: must be a finite")],
 )
 def test_bad_json_records_are_refused_with_the_reason(record: dict[str, Any], reason: str) -> None:
     with pytest.raises(ValueError, match=reason.replace("[", r"\[").replace("]", r"\]")):
@@ -76,7 +79,7 @@ def test_bad_json_records_are_refused_with_the_reason(record: dict[str, Any], re
 def test_jsonl_lines_positions_and_invalid_lines(tmp_path: Path) -> None:
     path = tmp_path / "ev.jsonl"
     path.write_bytes(b'{"user": 1, "item": 2, "timestamp": 3}\n\n{"user": 1}\nnot json\n'
-                     b'\xff\n{"user": "a", "item": "b", "timestamp": "4.5", "weight": 2}')
+                     b'\xff\n{"user": "a", "item": "b", "timestamp": 4.5, "weight": 2}')
     with FileSource(path) as source:
         entries = source.poll(100, 0)
         assert source.exhausted
@@ -84,8 +87,8 @@ def test_jsonl_lines_positions_and_invalid_lines(tmp_path: Path) -> None:
     assert [e.position["offset"] for e in entries][-1] == path.stat().st_size
     assert entries[0].value == {"user": 1, "item": 2, "timestamp": 3.0}
     assert [e.value.reason for e in entries[1:4]] == [
-        "missing field 'item'", "invalid JSON (Expecting value at column 1)",
-        "line is not valid UTF-8"]
+        "item: missing (an event needs user, item and timestamp)",
+        "json: not valid JSON (Expecting value at line 1 column 1)", "line is not valid UTF-8"]
     assert entries[2].value.raw == {"line": "not json"}
     assert entries[4].value == {"user": "a", "item": "b", "timestamp": 4.5, "weight": 2.0}
 

@@ -80,9 +80,11 @@ def build_app_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     from nmrn.serving.schemas import Limits
     from nmrn.serving.service import LiveService
 
-    token = args.token if args.token is not None else os.environ.get("NMRN_TOKEN") or None
+    token = args.token if args.token is not None else os.environ.get("NMRN_TOKEN")
     if token is not None and not token.strip():
-        raise ConfigError("--token is empty; give a token or leave it out")
+        where = "--token" if args.token is not None else "NMRN_TOKEN"
+        # an empty token must not silently turn write authentication off
+        raise ConfigError(f"{where} is empty; give a token or unset it (writes are then open)")
     limits = Limits(
         max_body_bytes=args.max_body_bytes,
         max_events=args.max_batch,

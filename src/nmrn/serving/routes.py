@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nmrn.data.validation import EventError, loads_json
 from nmrn.errors import NMRNError
 from nmrn.serving.metrics import CONTENT_TYPE
 from nmrn.serving.schemas import (
@@ -126,10 +126,6 @@ def check_token(request: Request) -> None:
         raise BadRequest("authorization: the token is not valid", status=403)
 
 
-def _reject_constant(name: str) -> Any:
-    raise BadRequest(f"body: {name} is not valid JSON (numbers must be finite)", status=400)
-
-
 async def json_body(request: Request, limits: Limits) -> Any:
     """The request body parsed as JSON, within ``limits.max_body_bytes``."""
     ctype = request.headers.get("content-type", "")
@@ -152,16 +148,9 @@ async def json_body(request: Request, limits: Limits) -> Any:
     if not body.strip():
         raise BadRequest("body: is empty; send a JSON object", status=400)
     try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise BadRequest("body: is not UTF-8 text", status=400) from None
-    except json.JSONDecodeError as err:
-        raise BadRequest(
-            f"body: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})",
-            status=400,
-        ) from None
-    except RecursionError:
-        raise BadRequest("body: JSON nested too deeply", status=400) from None
+        return loads_json(body, "body")  # depth, integer size, finite numbers, UTF-8
+    except EventError as err:
+        raise BadRequest(str(err), status=400) from None
 
 
 # -- reads -----------------------------------------------------------------------------------------

@@ -26,16 +26,18 @@ nmrn.serving.schemas.BadRequest: events[0].user: must be an int or a string, got
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from nmrn.data.validation import EventError, check_event, check_id
 from nmrn.errors import ConfigError, NMRNError
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-EVENT_FIELDS = ("user", "item", "timestamp", "weight")
+# k in a query string: ASCII digits, a sign, and few enough of them for int() to stay cheap
+_WHOLE = re.compile(r"[+-]?[0-9]{1,18}")
 RECOMMEND_FIELDS = ("users", "k", "exclude_seen")
 QUERY_FIELDS = ("k", "exclude_seen")
 
@@ -99,59 +101,23 @@ def _type_name(x: Any) -> str:
 
 
 def _show(x: Any) -> str:
-    text = repr(x)
+    text = ascii(x) if isinstance(x, str) else repr(x)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_id(x: Any, field: str, limits: Limits) -> int | str:
-    """A JSON value as an id: an int in the int64 range or a non-empty string."""
-    if isinstance(x, bool) or not isinstance(x, (int, str)):
-        got = _type_name(x)
-        shown = "" if isinstance(x, (dict, list)) else f" {_show(x)}"
-        raise BadRequest(f"{field}: must be an int or a string, got {got}{shown}")
-    if isinstance(x, int):
-        if not INT64_MIN <= x <= INT64_MAX:
-            raise BadRequest(f"{field}: int id {_show(x)} is outside the 64-bit range")
-        return x
-    if not x:
-        raise BadRequest(f"{field}: must not be an empty string")
-    if len(x) > limits.max_id_length:
-        raise BadRequest(
-            f"{field}: text id is {len(x)} characters long; the limit is {limits.max_id_length}"
-        )
-    return x
-
-
-def _number(x: Any, field: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise BadRequest(f"{field}: must be a number, got {_type_name(x)} {_show(x)}")
+    """A JSON value as an id (:func:`nmrn.data.validation.check_id`)."""
     try:
-        value = float(x)
-    except OverflowError:
-        raise BadRequest(f"{field}: {_show(x)} is too large") from None
-    if not math.isfinite(value):
-        raise BadRequest(f"{field}: must be a finite number, got {x!r}")
-    return value
+        return check_id(x, field, max_length=limits.max_id_length)
+    except EventError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _event(obj: Any, where: str, limits: Limits) -> tuple[Any, ...]:
-    if not isinstance(obj, dict):
-        raise BadRequest(f"{where}: an event must be a JSON object, got {_type_name(obj)}")
-    unknown = [key for key in obj if key not in EVENT_FIELDS]
-    if unknown:
-        raise BadRequest(
-            f"{where}: unknown field {unknown[0]!r} (an event has user, item, timestamp and an "
-            "optional weight)"
-        )
-    for key in ("user", "item", "timestamp"):
-        if key not in obj:
-            raise BadRequest(f"{where}.{key}: missing (an event needs user, item and timestamp)")
-    user = parse_id(obj["user"], f"{where}.user", limits)
-    item = parse_id(obj["item"], f"{where}.item", limits)
-    ts = _number(obj["timestamp"], f"{where}.timestamp")
-    if "weight" in obj:
-        return (user, item, ts, _number(obj["weight"], f"{where}.weight"))
-    return (user, item, ts)
+    try:
+        return check_event(obj, text=False, where=where, max_id_length=limits.max_id_length)
+    except EventError as err:
+        raise BadRequest(str(err)) from None
 
 
 def parse_events(body: Any, limits: Limits) -> list[tuple[Any, ...]]:
@@ -178,7 +144,7 @@ def parse_k(x: Any, limits: Limits, field: str = "k") -> int:
     """``k`` from JSON (an int) or from a query string (text holding a whole number)."""
     if isinstance(x, str):
         text = x.strip()
-        if not text.lstrip("+-").isdigit():
+        if not _WHOLE.fullmatch(text):
             raise BadRequest(f"{field}: must be a whole number, got {_show(x)}")
         x = int(text)
     elif isinstance(x, bool) or not isinstance(x, int):

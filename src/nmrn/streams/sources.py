@@ -10,23 +10,16 @@ Acknowledgement is explicit: :meth:`EventSource.ack` tells the source that every
 position is durably applied (a broker may then forget them); :meth:`EventSource.reject` hands it
 a malformed entry (a broker moves it to a dead-letter stream). Files need neither.
 
-Event validation (shared by every source):
-
-- ``user`` and ``item`` are ids: ``int`` or ``str`` (non-empty). In text formats (CSV, Redis
-  fields) every value is a string; a string that is a canonical integer literal (``"196"``,
-  ``"-3"``; not ``"007"``, ``"+5"`` or ``"1e3"``) within the int64 range becomes an ``int``, any
-  other string stays a ``str``. In JSON the value's own type is kept (``196`` and ``"196"`` are
-  different ids).
-- ``timestamp`` is a finite number (a JSON number, or a string that parses as one).
-- ``weight`` is optional; if present, a finite number.
-- Other fields are ignored.
+Event validation is :mod:`nmrn.data.validation`'s, shared with the HTTP service: ids are ints
+(int64) or valid Unicode text without control characters; timestamps and weights finite
+numbers; JSON documents bounded in depth and integer size. In text formats (CSV, Redis fields)
+a canonical integer literal becomes an int and numbers may be spelled as text; in JSON the
+value's type is kept. Fields other than the event's are ignored.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
 import re
 import select
@@ -38,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from nmrn.data.validation import EventError, check_event, loads_json
 from nmrn.errors import NMRNError
 
 __all__ = [
@@ -87,49 +81,11 @@ class Entry(NamedTuple):
 
 
 # -- validation ------------------------------------------------------------------------------
-def _id_from_text(value: str, what: str) -> int | str:
-    if value == "":
-        raise ValueError(f"{what} id is empty")
-    if _INT_LITERAL.match(value):
-        number = int(value)
-        if _INT64[0] <= number <= _INT64[1]:
-            return number
-    return value
-
-
-def _id_from_json(value: Any, what: str) -> int | str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(
-            f"{what} id {value!r} has type {type(value).__name__}; ids must be int or str"
-        )
-    if isinstance(value, str):
-        if value == "":
-            raise ValueError(f"{what} id is empty")
-        return value
-    if not _INT64[0] <= value <= _INT64[1]:
-        raise ValueError(f"{what} id {value} is outside the int64 range")
-    return value
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{what} {value!r} is not a number")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise ValueError(f"{what} {value!r} is not a number") from None
-    else:
-        raise ValueError(f"{what} {value!r} has type {type(value).__name__}; expected a number")
-    if not math.isfinite(number):
-        raise ValueError(f"{what} {value!r} is not finite")
-    return number
-
-
 def parse_event(record: Mapping[str, Any], *, text: bool) -> dict[str, Any]:
     """Validate one record and return the event ``{"user", "item", "timestamp"[, "weight"]}``.
+
+    The rules are :mod:`nmrn.data.validation`'s, the same as over HTTP; fields other than the
+    event's are ignored (a stream entry may carry an event id, say).
 
     Parameters
     ----------
@@ -142,7 +98,7 @@ def parse_event(record: Mapping[str, Any], *, text: bool) -> dict[str, Any]:
     Raises
     ------
     ValueError
-        With the reason (missing field, bad id, bad timestamp).
+        An :class:`~nmrn.data.validation.EventError` naming the field and the problem.
 
     Examples
     --------
@@ -153,35 +109,19 @@ def parse_event(record: Mapping[str, Any], *, text: bool) -> dict[str, Any]:
     >>> parse_event({"user": 1, "timestamp": 2}, text=False)
     Traceback (most recent call last):
     ...
-    ValueError: missing field 'item'
+    nmrn.data.validation.EventError: item: missing (an event needs user, item and timestamp)
     """
-    for name in FIELDS:
-        if name not in record or record[name] is None:
-            raise ValueError(f"missing field {name!r}")
-    to_id = _id_from_text if text else _id_from_json
-    if text:
-        for name in ("user", "item"):
-            if not isinstance(record[name], str):
-                raise ValueError(f"{name} id {record[name]!r} is not text")
-    event: dict[str, Any] = {
-        "user": to_id(record["user"], "user"),
-        "item": to_id(record["item"], "item"),
-        "timestamp": _number(record["timestamp"], "timestamp"),
-    }
-    weight = record.get("weight")
-    if weight is not None and weight != "":
-        event["weight"] = _number(weight, "weight")
+    fields = check_event(record, text=text, strict=False)
+    event = dict(zip(("user", "item", "timestamp", "weight"), fields, strict=False))
     return event
 
 
 def parse_json_event(text: str) -> dict[str, Any]:
-    """Parse one JSON object and validate it as an event (JSON types kept)."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+    """Parse one JSON object (within :func:`~nmrn.data.validation.loads_json`'s bounds) and
+    validate it as an event (JSON types kept)."""
+    obj = loads_json(text, "json")
     if not isinstance(obj, dict):
-        raise ValueError(f"JSON value is a {type(obj).__name__}, expected an object")
+        raise EventError("json", f"JSON value is a {type(obj).__name__}, expected an object")
     return parse_event(obj, text=False)
 
 
@@ -338,7 +278,7 @@ class FileSource(EventSource):
     >>> [e.position["line"] for e in entries], entries[0].value
     ([1, 2], {'user': 1, 'item': 'a', 'timestamp': 10.0})
     >>> entries[1].value.reason
-    "missing field 'item'"
+    'item: missing (an event needs user, item and timestamp)'
     """
 
     kind = "file"
