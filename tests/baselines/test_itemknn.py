@@ -188,3 +188,27 @@ def test_a_users_scores_do_not_depend_on_who_is_scored_alongside(dense_max_items
         np.testing.assert_array_equal(rec.score([user], rec.known_items)[0], together[j])
         np.testing.assert_array_equal(rec.score(users[::-1], rec.known_items)[-1 - j],
                                       together[j])
+
+
+@pytest.mark.parametrize("dense_max_items", [4096, 0])
+def test_directed_counts_what_follows_by_hand(dense_max_items: int) -> None:
+    # a: x then y; b: x then z; c: y then w. Directed counts: x->y, x->z, y->w (each 1).
+    log = [("a", "x", 0), ("a", "y", 1), ("b", "x", 2), ("b", "z", 3), ("c", "y", 4),
+           ("c", "w", 5), ("d", "y", 6)]
+    rec = ItemKNN(directed=True, alpha=1.0, dense_max_items=dense_max_items).fit(log)
+    counts = rec.cooccurrence().toarray()
+    ix = {i: rec.items.get(i) for i in "xyzw"}
+    expected = np.zeros((4, 4))
+    for i, j in (("x", "y"), ("x", "z"), ("y", "w")):
+        expected[ix[i], ix[j]] = 1.0
+    np.testing.assert_array_equal(counts, expected)
+    # d's last item is y: w followed y once in y's 3 events (P(w | y) = 1/3); x only precedes
+    # y, so it scores 0 (undirected counts would give it 1/3 too)
+    scores = rec.score(["d"], ["x", "y", "z", "w"])[0]
+    share = rec.item_counts / (rec.n_events + 1)
+    np.testing.assert_allclose(scores, [0, 0, 0, 1 / 3] + 1e-9 * share[[ix[i] for i in "xyzw"]],
+                               rtol=1e-6)
+    # the same counts read at another recency: only the profile's weights change
+    twin = ItemKNN(directed=True, recency_decay=0.5, dense_max_items=dense_max_items).fit(log)
+    np.testing.assert_allclose(rec.scores_with_decay(np.array([rec.users.get("a")]), 0.5),
+                               twin._score_all(np.array([twin.users.get("a")])))

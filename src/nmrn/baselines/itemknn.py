@@ -17,7 +17,10 @@ item counts :math:`n` (events so far):
 
 .. math:: s(u, j) = \sum_a \rho^{a}\, \mathrm{sim}(h_a, j)
 
-with :math:`\rho` = ``recency_decay`` (1 weighs the history uniformly). A user's own items score
+with :math:`\rho` = ``recency_decay`` (1 weighs the history uniformly). With ``directed=True``
+the counts are not symmetric: :math:`c_{ij}` counts :math:`j` *following* :math:`i` (a
+transition model: "what do people consume after the items this user just consumed", the
+sequential rules of Ludewig & Jannach, UMUAI 2018, with recency weights). A user's own items score
 like any other (``exclude_seen`` removes them). Exact ties, e.g. a user whose items co-occur
 with nothing, are broken by all-time popularity: ``1e-9 * n_j / (n_events + 1)`` is added.
 
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from nmrn.config import Config, Int, Real, option
+from nmrn.config import Bool, Config, Int, Real, option
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
 
@@ -54,6 +57,7 @@ class ItemKNNConfig(Config):
     recency_decay: float = option(0.9, Real(low=0.0, high=1.0, low_open=True))
     cooc_decay: float = option(1.0, Real(low=0.0, high=1.0, low_open=True))
     dense_max_items: int = option(4096, Int(low=0))
+    directed: bool = option(False, Bool())
     seed: int = option(0, Int())
 
 
@@ -81,6 +85,9 @@ class ItemKNN(Recommender):
     dense_max_items
         Largest catalogue kept in a dense ``[n_items, n_items]`` float32 array; above it the
         counts are sparse.
+    directed
+        Count ``i -> j`` (``j`` after ``i``) only: scores are what tends to follow the user's
+        recent items, instead of what co-occurs with them.
     seed
         Unused (no randomness); kept for a uniform constructor.
 
@@ -100,6 +107,7 @@ class ItemKNN(Recommender):
             "dense": {"history_len": 8, "recency_decay": 0.8, "cooc_decay": 0.9},
             # a tiny dense limit: the catalogue outgrows it, so the sparse storage is exercised
             "sparse": {"history_len": 8, "recency_decay": 0.8, "dense_max_items": 10},
+            "directed": {"history_len": 5, "directed": True, "dense_max_items": 10},
         }
 
     def __init__(self, config: Any = None, /, **options: Any) -> None:
@@ -138,13 +146,18 @@ class ItemKNN(Recommender):
         self._n = n_items
 
     def _add(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
-        """Add ``vals`` at ``(rows, cols)`` and at ``(cols, rows)``; duplicates accumulate."""
+        """Add ``vals`` at ``(rows, cols)`` and (unless directed) at ``(cols, rows)``;
+        duplicates accumulate."""
         if len(rows) == 0:
             return
         n = self._n
-        keys = np.concatenate([rows * n + cols, cols * n + rows])
+        if self.config.directed:
+            keys, weights = rows * n + cols, vals
+        else:
+            keys = np.concatenate([rows * n + cols, cols * n + rows])
+            weights = np.concatenate([vals, vals])
         uniq, inv = np.unique(keys, return_inverse=True)
-        sums = np.bincount(inv, weights=np.concatenate([vals, vals])).astype(np.float32)
+        sums = np.bincount(inv, weights=weights).astype(np.float32)
         if self._dense is not None:
             r, c = np.divmod(uniq, n)
             self._dense[r, c] += sums
@@ -235,8 +248,8 @@ class ItemKNN(Recommender):
             self._add(prev[keep], cur[keep], age_weight[age[keep]])
 
     # -- scoring ---------------------------------------------------------------------------------
-    def _profile(self, users: np.ndarray) -> sp.csr_matrix:
-        """User profiles ``[n, n_items]``: ``recency_decay ** age / n_i ** alpha`` per item."""
+    def _profile(self, users: np.ndarray, decay: float) -> sp.csr_matrix:
+        """User profiles ``[n, n_items]``: ``decay ** age / n_i ** alpha`` per item."""
         size = self.config.history_len
         inv_norm = np.maximum(self.item_counts, 1.0) ** -self.config.alpha
         tails = [self.history.items_of(int(u))[-size:] for u in users.tolist()]
@@ -246,13 +259,14 @@ class ItemKNN(Recommender):
         # age 0 is the last item of each tail
         ends = np.repeat(np.cumsum(lens), lens)
         age = ends - 1 - np.arange(len(cols))
-        vals = self.config.recency_decay ** age.astype(np.float64) * inv_norm[cols]
+        vals = decay ** age.astype(np.float64) * inv_norm[cols]
         return sp.csr_matrix(
             (vals.astype(np.float32), (rows, cols)), shape=(len(users), self._n), dtype=np.float32
         )
 
-    def _raw_dense(self, user: int) -> np.ndarray:
-        """``sum_a rho**a c[h_a, :] / n_{h_a}**alpha`` for one user, from the dense counts.
+    def _raw_dense(self, user: int, decay: float) -> np.ndarray:
+        """``sum_a rho**a c[h_a, :] / n_{h_a}**alpha`` for one user (``rho = decay``), from the
+        dense counts.
 
         Profile weights are rounded to float32 (the counts' precision); an item that occurs
         more than once in the tail has its weights summed in float32 in ascending order; the
@@ -266,7 +280,7 @@ class ItemKNN(Recommender):
             return np.zeros(self._n)
         age = np.arange(n - 1, -1, -1, dtype=np.float64)  # 0 for the most recent item
         inv_norm = np.maximum(self.item_counts[tail], 1.0) ** -self.config.alpha
-        vals = (self.config.recency_decay**age * inv_norm).astype(np.float32)
+        vals = (decay**age * inv_norm).astype(np.float32)
         order = np.lexsort((vals, tail))
         cols, vals = tail[order], vals[order]
         first = np.empty(n, dtype=bool)
@@ -278,15 +292,20 @@ class ItemKNN(Recommender):
         return (weights[:, None] * self._dense[cols[starts], : self._n]).sum(axis=0)
 
     def _score_all(self, users: np.ndarray) -> np.ndarray:
+        return self.scores_with_decay(users, self.config.recency_decay)
+
+    def scores_with_decay(self, users: np.ndarray, decay: float) -> np.ndarray:
+        """:meth:`_score_all` with another ``recency_decay`` (the same counts): ``[n, n_items]``
+        for known user indices. A hybrid reads the same counts at several recencies."""
         if self._dense is not None:
             raw = np.empty((len(users), self._n))
             for row, user in enumerate(users.tolist()):
-                raw[row] = self._raw_dense(user)
+                raw[row] = self._raw_dense(user, decay)
         else:
             assert self._main is not None
             # Sparse products sum each row in the order of its profile's columns, whatever the
             # other rows: a user's scores (and ties) do not depend on who else is in the batch.
-            profile = self._profile(users)
+            profile = self._profile(users, decay)
             raw32 = (profile @ self._main).toarray()
             if self._pending_count:
                 raw32 += (profile @ self._pending_matrix()).toarray()
