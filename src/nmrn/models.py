@@ -31,6 +31,7 @@ from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import Popularity, RecentPopularity
 from nmrn.errors import ConfigError
 from nmrn.training.contract import Recommender
+from nmrn.training.hybrid import NMRNHybrid
 from nmrn.training.nmrn import NMRN
 
 __all__ = ["PRESETS", "load_model", "make_model", "model_names"]
@@ -59,6 +60,9 @@ PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
             "n_candidates": 3,
         },
     ),
+    # the memory meets the neighbourhood: NMRN's read, co-occurrence, transitions and
+    # popularity weighed by a gate learned online (training/hybrid.py)
+    "nmrn-hybrid": (NMRNHybrid, {}),
 }
 
 

@@ -1,0 +1,474 @@
+r"""NMRN-Hybrid: the memory network meets the neighbourhood inside one model, with a learned gate.
+
+Jannach & Ludewig (RecSys 2017) found that what beats a neural session model on data of this
+size is a hybrid in which the neural model meets the neighbourhood. A fixed blend of NMRN and
+item-kNN is known not to help (BENCHMARKS.md); here the blend is learned, per user and per
+moment, online, on the stream.
+
+For a user ``u`` and a candidate item ``j``, with the model's state as it stands, the score is
+
+.. math:: s(u, j) = w \cdot x(u, j) + v \cdot \tanh(W [x(u, j); c(u)] + b)
+
+a linear term plus a one-hidden-layer gate over the evidence ``x(u, j)`` and the user's context
+``c(u)``, so that the weight of each piece of evidence can depend on who the user is now and on
+the other evidence. The evidence (each normalised per user, so that scales are comparable
+across users; any subset can be chosen with ``features``):
+
+``memory``
+    NMRN's read: ``-||s_u - v_j||`` of an inner :class:`~nmrn.training.nmrn.NMRN` (configured
+    by ``memory``; the paper's model by default), standardised over the items.
+``knn``, ``knn_slow``
+    Recency-weighted co-occurrence with the user's recent items (an inner
+    :class:`~nmrn.baselines.itemknn.ItemKNN`), read with a fast (``knn_decay``) and a slow
+    (``knn_slow_decay``) profile decay: ``log(eps + k_j / max_j k_j)``.
+``follows``
+    What tends to follow the user's last items (a directed ItemKNN over their last
+    ``follow_history`` items), normalised the same way.
+``pop``, ``recent_pop``
+    All-time popularity and popularity decayed with a half-life of ``pop_half_life`` events
+    (log-scaled into [0, 1]).
+``stage_pop``
+    What users at the same stage of their life consume: counts per stage
+    ``floor(log2(1 + n_u))`` of the user's event count ``n_u`` (new users rate a few items a
+    lot).
+
+The context ``c(u)`` is ``log(1 + n_u) / 6`` and ``log(1 + events since u's last event) / 10``.
+
+Training (online; the same code in ``fit`` and ``learn``). A batch of events is first used to
+train the gate, with features computed from the state *before* the batch, for its warm events
+(user and item known before it, the evaluation protocol's rule): ``learn_passes`` passes of
+Adam on a list-wise softmax loss, the positive against every item the user has not consumed,
+``-log(e^{s(u,v)} / (e^{s(u,v)} + sum_j e^{s(u,j)}))``. Then every component learns the batch
+(the inner NMRN with its own rank-weighted hinge, the counts exactly) and the batch joins the
+history. ``fit`` replays the history in chunks of ``fit_chunk`` events the same way
+(prequential), keeping each chunk's training rows, and then trains the gate for ``fit_epochs``
+passes over all of them: the gate learns on the same kind of evidence it will score with, never
+on evidence that already saw the event.
+
+Streaming semantics. Scoring never sees events it has not been given. The counts after a batch
+do not depend on how it is split (the components' own guarantee); the gate and the inner NMRN
+take gradient steps per batch, so their state depends on the batch boundaries, as any online
+learner's does.
+
+The softmax loss, not NMRN's rank-weighted hinge, trains the gate: on validation the hinge
+against the hardest of 20 negatives drove the gate's weights to zero, and the hinge averaged over
+negatives scored below the softmax (docs/tuning.md, "NMRN-Hybrid").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nmrn.baselines.itemknn import ItemKNN
+from nmrn.baselines.popularity import RecentPopularity
+from nmrn.config import Config, Int, NMRNConfig, OneOf, Real, Sub, option
+from nmrn.data.history import History
+from nmrn.errors import CheckpointError, ConfigError, ModelFitError
+from nmrn.training.contract import Recommender
+from nmrn.training.nmrn import NMRN
+from nmrn.training.registry import register
+
+__all__ = ["FEATURES", "HybridConfig", "NMRNHybrid"]
+
+FEATURES = ("memory", "knn", "knn_slow", "follows", "pop", "recent_pop", "stage_pop")
+N_CONTEXT = 2
+N_STAGES = 12
+_EPS = 1e-3
+_TIE = 1e-9
+
+
+@dataclass(frozen=True)
+class _FeatureNames:
+    """A non-empty list of distinct names of :data:`FEATURES` (kept as a tuple)."""
+
+    def __call__(self, where: str, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{where} must be a non-empty list of {', '.join(FEATURES)}")
+        names = tuple(OneOf(FEATURES)(where, v) for v in value)
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where} names a feature twice: {list(names)}")
+        return names
+
+
+@dataclass(frozen=True)
+class HybridConfig(Config):
+    """Options of :class:`NMRNHybrid` (see the module docstring for each feature).
+
+    Parameters
+    ----------
+    memory
+        The inner NMRN's configuration (:class:`~nmrn.config.NMRNConfig` or a mapping of its
+        sections or flat fields); its seed is the hybrid's.
+    features
+        Which evidence the gate sees (the ablations drop some).
+    knn_history, knn_decay, knn_slow_decay
+        The co-occurrence component: how many of a user's last items pair with a new one, and
+        the profile decays of ``knn`` and ``knn_slow``.
+    follow_history, follow_decay
+        The directed ("what follows") component.
+    pop_half_life
+        Half-life, in events, of ``recent_pop``.
+    gate
+        ``"mlp"`` (learned) or ``"sum"``: the plain sum of the features (an ablation).
+    hidden
+        Units of the gate's hidden layer.
+    lr, batch_size, learn_passes
+        Adam's learning rate, events per step, and passes over each ``learn`` batch.
+    fit_chunk, fit_epochs
+        ``fit``'s replay: chunk size, and passes of the gate over the replayed rows.
+    seed
+        Seed of every random choice (gate initialisation, shuffles, the inner NMRN).
+    """
+
+    memory: NMRNConfig = option(check=Sub(NMRNConfig), default_factory=NMRNConfig)
+    features: tuple[str, ...] = option(FEATURES, _FeatureNames())
+    knn_history: int = option(400, Int(low=1))
+    knn_decay: float = option(0.7, Real(low=0.0, high=1.0, low_open=True))
+    knn_slow_decay: float = option(0.95, Real(low=0.0, high=1.0, low_open=True))
+    follow_history: int = option(20, Int(low=1))
+    follow_decay: float = option(0.7, Real(low=0.0, high=1.0, low_open=True))
+    pop_half_life: float = option(5000.0, Real(low=0.0, low_open=True))
+    gate: str = option("mlp", OneOf(("mlp", "sum")))
+    hidden: int = option(16, Int(low=1))
+    lr: float = option(0.01, Real(low=0.0, low_open=True))
+    batch_size: int = option(64, Int(low=1))
+    learn_passes: int = option(1, Int(low=0))
+    fit_chunk: int = option(1000, Int(low=1))
+    fit_epochs: int = option(3, Int(low=0))
+    seed: int = option(0, Int())
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["features"] = list(self.features)
+        out["memory"] = self.memory.to_params()  # the flat form NMRN itself records
+        return out
+
+
+class _Gate(torch.nn.Module):
+    """``w . x + v . tanh(W [x; c] + b)`` (or ``sum(x)`` without learning)."""
+
+    def __init__(self, n_features: int, hidden: int, learned: bool, generator: torch.Generator):
+        super().__init__()
+        self.learned = learned
+        self.linear = torch.nn.Parameter(torch.zeros(n_features))
+        self.w1 = torch.nn.Parameter(
+            torch.randn(n_features + N_CONTEXT, hidden, generator=generator) * 0.3
+        )
+        self.b1 = torch.nn.Parameter(torch.zeros(hidden))
+        self.w2 = torch.nn.Parameter(torch.randn(hidden, generator=generator) * 0.1)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """``x [..., F]``, ``c [..., C]`` (broadcast over the items) -> ``[...]``."""
+        if not self.learned:
+            return x.sum(dim=-1)
+        c = c.to(x.dtype).expand(*x.shape[:-1], c.shape[-1])
+        w1, b1, w2, linear = (p.to(x.dtype) for p in (self.w1, self.b1, self.w2, self.linear))
+        h = torch.tanh(torch.cat([x, c], dim=-1) @ w1 + b1)
+        return x @ linear + h @ w2
+
+
+def _stage(counts: np.ndarray) -> np.ndarray:
+    """The life stage of users with ``counts`` earlier events: ``floor(log2(1 + n))``, capped."""
+    return np.minimum(np.floor(np.log2(np.asarray(counts, np.float64) + 1.0)).astype(np.int64),
+                      N_STAGES - 1)
+
+
+def _log_share(v: np.ndarray) -> np.ndarray:
+    """``log(eps + v / max v)`` row by row (``log eps`` for a row without evidence)."""
+    top = v.max(axis=-1, keepdims=True)
+    return np.log(_EPS + np.where(top > 0, v / np.where(top > 0, top, 1.0), 0.0))
+
+
+@register
+class NMRNHybrid(Recommender):
+    """NMRN's memory and the neighbourhood, weighed by a gate learned online (module docstring).
+
+    Examples
+    --------
+    >>> log = [(u % 5, (u * 7 + t) % 9, t) for t, u in enumerate(range(60))]
+    >>> rec = NMRNHybrid(memory={"dim": 8, "memory_slots": 2, "epochs": 1}, fit_chunk=20)
+    >>> rec = rec.fit(log)
+    >>> len(rec.recommend(0, k=3).items)
+    3
+    """
+
+    config_class = HybridConfig
+    config: HybridConfig
+
+    def __init__(self, config: HybridConfig | Mapping[str, Any] | None = None, /,
+                 **options: Any) -> None:
+        super().__init__(config, **options)
+        cfg = self.config
+        use = set(cfg.features)
+        self._gen = torch.Generator().manual_seed(cfg.seed)
+        self.components: dict[str, Recommender] = {}
+        if "memory" in use:
+            self.components["memory"] = NMRN(cfg.memory.replace(seed=cfg.seed))
+        if use & {"knn", "knn_slow"}:
+            self.components["knn"] = ItemKNN(
+                history_len=cfg.knn_history, recency_decay=cfg.knn_decay, alpha=1.0
+            )
+        if "follows" in use:
+            self.components["follows"] = ItemKNN(
+                history_len=cfg.follow_history, recency_decay=cfg.follow_decay, directed=True
+            )
+        if "recent_pop" in use:
+            self.components["recent_pop"] = RecentPopularity(half_life=cfg.pop_half_life)
+        for component in self.components.values():  # one set of ids for everyone
+            component.users, component.items = self.users, self.items
+        self.gate = _Gate(len(cfg.features), cfg.hidden, cfg.gate == "mlp", self._gen)
+        self._optimizer = torch.optim.Adam(self.gate.parameters(), lr=cfg.lr)
+        self._stage_counts = np.zeros((N_STAGES, 0))  # [stage, item]
+        self._user_last = np.zeros(0, dtype=np.int64)  # event number of each user's last event
+        self._n_known = 0  # items known before the batch being learned
+        self.last_loss = math.nan
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, dict[str, Any]]:
+        small = {"memory": {"dim": 4, "memory_slots": 2, "epochs": 1, "batch_size": 32},
+                 "fit_chunk": 40, "fit_epochs": 2, "hidden": 4, "seed": 3}
+        return {"all": small, "no-memory-sum": {**small, "features": ["knn", "pop", "follows"],
+                                               "gate": "sum"}}
+
+    # -- shared state ------------------------------------------------------------------------
+    def _sync(self, history: History, counts: np.ndarray, n_events: int) -> None:
+        """Give every component the hybrid's view of the stream so far."""
+        for component in self.components.values():
+            component.history, component.item_counts = history, counts
+            component.n_events = n_events
+
+    def _grow(self, n_users: int, n_items: int) -> None:
+        for component in self.components.values():
+            component._grow(n_users, n_items)
+        extra = n_items - self._stage_counts.shape[1]
+        if extra > 0:
+            self._stage_counts = np.concatenate([self._stage_counts,
+                                                 np.zeros((N_STAGES, extra))], axis=1)
+        if n_users > len(self._user_last):
+            self._user_last = np.concatenate(
+                [self._user_last, np.zeros(n_users - len(self._user_last), np.int64)]
+            )
+
+    # -- evidence ----------------------------------------------------------------------------
+    def _features(
+        self, users: np.ndarray, n: int, history: History, counts: np.ndarray, n_seen: int
+    ) -> tuple[Tensor, Tensor]:
+        """``x [U, n, F]`` over the first ``n`` items and ``c [U, 1, C]`` for known users,
+        from the state as it stands (``history``, ``counts``: the stream so far)."""
+        cfg = self.config
+        self._sync(history, counts, n_seen)
+        x = np.zeros((len(users), n, len(cfg.features)), dtype=np.float32)
+        lengths = np.array([history.length(u) for u in users.tolist()], dtype=np.int64)
+        for f, name in enumerate(cfg.features):
+            if name == "memory":
+                m = self.components["memory"]._score_all(users)[:, :n]
+                v = (m - m.mean(axis=1, keepdims=True)) / (m.std(axis=1, keepdims=True) + 1e-9)
+            elif name in ("knn", "knn_slow"):
+                knn = self.components["knn"]
+                assert isinstance(knn, ItemKNN)
+                decay = cfg.knn_decay if name == "knn" else cfg.knn_slow_decay
+                v = _log_share(knn.scores_with_decay(users, decay)[:, :n])
+            elif name == "follows":
+                v = _log_share(self.components["follows"]._score_all(users)[:, :n])
+            elif name == "pop":
+                top = max(float(counts[:n].max(initial=0.0)), 1.0)
+                v = np.broadcast_to(np.log1p(counts[:n]) / math.log1p(top), (len(users), n))
+            elif name == "recent_pop":
+                r = self.components["recent_pop"]._score_all(users[:1])[0, :n]
+                share = r / max(float(r.max(initial=0.0)), 1e-12)
+                v = np.broadcast_to(np.log1p(100.0 * share) / math.log1p(100.0),
+                                    (len(users), n))
+            else:  # stage_pop
+                rows = self._stage_counts[_stage(lengths), :n]
+                v = _log_share(rows)
+            x[:, :, f] = v
+        since = n_seen - self._user_last[users]
+        c = np.stack([np.log1p(lengths) / 6.0,
+                      np.where(lengths > 0, np.log1p(since) / 10.0, 1.0)], axis=1)
+        return torch.from_numpy(x), torch.from_numpy(c.astype(np.float32))[:, None, :]
+
+    def _score_all(self, users: np.ndarray) -> np.ndarray:
+        n = len(self.items)
+        x, c = self._features(np.asarray(users, np.int64), n, self.history, self.item_counts,
+                              self.n_events)
+        scores = np.empty((len(users), n))
+        with torch.no_grad():  # user by user: a user's scores never depend on who else is asked
+            # (in float64: float32 kernels round differently with the data's alignment)
+            for row in range(len(users)):
+                scores[row] = self.gate(x[row : row + 1].double(), c[row : row + 1])[0].numpy()
+        share = self.item_counts / (self.n_events + 1.0)
+        return scores + _TIE * share[None, :]  # ties: the more popular item first
+
+    # -- training ----------------------------------------------------------------------------
+    def _rows(
+        self, users: np.ndarray, items: np.ndarray, history: History, counts: np.ndarray,
+        n_seen: int,
+    ) -> tuple[Tensor, Tensor, Tensor, np.ndarray, np.ndarray] | None:
+        """The gate's training rows for a batch about to be learned: ``(x, c, seen, row of each
+        warm event, its item)`` with features from the state before the batch, or None."""
+        n = self._n_known
+        known_user = np.array([history.length(u) > 0 for u in users.tolist()], dtype=bool)
+        warm = (items < n) & known_user
+        if not warm.any():
+            return None
+        uniq, row = np.unique(users[warm], return_inverse=True)
+        x, c = self._features(uniq, n, history, counts, n_seen)
+        seen = np.zeros((len(uniq), n), dtype=bool)  # consumed before, or elsewhere in the batch
+        for r, u in enumerate(uniq.tolist()):
+            seen[r, history.items_of(u)] = True
+        seen[row, items[warm]] = True
+        return x, c, torch.from_numpy(seen), row, items[warm]
+
+    def _loss(self, x: Tensor, c: Tensor, seen: Tensor, rows: np.ndarray,
+              items: np.ndarray) -> Tensor:
+        """Mean softmax loss of events (gate rows ``rows``, positives ``items``): a user's scores
+        are the same for all their events of a batch, so each user is scored once."""
+        users, at = np.unique(rows, return_inverse=True)
+        scores = self.gate(x[users].float(), c[users])  # [R, n]
+        others = torch.logsumexp(scores.masked_fill(seen[users], -torch.inf), dim=1)  # [R]
+        pos = scores[torch.from_numpy(at), torch.from_numpy(items)]
+        return (torch.logaddexp(others[at], pos) - pos).mean()
+
+    def _train_gate(self, parts: list[tuple[Tensor, Tensor, Tensor, np.ndarray, np.ndarray]],
+                    passes: int) -> None:
+        """``passes`` shuffled passes of Adam over the events of ``parts``."""
+        if not self.gate.learned or not parts or passes == 0:
+            return
+        index = np.concatenate([np.stack([np.full(len(p[3]), k), np.arange(len(p[3]))], axis=1)
+                                for k, p in enumerate(parts)])
+        size = self.config.batch_size
+        for _ in range(passes):
+            order = torch.randperm(len(index), generator=self._gen).numpy()
+            for lo in range(0, len(order), size):
+                chosen = index[order[lo : lo + size]]
+                total = torch.zeros(())
+                for k in np.unique(chosen[:, 0]).tolist():
+                    x, c, seen, rows, items = parts[k]
+                    pick = chosen[chosen[:, 0] == k, 1]
+                    total = total + self._loss(x, c, seen, rows[pick], items[pick]) * len(pick)
+                loss = total / len(chosen)
+                if not torch.isfinite(loss):
+                    raise ModelFitError(f"NMRNHybrid: the gate's loss is {loss.item()}; lower lr "
+                                        f"(now {self.config.lr})")
+                self._optimizer.zero_grad()
+                loss.backward()
+                self._optimizer.step()
+                self.last_loss = float(loss.detach())
+
+    def _absorb(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
+                weights: Any, history: History, counts: np.ndarray, n_seen: int) -> None:
+        """Every component learns the batch, then the hybrid's own counts take it."""
+        self._sync(history, counts, n_seen)
+        for component in self.components.values():
+            component._learn(users, items, timestamps, weights)
+        # each event's stage is its user's event count before it (history, then the batch)
+        lengths = np.array([history.length(u) for u in users.tolist()], dtype=np.int64)
+        order = np.argsort(users, kind="stable")
+        su = users[order]
+        first = np.r_[True, su[1:] != su[:-1]]
+        rank = np.arange(len(su)) - np.maximum.accumulate(np.where(first, np.arange(len(su)), 0))
+        before = lengths.copy()
+        before[order] += rank
+        np.add.at(self._stage_counts, (_stage(before), items), 1.0)
+        self._user_last[users] = n_seen + np.arange(len(users))
+        self._n_known = max(self._n_known, int(items.max()) + 1)
+
+    def _fit(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
+             weights: Any) -> None:
+        # Replay the events chunk by chunk on copies of the history and counts (the base class
+        # appends the whole batch to the real ones after this returns).
+        indptr, hist_items = self.history.to_arrays()
+        history = History.from_arrays(indptr, hist_items)
+        counts = self.item_counts.copy()
+        n_seen = self.n_events
+        parts = []
+        size = self.config.fit_chunk
+        for lo in range(0, len(users), size):
+            u, i = users[lo : lo + size], items[lo : lo + size]
+            t = timestamps[lo : lo + size]
+            w = None if weights is None else weights[lo : lo + size]
+            found = self._rows(u, i, history, counts, n_seen)
+            if found is not None:
+                x, c, seen, rows, pos = found
+                parts.append((x.half(), c, seen, rows, pos))  # half: 50 chunks of ~2 MB
+            self._absorb(u, i, t, w, history, counts, n_seen)
+            history.append(u, i)
+            np.add.at(counts, i, 1.0)
+            n_seen += len(u)
+        self._train_gate(parts, self.config.fit_epochs)
+        self._sync(self.history, self.item_counts, self.n_events)
+
+    def _learn(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
+               weights: Any) -> None:
+        found = self._rows(users, items, self.history, self.item_counts, self.n_events)
+        if found is not None:
+            self._train_gate([found], self.config.learn_passes)
+        self._absorb(users, items, timestamps, weights, self.history, self.item_counts,
+                     self.n_events)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays: dict[str, np.ndarray] = {
+            "stage_counts": self._stage_counts,
+            "user_last": self._user_last,
+            "rng": self._gen.get_state().numpy(),
+        }
+        for name, tensor in self.gate.state_dict().items():
+            arrays[f"gate.{name}"] = tensor.detach().numpy()
+        optim = self._optimizer.state_dict()
+        steps = {}
+        for pid, state in optim["state"].items():
+            arrays[f"adam.{pid}.exp_avg"] = state["exp_avg"].numpy()
+            arrays[f"adam.{pid}.exp_avg_sq"] = state["exp_avg_sq"].numpy()
+            steps[str(pid)] = float(state["step"])
+        meta: dict[str, Any] = {"n_known": self._n_known, "adam_steps": steps,
+                                "last_loss": None if math.isnan(self.last_loss)
+                                else self.last_loss, "components": {}}
+        self._sync(self.history, self.item_counts, self.n_events)
+        for name, component in self.components.items():
+            sub_arrays, sub_meta = component._state()
+            arrays.update({f"{name}.{k}": v for k, v in sub_arrays.items()})
+            meta["components"][name] = sub_meta
+        return arrays, meta
+
+    def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        n_users, n_items = len(self.users), len(self.items)
+        stage = np.asarray(arrays["stage_counts"], dtype=np.float64)
+        last = np.asarray(arrays["user_last"], dtype=np.int64)
+        if stage.shape != (N_STAGES, n_items) or last.shape != (n_users,):
+            raise CheckpointError(f"NMRNHybrid arrays have shapes {stage.shape}, {last.shape}")
+        self._stage_counts, self._user_last = stage.copy(), last.copy()
+        state = {}
+        for name, tensor in self.gate.state_dict().items():
+            arr = arrays[f"gate.{name}"]
+            if tuple(arr.shape) != tuple(tensor.shape):
+                raise CheckpointError(f"gate.{name}: shape {arr.shape}, expected {tensor.shape}")
+            state[name] = torch.from_numpy(np.array(arr, dtype=np.float32))
+        self.gate.load_state_dict(state)
+        optim = self._optimizer.state_dict()
+        for pid_text, step in meta["adam_steps"].items():
+            pid = int(pid_text)
+            optim["state"][pid] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": torch.from_numpy(np.array(arrays[f"adam.{pid}.exp_avg"])),
+                "exp_avg_sq": torch.from_numpy(np.array(arrays[f"adam.{pid}.exp_avg_sq"])),
+            }
+        self._optimizer.load_state_dict(optim)
+        self._gen.set_state(torch.from_numpy(np.array(arrays["rng"], dtype=np.uint8)))
+        self._n_known = int(meta["n_known"])
+        loss = meta.get("last_loss")
+        self.last_loss = math.nan if loss is None else float(loss)
+        self._sync(self.history, self.item_counts, self.n_events)
+        for name, component in self.components.items():
+            component.users, component.items = self.users, self.items  # load replaced them
+            prefix = f"{name}."
+            sub = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            component._grow(n_users, n_items)
+            component._load_state(sub, meta["components"][name])
