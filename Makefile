@@ -8,10 +8,12 @@ MODELS ?= pop,recent-pop,item-knn,bpr,nmrn,nmrn-faithful
 
 .PHONY: install demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the exact versions of this project's runs (the CPU build of torch among
+# them); the library's own requirements in pyproject.toml are ranges.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,parquet,serve]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,parquet,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -155,3 +155,20 @@ def test_console_script_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nmrn.cli", "--version"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("nmrn ")
+
+
+def test_the_thread_policy_is_one_thread_unless_asked(log_csv, tmp_path, capsys):
+    import torch
+
+    ckpt = tmp_path / "pop.ckpt"
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert run(["train", "--data", log_csv, "--columns", "user=uid,item=movie,timestamp=ts",
+                    "--model", "pop", "--out", ckpt], capsys)[0] == 0
+        assert torch.get_num_threads() == 1  # the default: figures independent of the machine
+        assert run(["recommend", "--checkpoint", ckpt, "--user", "1", "--threads", "2"],
+                   capsys)[0] == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -121,8 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sep", help="field separator for csv/tsv files")
         p.add_argument("--data-dir", type=Path, help="dataset cache directory")
 
+    def add_threads(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--threads",
+            type=positive_int,
+            default=1,
+            metavar="N",
+            help="threads torch may use for one operation (default %(default)s: the figures "
+            "do not depend on the machine, and NMRN's and BPR's small operations run fastest "
+            "on one thread; more threads change results in the last decimals)",
+        )
+
     ev = sub.add_parser("evaluate", help="test-then-train evaluation of models on a log")
     add_input(ev)
+    add_threads(ev)
     ev.add_argument(
         "--models",
         default="pop,recent-pop,item-knn,bpr,nmrn,nmrn-faithful",
@@ -157,12 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="fit a model on a whole log and save a checkpoint")
     add_input(tr)
+    add_threads(tr)
     tr.add_argument("--model", default="item-knn")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--param", type=_param, action="append", default=[], metavar="MODEL.KEY=VALUE")
     tr.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
 
     rc = sub.add_parser("recommend", help="top-k items for users from a checkpoint")
+    add_threads(rc)
     rc.add_argument("--checkpoint", type=Path, required=True)
     rc.add_argument("--user", action="append", required=True, help="a user id (repeatable)")
     rc.add_argument("-k", type=positive_int, default=10)
@@ -361,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.INFO if args.verbose else logging.WARNING,
             format="%(levelname)s %(name)s: %(message)s",
         )
+        if getattr(args, "threads", None) is not None:
+            import torch  # the thread policy: one thread unless asked (see --threads)
+
+            torch.set_num_threads(args.threads)
         command = {
             "data": _cmd_data,
             "evaluate": _cmd_evaluate,

@@ -60,6 +60,8 @@ def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N")
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N")
     p.add_argument("--max-events", type=positive_int, metavar="N", help="stop after N events")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="threads torch may use for one operation (default %(default)s)")
     p.add_argument(
         "--idle-timeout", type=positive_seconds, metavar="S", help="stop after S idle seconds"
     )
