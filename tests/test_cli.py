@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -77,7 +78,8 @@ def test_train_then_recommend_round_trip(log_csv, tmp_path, capsys):
     assert code == 0, err
     assert (ckpt / "meta.json").is_file()
     code, out, err = run(
-        ["recommend", "--checkpoint", ckpt, "--user", "u3", "--user", "nobody", "-k", "5"],
+        ["recommend", "--checkpoint", ckpt, "--user", "u3", "--user", "nobody", "-k", "5",
+         "--format", "json"],
         capsys,
     )
     assert code == 0, err
@@ -93,6 +95,25 @@ def test_train_then_recommend_round_trip(log_csv, tmp_path, capsys):
     # exclusion: nothing u3 has seen is recommended
     seen = set(pd.read_csv(log_csv).query("uid == 'u3'")["movie"])
     assert not seen & set(answer[0]["items"])
+    # the other formats say the same: one line per user
+    code, out, _ = run(["recommend", "--checkpoint", ckpt, "--user", "u3", "--user", "nobody",
+                        "-k", "5", "--format", "jsonl"], capsys)
+    assert [json.loads(line) for line in out.splitlines()] == answer
+    code, out, _ = run(["recommend", "--checkpoint", ckpt, "--user", "u3", "--user", "77",
+                        "-k", "5"], capsys)
+    lines = out.splitlines()
+    assert lines[0] == "u3: " + " ".join(map(str, answer[0]["items"]))
+    assert lines[1].startswith("77 (unknown user: popular items): ")
+
+
+def test_recommend_returns_ids_in_the_type_they_name(tmp_path, capsys):
+    # issue 12: known users came back as ints, unknown ones as strings
+    from nmrn.baselines.popularity import Popularity
+
+    ckpt = Popularity().fit([(196, 1, 0), ("alice", 2, 1)]).save(tmp_path / "p")
+    code, out, _ = run(["recommend", "--checkpoint", ckpt, "--user", "196", "--user", "999",
+                        "--user", "alice", "--user", "007", "--format", "json"], capsys)
+    assert [row["user"] for row in json.loads(out)] == [196, 999, "alice", "007"]
 
 
 @pytest.mark.parametrize(
@@ -122,6 +143,8 @@ def test_train_then_recommend_round_trip(log_csv, tmp_path, capsys):
         (["serve", "--checkpoint", "x", "--apply-wait", "-1"], "finite number >= 0, got -1.0"),
         (["serve", "--checkpoint", "x", "--checkpoint-seconds", "inf"], "finite number >= 0"),
         (["serve", "--checkpoint", "x", "--apply-wait", "soon"], "number of seconds, got 'soon'"),
+        (["serve", "--checkpoint", "x", "--port", "99999"], "expected a port in 0..65535"),
+        (["recommend", "--checkpoint", "x", "--user", "1", "--format", "xml"], "invalid choice"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message, capsys):
@@ -172,3 +195,58 @@ def test_the_thread_policy_is_one_thread_unless_asked(log_csv, tmp_path, capsys)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, log_csv, capsys):
+    # issue 12: an existing file as --out was a traceback, after the whole evaluation
+    afile = tmp_path / "results.txt"
+    afile.write_text("not a directory")
+    code, out, err = run(["evaluate", "--data", log_csv, "--columns",
+                          "user=uid,item=movie,timestamp=ts", "--models", "pop", "--out", afile],
+                         capsys)
+    assert code == 2 and "exists and is not a directory" in err and "Traceback" not in err
+    assert "pop" not in out  # nothing was evaluated
+    code, _, err = run(["evaluate", "--data", log_csv, "--models", "pop",
+                        "--out", afile / "below"], capsys)
+    assert code == 2 and "cannot create it" in err
+    code, _, err = run(["train", "--data", log_csv, "--columns",
+                        "user=uid,item=movie,timestamp=ts", "--model", "pop", "--out", afile],
+                       capsys)
+    assert code == 2 and "is not an nmrn checkpoint" in err and afile.read_text() == (
+        "not a directory")
+
+
+def test_help_explains_every_option_and_shows_defaults(capsys, monkeypatch):
+    from nmrn.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapping inside the words checked below
+    from nmrn.models import model_names
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"nmrn {name} {action.option_strings[0]} has no help"
+    train = " ".join(sub.choices["train"].format_help().split())
+    assert all(preset in train for preset in model_names())
+    assert "(default: item-knn)" in train and "seed of the model (default: 0)" in train
+    assert "(default: 1000)" in " ".join(sub.choices["evaluate"].format_help().split())
+
+
+def test_verbose_may_follow_the_command(tmp_path, log_csv, capsys):
+    from nmrn.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--data", str(log_csv), "--out", "x", "-v"])
+    assert args.verbose is True
+    args = build_parser().parse_args(["-v", "train", "--data", str(log_csv), "--out", "x"])
+    assert args.verbose is True
+    args = build_parser().parse_args(["train", "--data", str(log_csv), "--out", "x"])
+    assert args.verbose is False
+
+
+def test_a_missing_column_hint_speaks_command_line(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    log.write_text("uid,movie,ts\n1,2,3\n")
+    code, _, err = run(["evaluate", "--data", log, "--models", "pop"], capsys)
+    assert code == 1 and "(on the command line: --columns item=<name>)" in err  # uid, ts: known

@@ -30,6 +30,14 @@ positive_int = int_at_least(1)
 """A whole number >= 1."""
 
 
+def port(text: str) -> int:
+    """A TCP port: a whole number in 0..65535 (0: any free port)."""
+    value = int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535, got {value}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A number strictly between 0 and 1."""
     try:

@@ -17,7 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from nmrn.argtypes import fraction, positive_int
 from nmrn.errors import ConfigError, NMRNError
 
 log = logging.getLogger("nmrn")
+_CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]{0,18}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,29 +86,62 @@ def _param(text: str) -> tuple[str, str, Any]:
     return model.strip(), key.strip(), value
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help that keeps the description's line breaks and shows each option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is not None
+            and default is not False
+            and default is not argparse.SUPPRESS
+            and default != []
+            and "%(default)" not in text
+            and action.option_strings
+        ):
+            shown = ",".join(map(str, action.default)) if isinstance(action.default, list) else (
+                "%(default)s")
+            text += f" (default: {shown})"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nmrn", description="Streaming recommendation with NMRN.")
+    from nmrn.models import model_names
+
+    models = ", ".join(model_names())
+    # -v works before or after the command (`nmrn -v evaluate ...`, `nmrn evaluate -v ...`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress details")
+    parser = _Parser(prog="nmrn", description="Streaming recommendation with NMRN.",
+                     formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"nmrn {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    data = sub.add_parser("data", help="fetch and inspect datasets")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=[common],  # type: ignore[no-any-return]
+                              formatter_class=_Formatter)
+
+    data = command("data", "fetch and inspect datasets")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     data_sub.required = True
     for action, text in (("fetch", "download, verify and cache"), ("info", "describe the cache")):
-        p = data_sub.add_parser(action, help=f"{text} a dataset")
+        p = data_sub.add_parser(action, help=f"{text} a dataset", parents=[common],
+                                formatter_class=_Formatter)
         p.add_argument("name", help="dataset name (ml-100k, ml-1m)")
         p.add_argument(
             "--data-dir",
             type=Path,
-            help="cache directory (default: $NMRN_DATA_DIR or ~/.cache/nmrn)",
+            help="cache directory (default: $NMRN_DATA_DIR, else ~/.cache/nmrn)",
         )
         if action == "fetch":
             p.add_argument(
                 "--source",
-                choices=["auto", "grouplens", "pypi"],
                 default="auto",
+                choices=["auto", "grouplens", "pypi"],
                 help="where to download from (auto: official host, then fallback)",
             )
 
@@ -127,30 +164,39 @@ def build_parser() -> argparse.ArgumentParser:
             type=positive_int,
             default=1,
             metavar="N",
-            help="threads torch may use for one operation (default %(default)s: the figures "
-            "do not depend on the machine, and NMRN's and BPR's small operations run fastest "
-            "on one thread; more threads change results in the last decimals)",
+            help="threads torch may use for one operation (1: the figures do not depend on the "
+            "machine, and NMRN's and BPR's small operations run fastest on one thread; more "
+            "threads change results in the last decimals)",
         )
 
-    ev = sub.add_parser("evaluate", help="test-then-train evaluation of models on a log")
+    def add_progress(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--quiet", "--no-progress", action="store_true", dest="quiet",
+                       help="no progress bars (they are also off when stderr is not a terminal)")
+
+    ev = command("evaluate", "test-then-train evaluation of models on a log")
     add_input(ev)
     add_threads(ev)
     ev.add_argument(
         "--models",
         default="pop,recent-pop,item-knn,bpr,nmrn,nmrn-faithful",
-        help="comma-separated model names (default: %(default)s)",
+        help=f"comma-separated model names, of: {models}",
     )
-    ev.add_argument("--protocol", choices=["blocks", "chunks", "both"], default="blocks")
+    ev.add_argument("--protocol", choices=["blocks", "chunks", "both"], default="blocks",
+                    help="blocks: the paper's setting (test a block, then learn it); chunks: the "
+                    "live setting (chunks of --chunk-size events); both: each in turn")
     ev.add_argument(
         "--chunk-size",
         type=_sizes,
         default=[1000],
         help="events per chunk in the chunks protocol; several, comma-separated, run each "
-        "(e.g. 100,1000; default 1000)",
+        "(e.g. 100,1000)",
     )
-    ev.add_argument("--base-fraction", type=fraction, default=0.6)
-    ev.add_argument("--blocks", type=positive_int, default=5)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--base-fraction", type=fraction, default=0.6,
+                    help="share of the log (time-sorted) that is the history the models fit on")
+    ev.add_argument("--blocks", type=positive_int, default=5,
+                    help="number of equal test blocks in the blocks protocol")
+    ev.add_argument("--seed", type=int, default=0,
+                    help="seed of the models and of the sampled negatives of the sampled metric")
     ev.add_argument(
         "--param",
         type=_param,
@@ -163,30 +209,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=Path("results"),
-        help="directory for results.json and the plots (default: %(default)s)",
+        help="directory for results.json and the plots",
     )
-    ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress(ev)
 
-    tr = sub.add_parser("train", help="fit a model on a whole log and save a checkpoint")
+    tr = command("train", "fit a model on a whole log and save a checkpoint")
     add_input(tr)
     add_threads(tr)
-    tr.add_argument("--model", default="item-knn")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--param", type=_param, action="append", default=[], metavar="MODEL.KEY=VALUE")
+    tr.add_argument("--model", default="item-knn", help=f"the model to train, of: {models}")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the model")
+    tr.add_argument("--param", type=_param, action="append", default=[], metavar="MODEL.KEY=VALUE",
+                    help="override a model parameter (repeatable), e.g. item-knn.alpha=0.5")
     tr.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    add_progress(tr)
 
-    rc = sub.add_parser("recommend", help="top-k items for users from a checkpoint")
+    rc = command("recommend", "top-k items for users from a checkpoint")
     add_threads(rc)
-    rc.add_argument("--checkpoint", type=Path, required=True)
+    rc.add_argument("--checkpoint", type=Path, required=True,
+                    help="a checkpoint directory (nmrn train, nmrn serve, nmrn consume)")
     rc.add_argument("--user", action="append", required=True, help="a user id (repeatable)")
-    rc.add_argument("-k", type=positive_int, default=10)
-    rc.add_argument("--include-seen", action="store_true")
+    rc.add_argument("-k", type=positive_int, default=10, help="how many items per user")
+    rc.add_argument("--include-seen", action="store_true",
+                    help="also recommend items the user has already consumed")
+    rc.add_argument("--format", choices=["table", "json", "jsonl"], default="table",
+                    dest="output", help="table: one line per user; json: one document; jsonl: "
+                    "one JSON object per user")
 
     from nmrn.serving.commands import add_serve_command
     from nmrn.streams.commands import add_consume_command
 
-    add_serve_command(sub)
-    add_consume_command(sub)
+    for add in (add_serve_command, add_consume_command):
+        p = add(sub)
+        p.formatter_class = _Formatter
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="log progress details")
     return parser
 
 
@@ -226,7 +282,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
     else:
         info = dataset_info(args.name, data_dir=args.data_dir)
         for key, value in info.items():
-            print(f"{key}: {value}")
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                print(f"{key}:")
+                for entry in value:
+                    print("  - " + ", ".join(f"{k}: {v}" for k, v in entry.items()))
+            else:
+                print(f"{key}: {value}")
     return 0
 
 
@@ -253,9 +314,49 @@ def _download_bar() -> Any:
     return update
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _progress_on(args: argparse.Namespace) -> bool:
+    """Progress bars go to stderr, and only to a terminal, unless --quiet."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def _evaluation_progress(label: str, n_base: int, on: bool) -> Any:
+    """A protocol progress callback: says that the model is fitting, then a bar over the test
+    stream (its right total, elapsed and ETA), left on screen."""
+    if not on:
+        return None
     from tqdm import tqdm
 
+    print(f"{label}: fitting on {n_base:,} events ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    state: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = tqdm(total=total, desc=f"{label}: test stream", unit="ev",
+                                      file=sys.stderr, leave=True, dynamic_ncols=True)
+            bar.set_postfix_str(f"fit {time.perf_counter() - started:.1f} s")
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return progress
+
+
+def _output_dir(path: Path) -> Path:
+    """``--out`` as a directory that exists and is writable, checked before any work."""
+    if path.exists() and not path.is_dir():
+        raise _UsageError(f"--out {path} exists and is not a directory; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _UsageError(f"--out {path}: cannot create it ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise _UsageError(f"--out {path}: not writable")
+    return path
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nmrn.evaluation.protocol import evaluate
     from nmrn.evaluation.report import format_table, plot_segments, write_json
     from nmrn.models import make_model
@@ -267,8 +368,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     # build every model once up front so a typo fails before minutes of work
     for name in models:
         make_model(name, seed=args.seed, **overrides[name])
+    out = _output_dir(args.out)  # likewise a bad --out
     source, events = _load_events(args)
     log.info("%s: %d events", source, len(events))
+    n_base = int(args.base_fraction * len(events))
     protocols = ["blocks", "chunks"] if args.protocol == "both" else [args.protocol]
     settings = [
         (protocol, size)
@@ -280,50 +383,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         label = protocol if protocol == "blocks" else f"chunks {chunk_size}"
         for name in models:
             model = make_model(name, seed=args.seed, **overrides[name])
-            with tqdm(
-                total=len(events),
-                desc=f"{name} [{label}]",
-                unit="ev",
-                file=sys.stderr,
-                disable=args.no_progress,
-                leave=False,
-            ) as bar:
-
-                def progress(done: int, total: int, bar: Any = bar) -> None:
-                    bar.update(done - bar.n)
-
-                result = evaluate(
-                    model,
-                    events,
-                    name=name,
-                    protocol=protocol,
-                    base_fraction=args.base_fraction,
-                    n_blocks=args.blocks,
-                    chunk_size=chunk_size,
-                    seed=args.seed,
-                    progress=progress,
-                )
+            result = evaluate(
+                model,
+                events,
+                name=name,
+                protocol=protocol,
+                base_fraction=args.base_fraction,
+                n_blocks=args.blocks,
+                chunk_size=chunk_size,
+                seed=args.seed,
+                progress=_evaluation_progress(f"{name} [{label}]", n_base, _progress_on(args)),
+            )
             results.append(result)
     print(f"{source}: {len(events)} events, base fraction {args.base_fraction}, seed {args.seed}")
     print(format_table(results))
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(results, args.out / "results.json")
-    written = [args.out / "results.json"]
+    write_json(results, out / "results.json")
+    written = [out / "results.json"]
     for setting in dict.fromkeys(r.setting for r in results):
         subset = [r for r in results if r.setting == setting]
-        png = args.out / f"hits10_{setting.replace(' ', '')}.png"
-        plot_segments(subset, png)
+        png = out / f"hits10_{setting.replace(' ', '')}.png"
+        plot_segments(subset, png, title=f"{source}, {setting}")
         written.append(png)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from nmrn.io import is_checkpoint
     from nmrn.models import make_model
 
     overrides = _overrides(args, [args.model])
     model = make_model(args.model, seed=args.seed, **overrides[args.model])
+    if args.out.exists() and not is_checkpoint(args.out):  # before minutes of training
+        raise _UsageError(f"--out {args.out} exists and is not an nmrn checkpoint; it would "
+                          "not be replaced: choose another path or remove it")
     source, events = _load_events(args)
+    if _progress_on(args):
+        print(f"training {args.model} on {len(events):,} events of {source} ...",
+              file=sys.stderr, flush=True)
     model.fit(events)
     path = model.save(args.out)
     print(
@@ -333,6 +430,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _typed(text: str, looked_up: int | str) -> int | str:
+    """The id a user typed, in the type it names: an int for a canonical integer literal
+    (``"196"``), text otherwise, whether or not the model knows it."""
+    if isinstance(looked_up, int):
+        return looked_up
+    return int(text) if _CANONICAL_INT.fullmatch(text) else text
+
+
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from nmrn.models import load_model
 
@@ -340,17 +445,25 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     # ids typed on a command line are text: use the int form where the model knows that one
     users = [model.users.resolve_text(text) for text in args.user]
     recs = model.recommend(users, k=args.k, exclude_seen=not args.include_seen)
-    out = []
-    for j, user in enumerate(users):
-        out.append(
-            {
-                "user": user,
-                "cold": bool(recs.cold[j]),
-                "items": [x for x in recs.items[j].tolist() if x is not None],
-                "scores": [float(s) for s in recs.scores[j].tolist() if s != float("-inf")],
-            }
-        )
-    print(json.dumps(out, indent=1))
+    rows = []
+    for j, (text, user) in enumerate(zip(args.user, users, strict=True)):
+        keep = [c for c, s in enumerate(recs.scores[j].tolist()) if s != float("-inf")]
+        rows.append({
+            "user": _typed(text, user),
+            "cold": bool(recs.cold[j]),
+            "items": [recs.items[j].tolist()[c] for c in keep],
+            "scores": [round(float(recs.scores[j][c]), 6) for c in keep],
+        })
+    if args.output == "json":
+        print(json.dumps(rows, indent=1))
+    elif args.output == "jsonl":
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        for row in rows:
+            flag = " (unknown user: popular items)" if row["cold"] else ""
+            items = " ".join(map(str, row["items"])) or "-"
+            print(f"{row['user']}{flag}: {items}")
     return 0
 
 

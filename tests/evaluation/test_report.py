@@ -86,7 +86,7 @@ def test_plot_is_a_png_file(results, tmp_path):
     assert len(data) > 1000 and data.startswith(PNG_MAGIC)
     import matplotlib.image
 
-    assert matplotlib.image.imread(path).shape[:2] == (420, 700)
+    assert matplotlib.image.imread(path).shape[:2] == (420, 850)
     with pytest.raises(ValueError, match="unknown metric"):
         plot_segments(results, path, metric="Recall@3")
 

@@ -488,7 +488,8 @@ class _Source:
                 if len(matches) > 1:
                     raise DataError(
                         f"{where}: columns {matches} could each be the {role}; pick one with "
-                        f"columns={{'{role}': {matches[0]!r}}}"
+                        f"columns={{'{role}': {matches[0]!r}}} (on the command line: "
+                        f"--columns {role}={matches[0]})"
                     )
                 if matches:
                     roles[role] = matches[0]
@@ -498,10 +499,11 @@ class _Source:
         if missing:
             looked = "; ".join(f"{role}: {', '.join(_ALIASES[role])}" for role in missing)
             example = ", ".join(f"'{role}': '<name>'" for role in missing)
+            flag = ",".join(f"{role}=<name>" for role in missing)
             raise DataError(
                 f"{where}: missing column(s) for {', '.join(missing)}; found columns {found} "
                 f"(looked for {looked}; case, '_' and '-' ignored); map your names with "
-                f"columns={{{example}}}"
+                f"columns={{{example}}} (on the command line: --columns {flag})"
             )
         return roles
 

@@ -142,7 +142,11 @@ def read_json(path: str | os.PathLike[str]) -> list[EvalResult]:
 
 
 def plot_segments(
-    results: Sequence[EvalResult], path: str | os.PathLike[str], *, metric: str = _PLOT_METRIC
+    results: Sequence[EvalResult],
+    path: str | os.PathLike[str],
+    *,
+    metric: str = _PLOT_METRIC,
+    title: str | None = None,
 ) -> None:
     """Plot a metric per segment (block, or fifth of the test stream), one line per result.
 
@@ -155,6 +159,8 @@ def plot_segments(
     metric
         Which metric to draw (default Hits@10; any name of
         :data:`~nmrn.evaluation.protocol.METRICS`).
+    title
+        The plot's title (e.g. the dataset and the setting); the metric is added to it.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
@@ -162,7 +168,7 @@ def plot_segments(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.0, 4.2), dpi=100)
+    fig = Figure(figsize=(8.5, 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for r in results:
@@ -181,8 +187,10 @@ def plot_segments(
     if n_max:
         ax.set_xticks(range(1, n_max + 1))
     ax.grid(True, alpha=0.3)
-    if results:
-        ax.legend(loc="best", fontsize="small")
+    ax.set_ylim(bottom=0.0)  # a metric's zero is meaningful: differences are not magnified
+    ax.set_title(f"{metric} per segment" + (f" — {title}" if title else ""), fontsize="medium")
+    if results:  # outside the axes: never over the data
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nmrn.argtypes import int_at_least, non_negative_seconds, positive_seconds
+from nmrn.argtypes import int_at_least, non_negative_seconds, port, positive_seconds
 from nmrn.errors import ConfigError
 
 log = logging.getLogger("nmrn.serving")
@@ -33,7 +33,7 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="checkpoint directory to serve (and to write checkpoints to)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int_at_least(0), default=8000,
+    p.add_argument("--port", type=port, default=8000,
                    help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--token", default=None,
                    help="bearer token required for writes (default: $NMRN_TOKEN; none: open)")
@@ -51,8 +51,10 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    "(0: apply at once; default %(default)s)")
     p.add_argument("--max-batch", type=int_at_least(1), default=10_000, metavar="N",
                    help="most events per POST /events (default %(default)s)")
-    p.add_argument("--max-body-bytes", type=int_at_least(1), default=1_048_576, metavar="N")
-    p.add_argument("--max-k", type=int_at_least(1), default=1_000, metavar="N")
+    p.add_argument("--max-body-bytes", type=int_at_least(1), default=1_048_576, metavar="N",
+                   help="largest request body; larger ones get 413 (default %(default)s)")
+    p.add_argument("--max-k", type=int_at_least(1), default=1_000, metavar="N",
+                   help="largest k a read may ask for (default %(default)s)")
     p.add_argument("--max-users", type=int_at_least(1), default=1_000, metavar="N",
                    help="most users per POST /recommendations (default %(default)s)")
     p.add_argument("--max-pending", type=int_at_least(1), default=1_000_000, metavar="N",
@@ -70,7 +72,8 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
                    help="HTTP/1.1 parser (auto: httptools when installed)")
     p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="the HTTP server's log level (default: %(default)s)")
     return p
 
 

@@ -54,11 +54,16 @@ def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
     redis_opts.add_argument("--consumer", default="nmrn", help="consumer name (default nmrn)")
     redis_opts.add_argument("--dead-letter", help="dead-letter stream (default <stream>:dead)")
     file_opts = p.add_argument_group("file / stdin")
-    file_opts.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    file_opts.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                           help="one JSON object per line, or CSV with a header (default: "
+                           "%(default)s)")
     file_opts.add_argument("--follow", action="store_true", help="tail a growing file")
     file_opts.add_argument("--sentinel", help="a line that ends the stream, e.g. __END__")
-    p.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N")
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N")
+    p.add_argument("--checkpoint-every", type=positive_int, default=1000, metavar="N",
+                   help="checkpoint (and acknowledge) after N applied events (default "
+                   "%(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
+                   help="events per learn call (default %(default)s)")
     p.add_argument("--max-events", type=positive_int, metavar="N", help="stop after N events")
     p.add_argument("--threads", type=positive_int, default=1, metavar="N",
                    help="threads torch may use for one operation (default %(default)s)")
