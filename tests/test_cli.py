@@ -250,3 +250,22 @@ def test_a_missing_column_hint_speaks_command_line(tmp_path, capsys):
     log.write_text("uid,movie,ts\n1,2,3\n")
     code, _, err = run(["evaluate", "--data", log, "--models", "pop"], capsys)
     assert code == 1 and "(on the command line: --columns item=<name>)" in err  # uid, ts: known
+
+
+def test_report_rewrites_plots_and_a_self_contained_html(log_csv, tmp_path, capsys):
+    out_dir = tmp_path / "res"
+    assert run(["evaluate", "--data", log_csv, "--columns", "user=uid,item=movie,timestamp=ts",
+                "--models", "pop,item-knn", "--protocol", "both", "--base-fraction", "0.5",
+                "--blocks", "3", "--chunk-size", "40", "--out", out_dir], capsys)[0] == 0
+    (out_dir / "hits10_blocks.png").unlink()
+    code, out, err = run(["report", out_dir / "results.json", "--plots"], capsys)
+    assert code == 0, err
+    assert (out_dir / "hits10_blocks.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4  # two metrics x two settings
+    assert "src='http" not in page and "<script" not in page  # nothing to fetch, nothing to run
+    for name in ("pop", "item-knn", "blocks", "chunks 40", "new users", "recency_decay"):
+        assert name in page
+    assert "item-knn" in out  # the table on stdout
+    code, _, err = run(["report", tmp_path / "nope.json"], capsys)
+    assert code == 1 and "nope.json" in err

@@ -235,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
                     dest="output", help="table: one line per user; json: one document; jsonl: "
                     "one JSON object per user")
 
+    rp = command("report", "re-plot a results.json and write one self-contained HTML report")
+    rp.add_argument("results", type=Path, help="a results.json written by nmrn evaluate")
+    rp.add_argument("--html", type=Path, default=None,
+                    help="the HTML report to write (default: report.html next to the results)")
+    rp.add_argument("--plots", action="store_true",
+                    help="also re-draw hits10_<setting>.png next to the results")
+
     from nmrn.serving.commands import add_serve_command
     from nmrn.streams.commands import add_consume_command
 
@@ -467,6 +474,26 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from nmrn.evaluation.report import format_table, plot_segments, read_json, write_html
+
+    results = read_json(args.results)
+    if not results:
+        raise _UsageError(f"{args.results} holds no results")
+    html_path = args.html or args.results.with_name("report.html")
+    if html_path.exists() and html_path.is_dir():
+        raise _UsageError(f"--html {html_path} is a directory; give a file name")
+    print(format_table(results))
+    written = [write_html(results, html_path, title=f"nmrn evaluation: {args.results}")]
+    if args.plots:
+        for setting in dict.fromkeys(r.setting for r in results):
+            png = args.results.with_name(f"hits10_{setting.replace(' ', '')}.png")
+            plot_segments([r for r in results if r.setting == setting], png, title=setting)
+            written.append(png)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from nmrn.serving.commands import run_serve
 
@@ -497,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": _cmd_evaluate,
             "train": _cmd_train,
             "recommend": _cmd_recommend,
+            "report": _cmd_report,
             "serve": _cmd_serve,
             "consume": _cmd_consume,
         }[args.command]

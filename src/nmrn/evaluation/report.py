@@ -195,3 +195,81 @@ def plot_segments(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
+
+
+def _png_bytes(results: Sequence[EvalResult], metric: str, title: str) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plot.png"
+        plot_segments(results, path, metric=metric, title=title)
+        return path.read_bytes()
+
+
+def write_html(
+    results: Sequence[EvalResult], path: str | os.PathLike[str], *, title: str = "nmrn evaluation"
+) -> Path:
+    """One self-contained HTML report (plots embedded): per setting, the results table (with
+    the new-user figures and the timings), Hits@10 and NDCG@10 per segment, each segment's
+    figures, and every run's parameters. Opens in any browser, offline.
+    """
+    import base64
+    import html
+
+    def esc(x: Any) -> str:
+        return html.escape(str(x))
+
+    settings = list(dict.fromkeys(r.setting for r in results))
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}",
+        "table{border-collapse:collapse;margin:1em 0;font-size:14px}",
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}",
+        "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}",
+        "img{max-width:100%}details{margin:0.5em 0}code{font-size:12px}",
+        "</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        "<p>Test-then-train evaluation (docs/protocol.md): every figure is a mean over tested "
+        "events, Hits@k over all known items unless marked sampled; 'new users' are tested "
+        "events whose user had fewer than 5 earlier events.</p>",
+    ]
+    for setting in settings:
+        rows = [r for r in results if r.setting == setting]
+        parts.append(f"<h2>{esc(setting)}</h2><table><tr><th>model</th>")
+        parts += [f"<th>{esc(m)}</th>" for m in METRICS]
+        parts.append("<th>tested</th><th>new users: Hits@10 (n)</th><th>fit s</th>"
+                     "<th>learn ev/s</th></tr>")
+        for r in rows:
+            cells = [_number(r.metrics.get(m, math.nan)) for m in METRICS]
+            new = r.new_user_metrics.get("Hits@10", math.nan)
+            parts.append(
+                f"<tr><td>{esc(r.model)}</td>" + "".join(f"<td>{c}</td>" for c in cells)
+                + f"<td>{r.n_tested}</td><td>{_number(new)} ({r.n_tested_new})</td>"
+                f"<td>{_number(r.fit_seconds, 2)}</td>"
+                f"<td>{_number(r.learn_events_per_s, 0)}</td></tr>"
+            )
+        parts.append("</table>")
+        for metric in ("Hits@10", "NDCG@10"):
+            png = base64.b64encode(_png_bytes(rows, metric, setting)).decode("ascii")
+            parts.append(f"<img alt='{esc(metric)} per segment, {esc(setting)}' "
+                         f"src='data:image/png;base64,{png}'>")
+        for r in rows:
+            parts.append(f"<details><summary>{esc(r.model)}: per segment and parameters"
+                         "</summary><table><tr><th>segment</th><th>events</th><th>tested</th>"
+                         "<th>Hits@10</th><th>NDCG@10</th><th>MRR</th></tr>")
+            for seg in r.segments:
+                parts.append(
+                    f"<tr><td>{seg.index + 1}</td><td>{seg.start}-{seg.stop}</td>"
+                    f"<td>{seg.n_tested}</td><td>{_number(seg.metrics.get('Hits@10', math.nan))}"
+                    f"</td><td>{_number(seg.metrics.get('NDCG@10', math.nan))}</td>"
+                    f"<td>{_number(seg.metrics.get('MRR', math.nan))}</td></tr>"
+                )
+            params = json.dumps(_json_safe(r.params), indent=1, default=str)
+            parts.append(f"</table><pre><code>{esc(params)}</code></pre></details>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
