@@ -657,3 +657,24 @@ def test_a_registered_format_is_inferred_and_read(tmp_path: Path, monkeypatch: A
         readers.register_format(readers.LogFormat("other", readers.delimited(",", 0), (".csv",)))
     with pytest.raises(ValueError, match="'psv' is already registered"):
         readers.register_format(readers.LogFormat("psv", readers.delimited(",", 0)))
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_iso_8601_timestamps_are_seconds_since_the_epoch(tmp_path: Path, suffix: str) -> None:
+    # issue 12: only numeric timestamps were read
+    rows = [("a", "x", "2024-03-05T14:30:00+01:00"), ("b", "y", "2024-03-05"),
+            ("c", "z", "2024-03-05 13:30:01")]
+    path = tmp_path / f"log.{suffix}"
+    if suffix == "csv":
+        path.write_text("user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    else:
+        path.write_text("".join(json.dumps({"user": u, "item": i, "timestamp": t}) + "\n"
+                                for u, i, t in rows))
+    events = read_log(path)
+    day = 1709596800.0  # 2024-03-05T00:00:00Z, worked out by hand: 19787 days after 1970-01-01
+    assert events.users.tolist() == ["b", "a", "c"]  # sorted by time
+    assert events.timestamps.tolist() == [day, day + 13.5 * 3600, day + 13.5 * 3600 + 1]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,timestamp\na,x,2024-03-05\nb,y,next tuesday\n")
+    with pytest.raises(DataError, match="line 3"):
+        read_log(bad)

@@ -36,7 +36,10 @@ Columns
     ``weight`` is optional: without a matching column the batch has ``weights=None``. The
     MovieLens and RecBole formats map ``rating`` to ``weight``. For JSON lines the roles are
     resolved from the keys of the first record. Timestamps must be numbers (any unit: only their
-    order matters, except to windows expressed in time); convert date strings before reading.
+    order matters, except to windows expressed in time). A text timestamp column whose values are
+    ISO 8601 dates or date-times (``2024-03-05``, ``2024-03-05T14:30:00+01:00``) is read as
+    seconds since 1970-01-01 UTC (a value without a zone counts as UTC); datetime columns of
+    Parquet files likewise.
 
 Ids
     Surrounding whitespace is stripped from text ids. An id column in which *every* value is an
@@ -901,6 +904,21 @@ def _texts(values: np.ndarray, what: str, issues: list[tuple[int, str]]) -> list
     return out
 
 
+def _iso_seconds(values: pd.Series, numeric: np.ndarray) -> np.ndarray:
+    """A text timestamp column as seconds since 1970-01-01 UTC when its values are ISO 8601
+    dates or date-times (a value without a zone is taken as UTC); ``numeric`` (what the number
+    parser made of it) otherwise, so a column mixing the two reports its first bad value."""
+    text = values.astype("string")
+    dates = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    parsed = dates.notna().to_numpy()
+    if not parsed.any() or np.isfinite(numeric[parsed]).any():
+        return numeric  # not a date column (or numbers and dates mixed)
+    seconds = ((dates - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(
+        np.float64, na_value=np.nan
+    )
+    return np.where(parsed, seconds, numeric)
+
+
 def _numbers(values: pd.Series, what: str, issues: list[tuple[int, str]]) -> np.ndarray:
     """A timestamp or weight column as float64; missing or non-numeric values go to ``issues``."""
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
@@ -922,6 +940,8 @@ def _numbers(values: pd.Series, what: str, issues: list[tuple[int, str]]) -> np.
         arr = pd.to_numeric(pd.Series(numeric, dtype=object), errors="coerce").to_numpy(
             np.float64, na_value=np.nan
         )
+        if what == "timestamp" and not np.isfinite(arr).all():
+            arr = _iso_seconds(values, arr)
     bad = ~np.isfinite(arr)
     if bad.any():
         j = _first(bad)
