@@ -1,12 +1,15 @@
 """Reference models behind the same facade as NMRN: the yardsticks its results are read against.
 
-Every baseline subclasses :class:`nmrn.training.base.Recommender` and registers itself under its
-``name``:
+Every baseline subclasses :class:`nmrn.training.contract.Recommender` and registers its class
+(:func:`nmrn.training.registry.register`); the presets (:mod:`nmrn.models`) name them:
 
 - ``"pop"``: :class:`Popularity`, all-time event counts;
 - ``"recent-pop"``: :class:`RecentPopularity`, counts over a sliding window or with decay;
 - ``"item-knn"``: :class:`ItemKNN`, streaming co-occurrence kNN with a recency-weighted profile;
-- ``"bpr"``: :class:`BPR`, online BPR matrix factorisation.
+- ``"bpr"``: :class:`BPR`, online BPR matrix factorisation;
+- ``"stan"``, ``"v-sknn"``: :class:`STAN`, session-aware neighbours (STAN; V-SKNN as a special
+  case);
+- ``"sasrec"``: :class:`SASRec`, self-attentive sequential model, updated online.
 """
 
 from __future__ import annotations
@@ -14,5 +17,7 @@ from __future__ import annotations
 from nmrn.baselines.bpr import BPR
 from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import Popularity, RecentPopularity
+from nmrn.baselines.sasrec import SASRec
+from nmrn.baselines.sknn import STAN
 
-__all__ = ["BPR", "ItemKNN", "Popularity", "RecentPopularity"]
+__all__ = ["BPR", "STAN", "ItemKNN", "Popularity", "RecentPopularity", "SASRec"]
