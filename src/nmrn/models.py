@@ -31,6 +31,7 @@ from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import Popularity, RecentPopularity
 from nmrn.baselines.sasrec import SASRec
 from nmrn.baselines.sknn import STAN
+from nmrn.baselines.sknn import VALIDATED as STAN_VALIDATED
 from nmrn.errors import ConfigError
 from nmrn.training.contract import Recommender
 from nmrn.training.hybrid import NMRNHybrid
@@ -47,19 +48,7 @@ PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     # (fit on 40,000 events, test-then-train on the next 10,000; blocks, chunks of 1,000 and
     # of 100). Validation removed the time cut of sessions (a gap of 5.5 years never occurs in
     # ML-100K): a "session" is a piece of at most max_session_len items of a user's history.
-    "stan": (
-        STAN,
-        {
-            "session_gap": 1.74e8,
-            "max_session_len": 1000,
-            "n_neighbours": 192,
-            "sample_size": 500,
-            "similarity": "dot",
-            "lambda_position": 25.4,
-            "lambda_time": 1.42e7,  # 164 days
-            "lambda_neighbour": 932.0,
-        },
-    ),
+    "stan": (STAN, dict(STAN_VALIDATED)),
     # V-SKNN: STAN with linear position weights, the dot product, and no time or
     # in-neighbour weight
     "v-sknn": (

@@ -98,6 +98,20 @@ class STANConfig(Config):
             )
 
 
+#: STAN's options chosen on validation (docs/baselines.md): the ``stan`` preset, and the
+#: session-neighbourhood evidence of :class:`~nmrn.training.hybrid.NMRNHybrid`.
+VALIDATED = {
+    "session_gap": 1.74e8,
+    "max_session_len": 1000,
+    "n_neighbours": 192,
+    "sample_size": 500,
+    "similarity": "dot",
+    "lambda_position": 25.4,
+    "lambda_time": 1.42e7,  # 164 days
+    "lambda_neighbour": 932.0,
+}
+
+
 @register
 class STAN(Recommender):
     """Sequence- and time-aware session neighbourhood (STAN), with V-SKNN as a special case.

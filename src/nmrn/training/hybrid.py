@@ -24,6 +24,10 @@ across users; any subset can be chosen with ``features``):
 ``follows``
     What tends to follow the user's last items (a directed ItemKNN over their last
     ``follow_history`` items), normalised the same way.
+``sessions``
+    The votes of similar sessions of other users (an inner :class:`~nmrn.baselines.sknn.STAN`
+    with the options ``sessions``; by default the ones chosen on validation for ``stan``),
+    normalised the same way.
 ``pop``, ``recent_pop``
     All-time popularity and popularity decayed with a half-life of ``pop_half_life`` events
     (log-scaled into [0, 1]).
@@ -68,6 +72,8 @@ from torch import Tensor
 
 from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import RecentPopularity
+from nmrn.baselines.sknn import STAN, STANConfig
+from nmrn.baselines.sknn import VALIDATED as STAN_VALIDATED
 from nmrn.config import Config, Int, NMRNConfig, OneOf, Real, Sub, option
 from nmrn.data.history import History
 from nmrn.errors import CheckpointError, ConfigError, ModelFitError
@@ -77,7 +83,7 @@ from nmrn.training.registry import register
 
 __all__ = ["FEATURES", "HybridConfig", "NMRNHybrid"]
 
-FEATURES = ("memory", "knn", "knn_slow", "follows", "pop", "recent_pop", "stage_pop")
+FEATURES = ("memory", "knn", "knn_slow", "follows", "sessions", "pop", "recent_pop", "stage_pop")
 N_CONTEXT = 2
 N_STAGES = 12
 _EPS = 1e-3
@@ -113,6 +119,9 @@ class HybridConfig(Config):
         the profile decays of ``knn`` and ``knn_slow``.
     follow_history, follow_decay
         The directed ("what follows") component.
+    sessions
+        The session-neighbourhood component's options (:class:`~nmrn.baselines.sknn.STANConfig`
+        or a mapping).
     pop_half_life
         Half-life, in events, of ``recent_pop``.
     gate
@@ -134,6 +143,9 @@ class HybridConfig(Config):
     knn_slow_decay: float = option(0.95, Real(low=0.0, high=1.0, low_open=True))
     follow_history: int = option(20, Int(low=1))
     follow_decay: float = option(0.7, Real(low=0.0, high=1.0, low_open=True))
+    sessions: STANConfig = option(
+        check=Sub(STANConfig), default_factory=lambda: STANConfig(**STAN_VALIDATED)
+    )
     pop_half_life: float = option(5000.0, Real(low=0.0, low_open=True))
     gate: str = option("mlp", OneOf(("mlp", "sum")))
     hidden: int = option(16, Int(low=1))
@@ -219,6 +231,8 @@ class NMRNHybrid(Recommender):
             self.components["follows"] = ItemKNN(
                 history_len=cfg.follow_history, recency_decay=cfg.follow_decay, directed=True
             )
+        if "sessions" in use:
+            self.components["sessions"] = STAN(cfg.sessions)
         if "recent_pop" in use:
             self.components["recent_pop"] = RecentPopularity(half_life=cfg.pop_half_life)
         for component in self.components.values():  # one set of ids for everyone
@@ -275,8 +289,8 @@ class NMRNHybrid(Recommender):
                 assert isinstance(knn, ItemKNN)
                 decay = cfg.knn_decay if name == "knn" else cfg.knn_slow_decay
                 v = _log_share(knn.scores_with_decay(users, decay)[:, :n])
-            elif name == "follows":
-                v = _log_share(self.components["follows"]._score_all(users)[:, :n])
+            elif name in ("follows", "sessions"):
+                v = _log_share(self.components[name]._score_all(users)[:, :n])
             elif name == "pop":
                 top = max(float(counts[:n].max(initial=0.0)), 1.0)
                 v = np.broadcast_to(np.log1p(counts[:n]) / math.log1p(top), (len(users), n))
