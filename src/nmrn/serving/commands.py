@@ -59,6 +59,11 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="most users per POST /recommendations (default %(default)s)")
     p.add_argument("--max-pending", type=int_at_least(1), default=1_000_000, metavar="N",
                    help="most accepted-but-unapplied events before ingest answers 503")
+    p.add_argument("--live-quality", type=int_at_least(0), default=8, metavar="N",
+                   help="incoming events per applied run ranked against what their users would "
+                   "have been recommended just before (the status page's and /metrics' live "
+                   "Hits@10 and NDCG@10); each costs a read under the model lock; 0: off "
+                   "(default %(default)s)")
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync the journal per request (loses events on a machine crash)")
     p.add_argument("--torch-threads", type=int_at_least(1), default=1, metavar="N",
@@ -103,6 +108,7 @@ def build_app_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
         apply_wait=args.apply_wait,
         max_pending=args.max_pending,
         fsync=not args.no_fsync,
+        live_quality=args.live_quality,
     )
     try:
         app = create_app(service, token=token, limits=limits, close_on_shutdown=True)

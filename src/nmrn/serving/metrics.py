@@ -128,3 +128,19 @@ class _Progress(Collector):
         )
         yield GaugeMetricFamily("nmrn_known_users", "Users the model knows.", len(s.model.users))
         yield GaugeMetricFamily("nmrn_known_items", "Items the model knows.", len(s.model.items))
+        quality = getattr(s, "quality", None)
+        if quality is not None:
+            live = quality.snapshot()
+            k = live["k"]
+            yield GaugeMetricFamily(
+                f"nmrn_live_hits_at_{k}", f"Moving Hits@{k} of incoming events against the "
+                "recommendations their users would have got just before (NaN: none yet).",
+                live["hits"],
+            )
+            yield GaugeMetricFamily(
+                f"nmrn_live_ndcg_at_{k}", f"Moving NDCG@{k}, likewise.", live["ndcg"]
+            )
+            yield CounterMetricFamily(
+                "nmrn_live_quality_events", "Incoming events ranked for the live quality.",
+                live["total"],
+            )

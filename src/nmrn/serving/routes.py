@@ -1,6 +1,8 @@
 """The HTTP endpoints, as one FastAPI ``APIRouter`` over the service in ``app.state``.
 
 ======  ==========================  =====================================================
+GET     ``/``                       the live status page (HTML, polls ``/status.json``)
+GET     ``/status.json``            progress, events/s, read latency, live quality
 POST    ``/events``                 ingest one event or ``{"events": [...]}``; 202
 GET     ``/recommendations/{user}`` top-k for one user (``?k=10&exclude_seen=true``)
 POST    ``/recommendations``        top-k for ``{"users": [...], "k": 10}``
@@ -31,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
@@ -50,6 +52,7 @@ from nmrn.serving.schemas import (
     recommendation_rows,
 )
 from nmrn.serving.service import LiveService, ServiceUnavailable
+from nmrn.serving.status import PAGE
 
 log = logging.getLogger("nmrn.serving")
 
@@ -261,6 +264,16 @@ async def healthz(request: Request) -> JSONResponse:
         "items": len(service.model.items),
     }
     return JSONResponse(body, status_code=200 if alive else 503)
+
+
+@router.get("/")
+async def status_page(request: Request) -> HTMLResponse:
+    return HTMLResponse(PAGE)
+
+
+@router.get("/status.json")
+async def status_json(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.service.status())
 
 
 @router.get("/metrics")

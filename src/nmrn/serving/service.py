@@ -29,6 +29,7 @@ accepted is lost, nothing is applied twice.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -46,6 +47,7 @@ from nmrn.io import write_checkpoint
 from nmrn.models import load_model
 from nmrn.serving.journal import Journal, JournalError
 from nmrn.serving.metrics import ServiceMetrics
+from nmrn.serving.quality import LiveQuality
 from nmrn.training.contract import Recommendations, Recommender
 
 log = logging.getLogger("nmrn.serving")
@@ -104,6 +106,10 @@ class LiveService:
         :class:`ServiceUnavailable` (backpressure instead of an unbounded queue).
     fsync
         fsync the journal on every accepted request (turn off only for tests and benchmarks).
+    live_quality
+        Events per run ranked against the recommendations their users would have got just
+        before (:class:`~nmrn.serving.quality.LiveQuality`: a moving Hits@10 and NDCG@10 on
+        live traffic); each costs one read under the model lock. 0 turns it off.
 
     Raises
     ------
@@ -124,6 +130,7 @@ class LiveService:
         apply_wait: float = 0.05,
         max_pending: int = 1_000_000,
         fsync: bool = True,
+        live_quality: int = 8,
     ) -> None:
         if not isinstance(model, Recommender):
             raise ConfigError(f"LiveService needs a Recommender, got {type(model).__name__}")
@@ -166,6 +173,11 @@ class LiveService:
         self._stopping = False
         self._closed = False
 
+        self.quality = LiveQuality(per_run=live_quality)
+        # (time.monotonic(), applied_seq) after each run, and the last reads' durations: the
+        # status page's events/s and read latency percentiles
+        self._progress: deque[tuple[float, int]] = deque(maxlen=4096)
+        self._read_seconds: deque[float] = deque(maxlen=2048)
         self.metrics = ServiceMetrics(self)
         self.checkpoints = 0
         self.last_checkpoint_time = time.time()
@@ -368,7 +380,9 @@ class LiveService:
         if text_ids:
             users = [self.model.users.resolve_text(u) for u in users]
         recs = self.model.recommend(list(users), k=k, exclude_seen=exclude_seen)
-        self.metrics.recommend_seconds.observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        self.metrics.recommend_seconds.observe(elapsed)
+        self._read_seconds.append(elapsed)
         return list(users), recs
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -446,8 +460,14 @@ class LiveService:
         self._model_lock.acquire()
         try:
             start = time.perf_counter()
+            batch = EventBatch.concat(parts)
+            try:  # ranked against the state just before: the service's own test-then-train
+                self.quality.measure(self.model, batch)
+            except Exception as err:  # noqa: BLE001 - a measurement must never stop the writer
+                self.count_error("live_quality")
+                log.warning("live quality measurement failed: %s", err)
             try:
-                self.model.learn(EventBatch.concat(parts))
+                self.model.learn(batch)
             except Exception as err:  # noqa: BLE001 - one bad batch must not stop the service
                 if len(parts) == 1:
                     self.count_error("learn")
@@ -467,6 +487,7 @@ class LiveService:
             with self._cond:
                 self.applied_seq = last
                 self._cond.notify_all()
+            self._progress.append((time.monotonic(), last))
         finally:
             woken = self._release_model()
         if woken:
@@ -610,6 +631,45 @@ class LiveService:
     def count_error(self, kind: str) -> None:
         """Count one error of ``kind`` (``nmrn_errors_total{kind=...}``)."""
         self.metrics.errors.labels(kind=kind).inc()
+
+    def status(self) -> dict[str, Any]:
+        """What the status page shows: progress, events/s over the last 10 s, read latency
+        percentiles over the last reads, the checkpoint's age, the live quality."""
+        now = time.monotonic()
+        rate = 0.0
+        progress = list(self._progress)
+        if progress and now - progress[-1][0] <= 10.0:
+            # from the last run older than the window (or the first run there is) to now
+            ref_t, ref_s = next(
+                ((t, s) for t, s in reversed(progress) if now - t > 10.0), progress[0]
+            )
+            if now > ref_t and progress[-1][1] > ref_s:
+                rate = (progress[-1][1] - ref_s) / (now - ref_t)
+        reads = sorted(self._read_seconds)
+
+        def pct(q: float) -> float | None:
+            return None if not reads else reads[min(len(reads) - 1, int(q * len(reads)))]
+
+        quality = self.quality.snapshot()
+        return {
+            "model": self.model.preset or type(self.model).__name__,
+            "writer": "running" if self.writer_alive else "stopped",
+            "users": len(self.model.users),
+            "items": len(self.model.items),
+            "accepted_seq": self.accepted_seq,
+            "applied_seq": self.applied_seq,
+            "apply_lag": self.pending,
+            "events_per_s": rate,
+            "read_ms": {"p50": None if pct(0.5) is None else 1000 * pct(0.5),
+                        "p99": None if pct(0.99) is None else 1000 * pct(0.99),
+                        "reads": len(reads)},
+            "checkpoint_seq": self.checkpoint_seq,
+            "checkpoints_written": self.checkpoints,
+            "checkpoint_age_s": time.time() - self.last_checkpoint_time,
+            "uptime_s": time.time() - self.started,
+            "live_quality": {key: (None if isinstance(v, float) and math.isnan(v) else v)
+                             for key, v in quality.items()},
+        }
 
     @property
     def errors(self) -> dict[str, int]:
