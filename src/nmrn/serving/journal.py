@@ -4,6 +4,10 @@ Each accepted request becomes one line::
 
     3f1c2a9b {"seq": 101, "events": [[196, 242, 881250949.0], ["u7", "i3", 5.0, 2.5]]}
 
+An entry that came with an idempotency key also holds it, the digest of its events and the
+time it was accepted (``"key"``, ``"digest"``, ``"t"``), so that a restart knows every key it
+accepted (:class:`~nmrn.serving.service.LiveService`).
+
 The first field is the CRC-32 (8 hex digits) of the JSON text that follows it. ``seq`` is the
 sequence number of the entry's first event; events are numbered consecutively from 1 across the
 whole journal, so an entry covers ``seq .. seq + len(events) - 1``. An event is
@@ -78,6 +82,9 @@ class Entry:
 
     seq: int
     events: list[list[Any]]
+    key: str | None = None
+    digest: str | None = None
+    accepted_at: float | None = None
 
     @property
     def last(self) -> int:
@@ -85,8 +92,11 @@ class Entry:
         return self.seq + len(self.events) - 1
 
 
-def _encode(seq: int, events: list[list[Any]]) -> bytes:
-    text = json.dumps({"seq": seq, "events": events}, separators=(",", ":"), allow_nan=False)
+def _encode(seq: int, events: list[list[Any]], key: tuple[str, str, float] | None = None) -> bytes:
+    obj: dict[str, Any] = {"seq": seq, "events": events}
+    if key is not None:
+        obj["key"], obj["digest"], obj["t"] = key
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
     raw = text.encode("utf-8")
     return b"%08x " % zlib.crc32(raw) + raw + b"\n"
 
@@ -111,7 +121,12 @@ def _decode(line: bytes) -> Entry | None:
     events = obj.get("events")
     if not isinstance(events, list) or not events:
         return None
-    return Entry(obj["seq"], events)
+    key, digest, t = obj.get("key"), obj.get("digest"), obj.get("t")
+    if key is not None and not (
+        isinstance(key, str) and isinstance(digest, str) and isinstance(t, (int, float))
+    ):
+        return None
+    return Entry(obj["seq"], events, key, digest, None if t is None else float(t))
 
 
 def _as_row(event: Sequence[Any]) -> list[Any]:
@@ -220,7 +235,8 @@ class Journal:
                 if entry.last <= after:
                     continue
                 if entry.seq <= after:
-                    entry = Entry(after + 1, entry.events[after + 1 - entry.seq :])
+                    entry = Entry(after + 1, entry.events[after + 1 - entry.seq :], entry.key,
+                                  entry.digest, entry.accepted_at)
                 yield entry
 
     # -- writing ---------------------------------------------------------------------------------
@@ -249,10 +265,13 @@ class Journal:
                 "takes no more events (restart the service to recover from the file)"
             )
 
-    def write(self, events: Sequence[Sequence[Any]]) -> tuple[int, int]:
+    def write(
+        self, events: Sequence[Sequence[Any]], key: tuple[str, str, float] | None = None
+    ) -> tuple[int, int]:
         """Number the events and write them as one entry, without waiting for the disk;
         returns ``(first seq, last seq)``. The entry is durable once :meth:`sync` covering its
         last sequence number returns: nobody may be told it was accepted before that.
+        ``key``: ``(idempotency key, digest of the events, time accepted)`` to record with it.
 
         Raises
         ------
@@ -266,7 +285,7 @@ class Journal:
             self._check_usable()
             seq = self.next_seq
             try:
-                self._file.write(_encode(seq, rows))
+                self._file.write(_encode(seq, rows, key))
                 self._file.flush()  # into the OS: a fsync by any thread now covers it
             except OSError as err:  # a partial line may be in the file: stop appending to it
                 self._fail(err)

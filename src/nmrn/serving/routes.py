@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -63,6 +64,7 @@ __all__ = ["GuardedRoute", "Reads", "http_error", "read_one", "refusal", "router
 INLINE_USERS = 8
 # A read waiting for the writer's batch tries again after this long even if no wake-up came.
 WAKE_TIMEOUT = 0.05
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 KINDS = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
@@ -222,13 +224,31 @@ async def read_one(state: Any, user: str, query: bytes) -> tuple[int, Any, dict[
 router = APIRouter(route_class=GuardedRoute)
 
 
+def idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header: 1 to 255 visible ASCII characters, or absent."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not _KEY.fullmatch(key):
+        raise BadRequest("idempotency-key: must be 1 to 255 visible ASCII characters (no "
+                         "spaces), e.g. a UUID", status=400)
+    return key
+
+
 @router.post("/events", status_code=202)
 async def post_events(request: Request) -> JSONResponse:
     state = request.app.state
     check_token(request)
+    key = idempotency_key(request)
     rows = parse_events(await json_body(request, state.limits), state.limits)
-    first, last = await run_in_threadpool(state.service.submit, rows)
-    return JSONResponse({"accepted": len(rows), "first_seq": first, "seq": last}, status_code=202)
+    if key is None:
+        first, last = await run_in_threadpool(state.service.submit, rows)
+        headers = None
+    else:
+        first, last, replayed = await run_in_threadpool(state.service.submit_once, rows, key)
+        headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return JSONResponse({"accepted": len(rows), "first_seq": first, "seq": last},
+                        status_code=202, headers=headers)
 
 
 @router.get("/recommendations/{user}")

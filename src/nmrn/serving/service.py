@@ -28,13 +28,16 @@ accepted is lost, nothing is applied twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +56,31 @@ from nmrn.training.contract import Recommendations, Recommender
 log = logging.getLogger("nmrn.serving")
 
 SEQ_KEY = "journal_seq"
+KEYS_KEY = "idempotency_keys"
 # After a batch that reads waited for, the writer pauses this long before taking the model again.
 READER_TURN_SECONDS = 0.0005
+class IdempotencyConflict(NMRNError, ValueError):
+    """An idempotency key was reused for different events (HTTP 422)."""
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """What an idempotency key was first answered with."""
+
+    first: int
+    last: int
+    digest: str
+    at: float  # time.time() when accepted
+
+
+def events_digest(events: Sequence[Sequence[Any]]) -> str:
+    """A digest of ``(user, item, timestamp[, weight])`` rows that tells a retry of the same
+    request from a different one (ids keep their type; numbers compare as floats)."""
+    rows = [[r[0], r[1], *(float(x) for x in r[2:])] for r in events]
+    text = json.dumps(rows, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+
+
 class ServiceUnavailable(NMRNError, RuntimeError):
     """The service cannot take the request now (closed, or too far behind); HTTP 503."""
 
@@ -106,6 +132,11 @@ class LiveService:
         :class:`ServiceUnavailable` (backpressure instead of an unbounded queue).
     fsync
         fsync the journal on every accepted request (turn off only for tests and benchmarks).
+    idempotency_window
+        Seconds an idempotency key is remembered (:meth:`submit_once`): a retry within it is
+        answered as the first request was and applies nothing.
+    max_idempotency_keys
+        Most keys remembered (the oldest are forgotten first): bounds memory and checkpoints.
     live_quality
         Events per run ranked against the recommendations their users would have got just
         before (:class:`~nmrn.serving.quality.LiveQuality`: a moving Hits@10 and NDCG@10 on
@@ -131,6 +162,8 @@ class LiveService:
         max_pending: int = 1_000_000,
         fsync: bool = True,
         live_quality: int = 8,
+        idempotency_window: float = 86_400.0,
+        max_idempotency_keys: int = 100_000,
     ) -> None:
         if not isinstance(model, Recommender):
             raise ConfigError(f"LiveService needs a Recommender, got {type(model).__name__}")
@@ -174,6 +207,19 @@ class LiveService:
         self._closed = False
 
         self.quality = LiveQuality(per_run=live_quality)
+        if not (isinstance(idempotency_window, (int, float)) and 0 < idempotency_window < 1e12):
+            raise ConfigError(f"idempotency_window must be a number of seconds > 0, got "
+                              f"{idempotency_window!r}")
+        if isinstance(max_idempotency_keys, bool) or not isinstance(max_idempotency_keys, int) \
+                or max_idempotency_keys < 1:
+            raise ConfigError(f"max_idempotency_keys must be an int >= 1, got "
+                              f"{max_idempotency_keys!r}")
+        self.idempotency_window = float(idempotency_window)
+        self.max_idempotency_keys = max_idempotency_keys
+        # key -> what it was first answered with, oldest first; survives restarts through
+        # checkpoints (model.extra) and the journal (entries record their key)
+        self._keys: OrderedDict[str, _Accepted] = OrderedDict()
+        self._load_keys(model.extra.get(KEYS_KEY))
         # (time.monotonic(), applied_seq) after each run, and the last reads' durations: the
         # status page's events/s and read latency percentiles
         self._progress: deque[tuple[float, int]] = deque(maxlen=4096)
@@ -200,6 +246,10 @@ class LiveService:
                     f"events up to {extra_seq}; events {extra_seq + 1}..{first - 1} are missing "
                     "(is this the journal of a newer checkpoint?)"
                 )
+            for entry in self.journal.entries():  # keys accepted after the checkpoint too
+                if entry.key is not None and entry.digest is not None:
+                    self._remember(entry.key, _Accepted(entry.seq, entry.last, entry.digest,
+                                                        entry.accepted_at or time.time()))
             self._replay()
             self.accepted_seq = self.journal.next_seq - 1
         else:
@@ -248,6 +298,76 @@ class LiveService:
         """Whether the writer thread is running."""
         return self._writer.is_alive()
 
+    # -- idempotency keys --------------------------------------------------------------------------
+    def _remember(self, key: str, accepted: _Accepted) -> None:
+        self._keys[key] = accepted
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.max_idempotency_keys:
+            self._keys.popitem(last=False)
+
+    def _prune_keys(self, now: float) -> None:
+        horizon = now - self.idempotency_window
+        while self._keys:
+            key, accepted = next(iter(self._keys.items()))
+            if accepted.at >= horizon:
+                break
+            del self._keys[key]
+
+    def _load_keys(self, saved: Any) -> None:
+        if saved is None:
+            return
+        if not isinstance(saved, list):
+            raise JournalError(f"model.extra[{KEYS_KEY!r}] must be a list, got "
+                               f"{type(saved).__name__}")
+        for row in saved:
+            ok = (isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)
+                  and all(isinstance(x, int) and not isinstance(x, bool) for x in row[1:3])
+                  and isinstance(row[3], str) and isinstance(row[4], (int, float)))
+            if not ok:
+                raise JournalError(f"model.extra[{KEYS_KEY!r}] holds a malformed key record")
+            self._remember(row[0], _Accepted(row[1], row[2], row[3], float(row[4])))
+        self._prune_keys(time.time())
+
+    def _saved_keys(self) -> list[list[Any]]:
+        with self._submit_lock:
+            self._prune_keys(time.time())
+            return [[k, a.first, a.last, a.digest, a.at] for k, a in self._keys.items()]
+
+    def submit_once(
+        self, events: Sequence[Sequence[Any]], key: str
+    ) -> tuple[int, int, bool]:
+        """:meth:`submit`, idempotent: ``(first, last, replayed)``.
+
+        The first request with ``key`` is accepted as :meth:`submit` accepts it. A request with
+        the same key and the same events within ``idempotency_window`` seconds is answered
+        with the first one's sequence numbers (``replayed=True``, once they are durable) and
+        applies nothing; the same key with other events raises :class:`IdempotencyConflict`.
+        Keys survive a crash: the journal records them, checkpoints keep the recent ones.
+        """
+        if not isinstance(key, str) or not key:
+            raise ValueError("an idempotency key is a non-empty string")
+        digest = events_digest(events)
+        batch = _batch(events)
+        if len(batch) == 0:
+            raise ValueError("no events to submit")
+        with self._submit_lock:
+            self._prune_keys(time.time())
+            seen = self._keys.get(key)
+            if seen is None:
+                first, last = self._submit_locked(events, batch, (key, digest, time.time()))
+                self._remember(key, _Accepted(first, last, digest, time.time()))
+        if seen is not None:
+            if seen.digest != digest:
+                raise IdempotencyConflict(
+                    f"idempotency-key: {key!r} was used for different events (accepted as "
+                    f"{seen.first}..{seen.last}); use a new key for a new request"
+                )
+            if self.journal is not None:
+                self._sync_or_refuse(seen.last)
+            return seen.first, seen.last, True
+        self._after_accept(last)
+        return first, last, False
+
     def submit(self, events: Sequence[Sequence[Any]]) -> tuple[int, int]:
         """Accept events: journal them (durably) and queue them; returns ``(first, last)`` seq.
 
@@ -268,37 +388,52 @@ class LiveService:
         if len(batch) == 0:
             raise ValueError("no events to submit")
         with self._submit_lock:
-            if self._stopping:
-                raise ServiceUnavailable("the service is shutting down; events are not accepted")
-            if not self.writer_alive:
-                raise ServiceUnavailable("the writer thread has stopped; events are not accepted")
-            if self.pending + len(batch) > self.max_pending:
-                raise ServiceUnavailable(
-                    f"{self.pending} events are waiting to be applied (limit {self.max_pending}); "
-                    "retry later"
-                )
-            if self.journal is not None:
-                try:
-                    first, last = self.journal.write(events)
-                except JournalError as err:
-                    raise ServiceUnavailable(f"events are not accepted: {err}") from err
-            else:
-                first, last = self.accepted_seq + 1, self.accepted_seq + len(batch)
+            first, last = self._submit_locked(events, batch, None)
+        self._after_accept(last)
+        return first, last
+
+    def _submit_locked(
+        self, events: Sequence[Sequence[Any]], batch: EventBatch,
+        key: tuple[str, str, float] | None,
+    ) -> tuple[int, int]:
+        """Journal and queue (the caller holds the submit lock)."""
+        if self._stopping:
+            raise ServiceUnavailable("the service is shutting down; events are not accepted")
+        if not self.writer_alive:
+            raise ServiceUnavailable("the writer thread has stopped; events are not accepted")
+        if self.pending + len(batch) > self.max_pending:
+            raise ServiceUnavailable(
+                f"{self.pending} events are waiting to be applied (limit {self.max_pending}); "
+                "retry later"
+            )
+        if self.journal is not None:
+            try:
+                first, last = self.journal.write(events, key)
+            except JournalError as err:
+                raise ServiceUnavailable(f"events are not accepted: {err}") from err
+        else:
+            first, last = self.accepted_seq + 1, self.accepted_seq + len(batch)
+        with self._cond:
+            self._queue.append((first, batch, time.monotonic()))
+            self.accepted_seq = last
+        return first, last
+
+    def _sync_or_refuse(self, last: int) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.sync(last)
+        except JournalError as err:
             with self._cond:
-                self._queue.append((first, batch, time.monotonic()))
-                self.accepted_seq = last
+                self._cond.notify()  # the writer drops what can no longer become durable
+            raise ServiceUnavailable(f"events are not accepted: {err}") from err
+
+    def _after_accept(self, last: int) -> None:
         if self.journal is not None:
             # group commit, outside the submit lock: requests arriving meanwhile write their
             # lines and share the next fsync
-            try:
-                self.journal.sync(last)
-            except JournalError as err:
-                with self._cond:
-                    self._cond.notify()  # the writer drops what can no longer become durable
-                raise ServiceUnavailable(f"events are not accepted: {err}") from err
+            self._sync_or_refuse(last)
         with self._cond:
             self._cond.notify()  # durable now: the writer may apply it
-        return first, last
 
     def wait_applied(self, seq: int | None = None, timeout: float = 10.0) -> bool:
         """Block until events up to ``seq`` (default: every accepted one) are applied."""
@@ -423,6 +558,7 @@ class LiveService:
         try:
             seq = self.applied_seq
             self.model.extra[SEQ_KEY] = seq
+            self.model.extra[KEYS_KEY] = self._saved_keys()
             arrays, meta = self.model.snapshot()
         finally:
             self._release_model()
