@@ -168,7 +168,9 @@ def test_the_service_still_serves_and_kept_every_accepted_event(setup: Any) -> N
     body = client.get("/recommendations/zz?k=5").json()
     assert body["cold"] and body["items"] == ["a", "b", 2] and body["scores"] == [3.0, 1.0, 1.0]
     logged = [line.split(b" ", 1)[1] for line in (tmp / "j").read_bytes().splitlines()]
-    events = [ev for line in logged for ev in json.loads(line)["events"]]
+    entries = [json.loads(line) for line in logged]
+    events = [ev for entry in entries if "events" in entry for ev in entry["events"]]
+    assert all("run" in entry for entry in entries if "events" not in entry)  # run markers
     assert events == [[1, "a", 1.0], ["u", 2, 2.0], [1, "a", 1.0]]
     metrics = client.get("/metrics").text
     assert 'nmrn_errors_total{kind="invalid"}' in metrics

@@ -4,6 +4,13 @@ Each accepted request becomes one line::
 
     3f1c2a9b {"seq": 101, "events": [[196, 242, 881250949.0], ["u7", "i3", 5.0, 2.5]]}
 
+Runs. After the writer applies a run of events in one ``learn`` call, it appends a marker line
+``{"run": [first, last]}`` (:meth:`Journal.mark_run`, flushed to the OS but not fsynced): the
+replay after a crash applies the same runs, so a model whose state depends on how events are
+grouped into ``learn`` calls (NMRN, BPR: one gradient step per mini-batch) reaches the same
+state as before the crash. A marker lost with a machine crash (not a process crash: the OS keeps
+it) only makes the replay regroup that run's events.
+
 An entry that came with an idempotency key also holds it, the digest of its events and the
 time it was accepted (``"key"``, ``"digest"``, ``"t"``), so that a restart knows every key it
 accepted (:class:`~nmrn.serving.service.LiveService`).
@@ -92,6 +99,19 @@ class Entry:
         return self.seq + len(self.events) - 1
 
 
+@dataclass(frozen=True)
+class Run:
+    """A marker: the events ``first .. last`` were applied in one ``learn`` call."""
+
+    first: int
+    last: int
+
+
+def _frame(obj: dict[str, Any]) -> bytes:
+    raw = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return b"%08x " % zlib.crc32(raw) + raw + b"\n"
+
+
 def _encode(seq: int, events: list[list[Any]], key: tuple[str, str, float] | None = None) -> bytes:
     obj: dict[str, Any] = {"seq": seq, "events": events}
     if key is not None:
@@ -101,8 +121,8 @@ def _encode(seq: int, events: list[list[Any]], key: tuple[str, str, float] | Non
     return b"%08x " % zlib.crc32(raw) + raw + b"\n"
 
 
-def _decode(line: bytes) -> Entry | None:
-    """The entry of a whole line, or ``None`` when the line is damaged."""
+def _decode(line: bytes) -> Entry | Run | None:
+    """The entry or run marker of a whole line, or ``None`` when the line is damaged."""
     if len(line) < 10 or line[8:9] != b" ":
         return None
     raw = line[9:].rstrip(b"\n")
@@ -116,6 +136,12 @@ def _decode(line: bytes) -> Entry | None:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
+    if isinstance(obj, dict) and "run" in obj:
+        run = obj["run"]
+        ok = (isinstance(run, list) and len(run) == 2
+              and all(isinstance(x, int) and not isinstance(x, bool) for x in run)
+              and 1 <= run[0] <= run[1])
+        return Run(run[0], run[1]) if ok else None  # type: ignore[return-value]
     if not isinstance(obj, dict) or not isinstance(obj.get("seq"), int):
         return None
     events = obj.get("events")
@@ -202,6 +228,9 @@ class Journal:
                 if n == len(lines):  # a torn write: that request was never acknowledged
                     break
                 raise JournalError(f"{self.path}: line {n} is damaged (bad checksum or JSON)")
+            if isinstance(entry, Run):
+                good_end += len(line)
+                continue
             if last and entry.seq != last + 1:
                 raise JournalError(
                     f"{self.path}: line {n} starts at seq {entry.seq}, expected {last + 1}"
@@ -232,6 +261,8 @@ class Journal:
                 entry = _decode(line)
                 if entry is None:  # only a torn tail can be damaged (checked on open)
                     return
+                if isinstance(entry, Run):
+                    continue
                 if entry.last <= after:
                     continue
                 if entry.seq <= after:
@@ -239,7 +270,30 @@ class Journal:
                                   entry.digest, entry.accepted_at)
                 yield entry
 
+    def runs(self, after: int = 0) -> Iterator[Run]:
+        """The run markers of runs that end after ``after``, in the order they were applied."""
+        with open(self.path, "rb") as f:
+            for line in f:
+                marker = _decode(line)
+                if marker is None:
+                    return
+                if isinstance(marker, Run) and marker.last > after:
+                    yield marker
+
     # -- writing ---------------------------------------------------------------------------------
+    def mark_run(self, first: int, last: int) -> None:
+        """Record that events ``first .. last`` were applied in one ``learn`` call (flushed to
+        the OS, not fsynced: see the module docstring). Never raises: a marker that cannot be
+        written costs only an exact regrouping after a crash."""
+        with self._lock:
+            if self._failure is not None or self._file.closed:
+                return
+            try:
+                self._file.write(_frame({"run": [int(first), int(last)]}))
+                self._file.flush()
+            except OSError:
+                pass
+
     def append(self, events: Sequence[Sequence[Any]]) -> tuple[int, int]:
         """Write the events as one entry and wait until it is durable; returns
         ``(first seq, last seq)``. The same as :meth:`write` then :meth:`sync`.
@@ -367,6 +421,8 @@ class Journal:
                 for line in self._lines()
                 if (entry := _decode(line)) is not None and entry.last > upto
             ]
+            first_entry = next((e for line in kept if isinstance(e := _decode(line), Entry)),
+                               None)
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
             with open(tmp, "wb") as f:
                 f.writelines(kept)
@@ -376,8 +432,7 @@ class Journal:
             os.replace(tmp, self.path)
             fsync_dir(self.path.parent)
             self._file = open(self.path, "ab")  # noqa: SIM115
-            first = _decode(kept[0]) if kept else None
-            self._first = first.seq if first is not None else 0
+            self._first = first_entry.seq if first_entry is not None else 0
             written = self.next_seq - 1
         with self._sync_cond:  # every line kept was fsynced with the new file
             if self.fsync and self._failure is None:

@@ -587,10 +587,11 @@ class LiveService:
         return False
 
     # -- the writer ------------------------------------------------------------------------------
-    def _apply(self, first: int, parts: list[EventBatch]) -> None:
+    def _apply(self, first: int, parts: list[EventBatch], *, mark: bool = True) -> None:
         """Apply consecutive requests' events (``parts``, from sequence number ``first``) in
         one ``learn`` call. If it fails, each part is tried on its own, so that one bad request
-        cannot take the others with it; a part that fails is logged, counted and skipped."""
+        cannot take the others with it; a part that fails is logged, counted and skipped. The
+        journal records the runs as called (``mark``), so that a replay repeats them."""
         n = sum(len(p) for p in parts)
         last = first + n - 1
         self._model_lock.acquire()
@@ -602,6 +603,7 @@ class LiveService:
             except Exception as err:  # noqa: BLE001 - a measurement must never stop the writer
                 self.count_error("live_quality")
                 log.warning("live quality measurement failed: %s", err)
+            runs = [(first, last)]
             try:
                 self.model.learn(batch)
             except Exception as err:  # noqa: BLE001 - one bad batch must not stop the service
@@ -609,8 +611,10 @@ class LiveService:
                     self.count_error("learn")
                     log.error("learn failed on events %d..%d (skipped): %s", first, last, err)
                 else:
+                    runs = []
                     at = first
                     for part in parts:
+                        runs.append((at, at + len(part) - 1))
                         try:
                             self.model.learn(part)
                         except Exception as part_err:  # noqa: BLE001 - as above
@@ -618,6 +622,9 @@ class LiveService:
                             log.error("learn failed on events %d..%d (skipped): %s", at,
                                       at + len(part) - 1, part_err)
                         at += len(part)
+            if mark and self.journal is not None:
+                for run_first, run_last in runs:
+                    self.journal.mark_run(run_first, run_last)
             self.model.extra[SEQ_KEY] = last
             self.metrics.learn_seconds.observe(time.perf_counter() - start)
             with self._cond:
@@ -632,14 +639,42 @@ class LiveService:
             time.sleep(READER_TURN_SECONDS)
 
     def _replay(self) -> None:
+        """Apply the journalled events after the checkpoint: the runs the writer recorded, as
+        they were applied (the same ``learn`` calls, so the same state for any model), then the
+        events no run covers, entry by entry."""
         assert self.journal is not None
+        start = self.applied_seq + 1
+        rows: list[list[Any]] = []  # event start + j is rows[j]
+        bounds: list[tuple[int, int]] = []  # the entries, (first, last)
         for entry in self.journal.entries(after=self.applied_seq):
-            batch = _batch(entry.events)
-            for lo in range(0, len(batch), self.apply_batch):
-                self._apply(entry.seq + lo, [batch[lo : lo + self.apply_batch]])
-                self.replayed += min(self.apply_batch, len(batch) - lo)
+            rows += entry.events
+            bounds.append((entry.seq, entry.last))
+        end = start + len(rows) - 1  # the last journalled event
+        pos = start
+        for run in self.journal.runs(after=self.applied_seq):
+            if run.first < pos or run.last > end:
+                continue  # already covered, or beyond the file (cannot be: checked by the scan)
+            if run.first > pos:  # events applied without a marker (lost): regroup them
+                self._replay_entries(pos, run.first - 1, rows, bounds, start)
+            self._apply(run.first, [_batch(rows[run.first - start : run.last - start + 1])],
+                        mark=False)
+            self.replayed += run.last - run.first + 1
+            pos = run.last + 1
+        if pos <= end:
+            self._replay_entries(pos, end, rows, bounds, start)
         if self.replayed:
             log.info("replayed %d journalled events, up to %d", self.replayed, self.applied_seq)
+
+    def _replay_entries(self, lo: int, hi: int, rows: list[list[Any]],
+                        bounds: list[tuple[int, int]], start: int) -> None:
+        """Replay events ``lo .. hi`` that no run marker covers: per journal entry (request), in
+        runs of at most ``apply_batch`` events, recorded as runs from now on."""
+        for first, last in bounds:
+            a, b = max(first, lo), min(last, hi)
+            for run_first in range(a, b + 1, self.apply_batch):
+                run_last = min(b, run_first + self.apply_batch - 1)
+                self._apply(run_first, [_batch(rows[run_first - start : run_last - start + 1])])
+                self.replayed += run_last - run_first + 1
 
     def _take(self) -> tuple[int, list[EventBatch]] | float | None:
         """The next run of queued durable events for one ``learn`` call (caller holds
