@@ -24,8 +24,8 @@ of the machine each took is visible next to the throughput.
     .venv/bin/python benchmarks/bench_serve.py                 # ~7 minutes
     .venv/bin/python benchmarks/bench_serve.py --seconds 3 --repeats 1 --quick
 
-Catalogues: ML-100K (``/work/shared/data/ml-100k/ml-100k.inter`` or ``--data``; 943 users,
-1,682 items) and a synthetic 100,000-item catalogue (Zipf item popularity, 20,000 users,
+Catalogues: ML-100K (nmrn's own cached copy, ``nmrn data fetch ml-100k``, or ``--data``; 943
+users, 1,682 items) and a synthetic 100,000-item catalogue (Zipf item popularity, 20,000 users,
 300,000 events).
 """
 
@@ -49,7 +49,6 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-ML100K = Path("/work/shared/data/ml-100k/ml-100k.inter")
 TOKEN = "bench"
 SERVE = """
 import argparse, sys
@@ -357,7 +356,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=ML100K)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the ML-100K log (default: nmrn's cached copy, fetched if needed)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each phase")
     parser.add_argument("--repeats", type=int, default=3, help="runs per phase (medians shown)")
     parser.add_argument("--max-requests", type=int, default=100_000, help="cap per phase")
@@ -378,6 +378,10 @@ def main() -> None:
                         help="extra argument for 'nmrn serve' (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
+    if args.data is None:
+        from nmrn.data.datasets import fetch
+
+        args.data = fetch("ml-100k").path
     print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     results = run(args)
     if args.json is not None:
