@@ -141,6 +141,7 @@ def make_model(name: str, *, seed: int = 0, **overrides: Any) -> Recommender:
     return model
 
 
-def load_model(path: str | os.PathLike[str]) -> Recommender:
-    """Load a checkpoint of any model the package ships (the class is read from it)."""
-    return Recommender.load(path)
+def load_model(path: str | os.PathLike[str], *, device: str | None = None) -> Recommender:
+    """Load a checkpoint of any model the package ships (the class is read from it);
+    ``device`` overrides a torch model's device (see :meth:`Recommender.load`)."""
+    return Recommender.load(path, device=device)

@@ -377,3 +377,23 @@ def test_context_query_checkpoint_round_trip_and_old_checkpoints_load(tmp_path) 
     twin.users, twin.items = plain.users, plain.items
     twin._grow(len(plain.users), len(plain.items))
     twin._load_state(arrays, meta)  # no architecture mismatch
+
+
+def test_a_checkpoint_from_another_device_loads_with_a_device_override(tmp_path) -> None:
+    # issue 13: a checkpoint saved with device="cuda" must load on a machine without CUDA
+    import json
+
+    from nmrn.models import load_model
+
+    rec = _model().fit(_stream(60))
+    path = rec.save(tmp_path / "gpu")
+    meta = json.loads((path / "meta.json").read_text())
+    meta["params"]["device"] = "cuda"  # as if saved on a GPU machine
+    (path / "meta.json").write_text(json.dumps(meta))
+    if not torch.cuda.is_available():
+        with pytest.raises(CheckpointError, match="CUDA is not available"):
+            NMRN.load(path)
+    loaded = load_model(path, device="cpu")
+    assert loaded.config.device == "cpu"
+    np.testing.assert_array_equal(loaded.score([0, 1], rec.known_items),
+                                  rec.score([0, 1], rec.known_items))

@@ -422,13 +422,17 @@ class Recommender(ABC):
         return all_arrays, meta
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Recommender:
+    def load(cls, path: str | os.PathLike[str], *, device: str | None = None) -> Recommender:
         """Load a checkpoint written by :meth:`save`; the class is read from the checkpoint.
 
         Called on a subclass, the checkpoint must hold that model (else
         :class:`~nmrn.errors.CheckpointError`). Called on :class:`Recommender`, the model's
         class must be registered, i.e. its module imported: :func:`nmrn.models.load_model`
         (``nmrn.load_recommender``) imports every model the package ships first.
+
+        ``device`` puts a torch model's tensors on that device instead of the one it was saved
+        from (a checkpoint written on a GPU loads on a CPU machine with ``device="cpu"``);
+        models without a ``device`` option run on the CPU and ignore it.
         """
         recover_interrupted_save(Path(path))
         meta, arrays = read_checkpoint(path)
@@ -441,8 +445,11 @@ class Recommender(ABC):
             raise CheckpointError(
                 f"{path}: holds a {model_cls.__name__} model, not a {cls.__name__}"
             )
+        params = dict(meta["params"])
+        if device is not None and "device" in model_cls.config_class.param_names():
+            params["device"] = device
         try:
-            rec = model_cls(**meta["params"])
+            rec = model_cls(**params)
         except (TypeError, ValueError) as err:
             raise CheckpointError(
                 f"{path}: bad parameters for {model_cls.__name__}: {err}"
