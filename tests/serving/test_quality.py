@@ -78,3 +78,18 @@ def test_the_service_reports_live_quality_in_status_and_metrics() -> None:
                      if line and not line.startswith("#"))
         assert float(lines["nmrn_live_hits_at_10"]) == 1.0
         assert float(lines["nmrn_live_quality_events_total"]) == 2
+
+
+def test_a_token_bucket_bounds_the_cost_whatever_the_traffic() -> None:
+    model = Popularity().fit(BASE + [(f"n{j}", "x", 10 + j) for j in range(20)])
+    now = [0.0]
+    quality = LiveQuality(k=1, per_second=2.0, per_run=8, clock=lambda: now[0])
+    burst = as_events([(f"n{j}", "y", 100 + j) for j in range(20)])  # 20 known users, all warm
+    quality.measure(model, burst)
+    assert quality.snapshot()["total"] == 8  # the bucket starts full: one run's worth
+    now[0] = 0.5
+    quality.measure(model, burst)
+    assert quality.snapshot()["total"] == 9  # half a second at 2/s: one more
+    now[0] = 100.0
+    quality.measure(model, burst)
+    assert quality.snapshot()["total"] == 17  # refilled, but never beyond a run's worth

@@ -20,7 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nmrn.argtypes import int_at_least, non_negative_seconds, port, positive_seconds
+from nmrn.argtypes import (
+    int_at_least,
+    non_negative_number,
+    non_negative_seconds,
+    port,
+    positive_seconds,
+)
 from nmrn.errors import ConfigError
 
 log = logging.getLogger("nmrn.serving")
@@ -59,11 +65,11 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="most users per POST /recommendations (default %(default)s)")
     p.add_argument("--max-pending", type=int_at_least(1), default=1_000_000, metavar="N",
                    help="most accepted-but-unapplied events before ingest answers 503")
-    p.add_argument("--live-quality", type=int_at_least(0), default=8, metavar="N",
-                   help="incoming events per applied run ranked against what their users would "
-                   "have been recommended just before (the status page's and /metrics' live "
-                   "Hits@10 and NDCG@10); each costs a read under the model lock; 0: off "
-                   "(default %(default)s)")
+    p.add_argument("--live-quality", type=non_negative_number, default=10.0, metavar="N",
+                   help="incoming events per second (on average) ranked against what their "
+                   "users would have been recommended just before (the status page's and "
+                   "/metrics' live Hits@10 and NDCG@10); each costs a read under the model "
+                   "lock; 0: off (default %(default)s)")
     p.add_argument("--no-fsync", action="store_true",
                    help="do not fsync the journal per request (loses events on a machine crash)")
     p.add_argument("--torch-threads", type=int_at_least(1), default=1, metavar="N",

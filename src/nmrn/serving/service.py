@@ -138,9 +138,9 @@ class LiveService:
     max_idempotency_keys
         Most keys remembered (the oldest are forgotten first): bounds memory and checkpoints.
     live_quality
-        Events per run ranked against the recommendations their users would have got just
-        before (:class:`~nmrn.serving.quality.LiveQuality`: a moving Hits@10 and NDCG@10 on
-        live traffic); each costs one read under the model lock. 0 turns it off.
+        Events per second (on average) ranked against the recommendations their users would
+        have got just before (:class:`~nmrn.serving.quality.LiveQuality`: a moving Hits@10 and
+        NDCG@10 on live traffic); each costs one read under the model lock. 0 turns it off.
 
     Raises
     ------
@@ -161,7 +161,7 @@ class LiveService:
         apply_wait: float = 0.05,
         max_pending: int = 1_000_000,
         fsync: bool = True,
-        live_quality: int = 8,
+        live_quality: float = 10.0,
         idempotency_window: float = 86_400.0,
         max_idempotency_keys: int = 100_000,
     ) -> None:
@@ -206,7 +206,7 @@ class LiveService:
         self._stopping = False
         self._closed = False
 
-        self.quality = LiveQuality(per_run=live_quality)
+        self.quality = LiveQuality(per_second=live_quality)
         if not (isinstance(idempotency_window, (int, float)) and 0 < idempotency_window < 1e12):
             raise ConfigError(f"idempotency_window must be a number of seconds > 0, got "
                               f"{idempotency_window!r}")
