@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from nmrn.data.validation import json_depth
 from nmrn.errors import CheckpointError
 
 __all__ = [
@@ -54,6 +55,9 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 META_FILE = "meta.json"
 ARRAYS_FILE = "arrays.npz"
+#: A meta.json larger than this is refused before it is read (ids of ~50 million users fit).
+MAX_META_BYTES = 1 << 30
+MAX_META_DEPTH = 64
 
 
 def write_checkpoint(
@@ -64,12 +68,17 @@ def write_checkpoint(
     then renamed over it (the old one, if any, is replaced only once the new one is complete).
     Returns ``path``.
 
+    A symbolic link at ``path`` is followed on purpose: the checkpoint is written where it
+    points, and the link stays a link.
+
     Raises
     ------
     CheckpointError
         ``path`` exists and is not an nmrn checkpoint (it is never replaced).
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     if path.exists() and not is_checkpoint(path):
         raise CheckpointError(
             f"{path}: exists and is not an nmrn checkpoint; refusing to replace it "
@@ -163,10 +172,21 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{path}: not an nmrn checkpoint ({META_FILE} is missing)")
+    if meta_path.stat().st_size > MAX_META_BYTES:
+        raise CheckpointError(f"{meta_path}: {meta_path.stat().st_size} bytes, more than the "
+                              f"limit of {MAX_META_BYTES}")
+    raw = meta_path.read_bytes()
+    depth = json_depth(raw)
+    if depth > MAX_META_DEPTH:
+        raise CheckpointError(f"{meta_path}: JSON nested {depth} deep (the limit is "
+                              f"{MAX_META_DEPTH})")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from None
+    except ValueError as err:  # e.g. an integer past 4,300 digits
+        raise CheckpointError(f"{meta_path}: not acceptable JSON ({str(err).split(';')[0]})"
+                              ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nmrn checkpoint (format field is not {FORMAT!r})")
     version = meta.get("format_version")
@@ -181,14 +201,53 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
             raise CheckpointError(f"{path}: {META_FILE} lacks the field {key!r}")
     if not isinstance(meta["params"], dict) or not isinstance(meta["model_meta"], dict):
         raise CheckpointError(f"{path}: params and model_meta must be JSON objects")
-    try:
-        with np.load(path / ARRAYS_FILE, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: {ARRAYS_FILE} is missing") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # pickled arrays too
-        raise CheckpointError(f"{path}/{ARRAYS_FILE}: unreadable or unsafe ({err})") from None
+    arrays = read_arrays(path / ARRAYS_FILE)
     return meta, arrays
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``arrays.npz``, each checked before it is read: stored, not compressed
+    (a compressed member could expand far beyond the file: a zip bomb), its ``.npy`` header
+    naming a plain dtype and a shape whose bytes fit in the member. Reading therefore never
+    allocates more than the file's size, and never unpickles."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays: dict[str, np.ndarray] = {}
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy") or "/" in info.filename:
+                    raise CheckpointError(f"{path}: unexpected member {info.filename!r}")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise CheckpointError(f"{path}: member {info.filename!r} is compressed; "
+                                          "checkpoints store arrays uncompressed")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}
+                    if version not in readers:
+                        raise CheckpointError(f"{path}: array {info.filename!r} has .npy format "
+                                              f"version {version}")
+                    shape, fortran, dtype = readers[version](member, max_header_size=10_000)
+                    if dtype.hasobject or dtype.kind not in "biufcUS":
+                        raise CheckpointError(f"{path}: array {info.filename!r} has dtype "
+                                              f"{dtype}; only numbers and text are read")
+                    header = member.tell()
+                    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if need != info.file_size - header:
+                        raise CheckpointError(
+                            f"{path}: array {info.filename!r} claims shape {shape} ({need} "
+                            f"bytes) but holds {info.file_size - header}"
+                        )
+                    data = member.read()
+                array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran
+                                                                 else "C")
+                arrays[info.filename[: -len(".npy")]] = array.copy()
+            return arrays
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: {ARRAYS_FILE} is missing") from None
+    except CheckpointError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: unreadable or unsafe ({err})") from None
 
 
 def checkpoint_exists(path: str | os.PathLike[str]) -> bool:
@@ -205,9 +264,15 @@ def checkpoint_exists(path: str | os.PathLike[str]) -> bool:
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     """Delete what killed saves left beside ``path`` (``.<name>.*`` directories); returns them.
 
-    Only call this from the single process that writes the checkpoint.
+    Only call this from the single process that writes the checkpoint, after loading it (a
+    load puts back a checkpoint a killed save had moved aside; with nothing at ``path`` this
+    removes nothing).
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if not path.exists():
+        return []
     removed = []
     if path.parent.is_dir():
         for p in path.parent.glob(f".{path.name}.*"):

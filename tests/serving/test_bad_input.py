@@ -3,6 +3,7 @@ names the problem; the service keeps serving and keeps every event it accepted b
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 from pathlib import Path
@@ -238,7 +239,7 @@ def test_a_pickled_object_array_does_not_execute(tmp_path: Path) -> None:
     # the payload is live: plain unpickling would run it
     pickle.loads(pickle.dumps(_Payload(tmp_path / "control")))
     assert (tmp_path / "control").exists()
-    with pytest.raises(CheckpointError, match="unreadable or unsafe"):
+    with pytest.raises(CheckpointError, match="has dtype object; only numbers and text"):
         _open_and_serve(path)
     with pytest.raises(CheckpointError):
         Recommender.load(path)
@@ -253,4 +254,73 @@ def test_inconsistent_arrays(tmp_path: Path) -> None:
     with open(path / "arrays.npz", "wb") as f:
         np.savez(f, **arrays)
     with pytest.raises(CheckpointError, match="item counts do not match"):
+        _open_and_serve(path)
+
+
+# -- crafted checkpoints (issue 11: each of these was a raw traceback, a huge allocation, or
+# loaded silently and broke reads later) ---------------------------------------------------------
+def _edit_meta(path: Path, change: Any) -> None:
+    meta = json.loads((path / "meta.json").read_text())
+    change(meta)
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def _rewrite_arrays(path: Path, change: Any, *, compress: bool = False) -> None:
+    with np.load(path / "arrays.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    change(arrays)
+    with open(path / "arrays.npz", "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("craft", "message"),
+    [
+        (lambda p: _edit_meta(p, lambda m: m.update(format_version=1, model=["pop"])),
+         "unknown model class"),
+        (lambda p: (p / "meta.json").write_text((p / "meta.json").read_text().replace(
+            '"n_events": 2', '"n_events": 1e400')), "n_events must be a whole number"),
+        (lambda p: (p / "meta.json").write_text(
+            (p / "meta.json").read_text()[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000
+            + "}"), "JSON nested 100001 deep"),
+        (lambda p: _edit_meta(p, lambda m: m.update(last_timestamp="yesterday")),
+         "last_timestamp must be a finite number"),
+        (lambda p: _rewrite_arrays(p, lambda a: a.update(
+            {"base.item_counts": a["base.item_counts"].reshape(1, -1)})),
+         "item counts do not match"),
+        (lambda p: _rewrite_arrays(p, lambda a: a.update(
+            {"base.history_items": np.array([0, 7])})), "item indices outside 0..1"),
+        (lambda p: _rewrite_arrays(p, lambda a: a.update(
+            {"base.item_counts": np.zeros(50_000_000)}), compress=True),
+         "is compressed; checkpoints store arrays uncompressed"),
+        (lambda p: _rewrite_arrays(p, lambda a: a.update(
+            {"base.item_counts": np.array([-1.0, 2.0])})), "finite and >= 0"),
+    ],
+    ids=["model-list", "n-events-1e400", "meta-nested", "timestamp-text", "counts-2d",
+         "history-out-of-range", "zip-bomb", "negative-counts"],
+)
+def test_crafted_checkpoints_are_refused_with_a_clear_error(
+    tmp_path: Path, craft: Any, message: str
+) -> None:
+    path = _good(tmp_path)
+    craft(path)
+    with pytest.raises(CheckpointError, match=message):
+        _open_and_serve(path)
+
+
+def test_an_array_header_that_lies_about_its_size_is_refused_before_reading(tmp_path: Path) -> None:
+    import zipfile
+
+    path = _good(tmp_path)
+    with np.load(path / "arrays.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    with zipfile.ZipFile(path / "arrays.npz", "w", zipfile.ZIP_STORED) as archive:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            data = buf.getvalue()
+            if name == "base.item_counts":  # claim a billion items, hold two
+                data = data.replace(b"(2,)", b"(1000000000,)", 1)
+            archive.writestr(name + ".npy", data)
+    with pytest.raises(CheckpointError, match=r"claims shape \(1000000000,\)"):
         _open_and_serve(path)

@@ -67,7 +67,7 @@ def test_damage_before_the_last_line_is_an_error(tmp_path: Path, damage: object)
     j.append(_events(2))
     j.close()
     path.write_bytes(damage(path.read_bytes()))  # type: ignore[operator]
-    with pytest.raises(JournalError, match="line 1 is damaged|line 2 is damaged"):
+    with pytest.raises(JournalError, match="line 1 is damaged|line 2 is damaged|not an nmrn jour"):
         Journal(path)
 
 
@@ -193,3 +193,64 @@ def test_a_journal_newer_than_the_checkpoint_is_refused(tmp_path: Path) -> None:
     Journal(default_journal_path(ckpt), start_seq=50).append(_events(2))
     with pytest.raises(JournalError, match="events 1..49 are missing"):
         LiveService.open(ckpt)
+
+
+@pytest.mark.parametrize("content", [b"user,item,timestamp\n", b"just one line, no newline",
+                                     b"notes\nmore notes\n", b"\x00\x01binary"])
+def test_a_file_that_is_not_a_journal_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
+    # issue 11: --journal notes.csv truncated an unrelated one-line file as a "torn tail"
+    path = tmp_path / "notes.csv"
+    path.write_bytes(content)
+    with pytest.raises(JournalError, match="not an nmrn journal"):
+        Journal(path)
+    assert path.read_bytes() == content
+
+
+def test_a_torn_first_line_is_still_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    j = Journal(path)
+    j.append(_events(2))
+    j.close()
+    path.write_bytes(path.read_bytes()[:-10])  # the only line, cut short by a crash
+    assert Journal(path).next_seq == 1 and path.read_bytes() == b""
+
+
+def test_a_symlinked_journal_is_followed_and_rotation_keeps_the_link(tmp_path: Path) -> None:
+    target = tmp_path / "real" / "events.journal"
+    target.parent.mkdir()
+    link = tmp_path / "link.journal"
+    link.symlink_to(target)
+    j = Journal(link)
+    j.append(_events(2))
+    j.append(_events(1))
+    j.truncate(2)  # rewrite + rename: of the target, not of the link
+    j.close()
+    assert link.is_symlink() and target.is_file()
+    assert [e.seq for e in Journal(link).entries()] == [3]
+    (tmp_path / "dir.journal").mkdir()
+    with pytest.raises(JournalError, match="not a regular file"):
+        Journal(tmp_path / "dir.journal")
+
+
+def test_serve_cleans_stale_temporaries_and_keeps_a_symlinked_checkpoint(tmp_path: Path) -> None:
+    # issue 11: temporaries left by a killed save were never removed; a symlinked checkpoint
+    # path was replaced by a directory
+    from nmrn.baselines.popularity import Popularity
+    from nmrn.serving.service import LiveService
+
+    real = tmp_path / "store" / "model.ckpt"
+    real.parent.mkdir()
+    Popularity().fit([(1, "a", 0.0)]).save(real)
+    stale = real.parent / ".model.ckpt.tmp123"
+    stale.mkdir()
+    (stale / "arrays.npz").write_bytes(b"half written")
+    link = tmp_path / "model.ckpt"
+    link.symlink_to(real)
+    with LiveService.open(link, apply_wait=0) as service:
+        service.submit([(2, "b", 1.0)])
+        assert service.wait_applied()
+        service.checkpoint()
+    assert not stale.exists()
+    assert link.is_symlink() and (real / "meta.json").is_file()
+    assert [p.name for p in real.parent.iterdir()] == ["model.ckpt"]  # nothing else left there
+    assert (tmp_path / "model.ckpt.journal").is_file()  # the journal goes next to the link

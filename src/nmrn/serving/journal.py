@@ -60,6 +60,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
@@ -69,6 +70,9 @@ from typing import Any
 
 from nmrn.errors import NMRNError
 from nmrn.io import fsync_dir
+
+# How every journal line starts: a CRC (8 hex digits), a space, a JSON object.
+_LINE_START = re.compile(rb"[0-9a-f]{8} \{")
 
 
 class JournalError(NMRNError, ValueError):
@@ -197,7 +201,11 @@ class Journal:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, start_seq: int = 1, fsync: bool = True):
-        self.path = Path(path)
+        # a symbolic link is followed on purpose: the journal is the file it points to (the
+        # rotation must replace that file, not the link)
+        self.path = Path(os.path.realpath(path))
+        if self.path.exists() and not self.path.is_file():
+            raise JournalError(f"{path}: not a regular file")
         self.fsync = bool(fsync)
         self._lock = threading.Lock()  # numbering, writing, rotating
         self._sync_cond = threading.Condition()  # durable_seq, the fsync in progress, failure
@@ -225,8 +233,13 @@ class Journal:
         for n, line in enumerate(lines, start=1):
             entry = _decode(line) if line.endswith(b"\n") else None
             if entry is None:
-                if n == len(lines):  # a torn write: that request was never acknowledged
+                # A torn write (the request was never acknowledged) is the start of a journal
+                # line. Anything else is not ours: never truncate a file that is not a journal.
+                if n == len(lines) and (n > 1 or _LINE_START.match(line)):
                     break
+                if n == 1 and not _LINE_START.match(line):
+                    raise JournalError(f"{self.path}: not an nmrn journal (its first line is not "
+                                       "a journal entry); refusing to touch it")
                 raise JournalError(f"{self.path}: line {n} is damaged (bad checksum or JSON)")
             if isinstance(entry, Run):
                 good_end += len(line)

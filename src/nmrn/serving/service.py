@@ -46,7 +46,7 @@ import numpy as np
 from nmrn.data.events import EventBatch
 from nmrn.data.idmap import as_id_array
 from nmrn.errors import ConfigError, NMRNError
-from nmrn.io import write_checkpoint
+from nmrn.io import remove_stale_temporaries, write_checkpoint
 from nmrn.models import load_model
 from nmrn.serving.journal import Journal, JournalError
 from nmrn.serving.metrics import ServiceMetrics
@@ -266,8 +266,11 @@ class LiveService:
         **options: Any,
     ) -> LiveService:
         """Load a checkpoint (any model) and serve it; the journal defaults to
-        ``<checkpoint>.journal``. ``options`` go to the constructor."""
-        model = load_model(checkpoint)
+        ``<checkpoint>.journal``. ``options`` go to the constructor. Temporary directories that
+        killed saves left next to the checkpoint are removed first (the service is the one
+        writer of its checkpoint)."""
+        model = load_model(checkpoint)  # repairs an interrupted save first
+        remove_stale_temporaries(checkpoint)
         return cls(
             model,
             checkpoint_path=checkpoint,

@@ -96,6 +96,33 @@ def _check_k(k: Any) -> int:
 
 
 
+def _count(value: Any, field: str, path: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"{path}: {field} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _base_arrays(
+    arrays: dict[str, np.ndarray], n_users: int, n_items: int, path: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The history's CSR arrays, checked against the ids before anything is built from them:
+    an index out of range would load silently and break reads later."""
+    try:
+        indptr = arrays.pop("base.history_indptr")
+        items = arrays.pop("base.history_items")
+    except KeyError as err:
+        raise CheckpointError(f"{path}: the array {err.args[0]!r} is missing") from None
+    for name, arr in (("history_indptr", indptr), ("history_items", items)):
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise CheckpointError(f"{path}: base.{name} must be a 1-D integer array")
+    if len(indptr) > n_users + 1:
+        raise CheckpointError(f"{path}: the history has rows for {len(indptr) - 1} users but "
+                              f"the checkpoint knows {n_users}")
+    if len(items) and (items.min() < 0 or items.max() >= n_items):
+        raise CheckpointError(f"{path}: the history holds item indices outside 0..{n_items - 1}")
+    return indptr, items
+
+
 class Recommender(ABC):
     """Base class of every nmrn model: the public contract of DESIGN §5.
 
@@ -459,18 +486,31 @@ class Recommender(ABC):
             if preset is not None and not isinstance(preset, str):
                 raise CheckpointError(f"{path}: preset must be a string or null, got {preset!r}")
             rec.preset = preset
+            for field in ("users", "items"):
+                if not isinstance(meta[field], list):
+                    raise CheckpointError(f"{path}: {field} must be a JSON list of ids")
             rec.users = IdMap.from_list(meta["users"], what="user")
             rec.items = IdMap.from_list(meta["items"], what="item")
-            rec.history = History.from_arrays(
-                arrays.pop("base.history_indptr"), arrays.pop("base.history_items")
-            )
+            indptr, hist_items = _base_arrays(arrays, len(rec.users), len(rec.items), path)
+            rec.history = History.from_arrays(indptr, hist_items)
             rec.item_counts = arrays.pop("base.item_counts").astype(np.float64)
-            rec.n_events = int(meta["n_events"])
-            rec.extra = dict(meta.get("extra") or {})
-            last = meta["last_timestamp"]
+            rec.n_events = _count(meta["n_events"], "n_events", path)
+            extra = meta.get("extra") or {}
+            if not isinstance(extra, dict):
+                raise CheckpointError(f"{path}: extra must be a JSON object")
+            rec.extra = dict(extra)
+            last = meta.get("last_timestamp")
+            if last is not None and (isinstance(last, bool) or not isinstance(last, (int, float))
+                                     or not np.isfinite(last)):
+                raise CheckpointError(f"{path}: last_timestamp must be a finite number or null")
             rec.last_timestamp = -np.inf if last is None else float(last)
-            if len(rec.item_counts) != len(rec.items):
+            counts = rec.item_counts
+            if counts.ndim != 1 or len(counts) != len(rec.items):
                 raise CheckpointError(f"{path}: item counts do not match the item ids")
+            if not np.isfinite(counts).all() or (counts < 0).any():
+                raise CheckpointError(f"{path}: item counts must be finite and >= 0")
+            if len(hist_items) > rec.n_events:
+                raise CheckpointError(f"{path}: the history holds more events than n_events")
             rec._grow(len(rec.users), len(rec.items))
             model_arrays = {
                 k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")
