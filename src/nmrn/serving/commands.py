@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import logging
 import os
 import signal
@@ -61,8 +62,24 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="largest request body; larger ones get 413 (default %(default)s)")
     p.add_argument("--max-k", type=int_at_least(1), default=1_000, metavar="N",
                    help="largest k a read may ask for (default %(default)s)")
+    p.add_argument("--max-work", type=int_at_least(1), default=20_000, metavar="N",
+                   help="most users x k in one read; more is a 413 (default %(default)s)")
     p.add_argument("--max-users", type=int_at_least(1), default=1_000, metavar="N",
                    help="most users per POST /recommendations (default %(default)s)")
+    p.add_argument("--max-connections", type=int_at_least(1), default=1000, metavar="N",
+                   help="most open connections; more are answered 503 (default %(default)s)")
+    p.add_argument("--max-header-bytes", type=int_at_least(1024), default=32_768, metavar="N",
+                   help="largest request line plus headers; larger ones get 431 (default "
+                   "%(default)s)")
+    p.add_argument("--request-timeout", type=positive_seconds, default=10.0, metavar="S",
+                   help="a connection that sends no request, or a request whose headers do not "
+                   "arrive, within S seconds is answered 408 and closed (default %(default)s)")
+    p.add_argument("--body-timeout", type=positive_seconds, default=30.0, metavar="S",
+                   help="a request body that has not arrived within S seconds is answered 408 "
+                   "(default %(default)s)")
+    p.add_argument("--keep-alive", type=positive_seconds, default=5.0, metavar="S",
+                   help="an idle kept-alive connection is closed after S seconds (default "
+                   "%(default)s)")
     p.add_argument("--max-pending", type=int_at_least(1), default=1_000_000, metavar="N",
                    help="most accepted-but-unapplied events before ingest answers 503")
     p.add_argument("--live-quality", type=non_negative_number, default=10.0, metavar="N",
@@ -104,6 +121,8 @@ def build_app_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
         max_events=args.max_batch,
         max_users=args.max_users,
         max_k=args.max_k,
+        max_work=args.max_work,
+        body_seconds=args.body_timeout,
     )
     service = LiveService.open(
         args.checkpoint,
@@ -149,9 +168,17 @@ def run_serve(args: argparse.Namespace) -> int:
     gc.freeze()
     if service.replayed:
         log.warning("replayed %d journalled events after an unclean stop", service.replayed)
+    http: Any = args.http
+    if args.http in ("auto", "httptools") and importlib.util.find_spec("httptools") is not None:
+        from nmrn.serving.protocol import bounded_protocol
+
+        http = bounded_protocol(max_header_bytes=args.max_header_bytes,
+                                request_timeout=args.request_timeout)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
-        loop=args.loop, http=args.http,
+        loop=args.loop, http=http, limit_concurrency=args.max_connections,
+        timeout_keep_alive=args.keep_alive,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=args.max_header_bytes,  # the h11 parser's own bound
         access_log=False, timeout_graceful_shutdown=10,
         # the service never uses client addresses: no X-Forwarded-* rewriting layer per request
         proxy_headers=False,

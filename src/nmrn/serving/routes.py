@@ -146,10 +146,16 @@ async def json_body(request: Request, limits: Limits) -> Any:
                 f"body: {int(length)} bytes; the limit is {limits.max_body_bytes}", status=413
             )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limits.max_body_bytes:
-            raise BadRequest(f"body: more than the limit of {limits.max_body_bytes} bytes", 413)
+    try:
+        async with asyncio.timeout(limits.body_seconds):  # a slow body must not hold a handler
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limits.max_body_bytes:
+                    raise BadRequest(
+                        f"body: more than the limit of {limits.max_body_bytes} bytes", 413
+                    )
+    except TimeoutError:
+        raise BadRequest(f"body: did not arrive within {limits.body_seconds} s", 408) from None
     if not body.strip():
         raise BadRequest("body: is empty; send a JSON object", status=400)
     try:
@@ -166,12 +172,14 @@ class Reads:
     than a hop to a worker thread. If the writer is inside a run, the read waits for the run's
     end (the loop serves other requests meanwhile) and tries again; reads are never parked in
     threads, where each would hold the model lock in turn and push the next read off the loop
-    too. A large read (more than :data:`INLINE_USERS` users) runs in a worker thread.
+    too. A large read (more than :data:`INLINE_USERS` users) runs in slices of that many users
+    in a worker thread, one large read at a time, so that it cannot starve small ones.
     """
 
     def __init__(self, service: LiveService) -> None:
         self.service = service
         self._free: asyncio.Future[None] | None = None  # resolved when the writer's run ends
+        self._large: tuple[Any, asyncio.Semaphore] | None = None  # (loop, one large read)
 
     async def _model_free(self) -> None:
         """Wait (without blocking the loop) until the model lock is next released."""
@@ -203,10 +211,23 @@ class Reads:
         if len(users) <= INLINE_USERS:
             while (found := service.try_recommend(users, k, exclude, text_ids=text)) is None:
                 await self._model_free()
-        else:
-            found = await run_in_threadpool(service.recommend, users, k, exclude, text_ids=text)
-        looked_up, recs = found
-        return recommendation_rows(looked_up, recs.items, recs.scores, recs.cold)
+            looked_up, recs = found
+            return recommendation_rows(looked_up, recs.items, recs.scores, recs.cold)
+        # A large read goes in slices of INLINE_USERS users, one at a time (the semaphore), each
+        # in a worker thread: between slices the model lock is free, so single-user reads and
+        # the writer are never stuck behind a large read. Each slice sees a consistent state;
+        # successive slices may see successive ones.
+        rows: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        if self._large is None or self._large[0] is not loop:
+            self._large = (loop, asyncio.Semaphore(1))
+        async with self._large[1]:
+            for lo in range(0, len(users), INLINE_USERS):
+                looked_up, recs = await run_in_threadpool(
+                    service.recommend, users[lo : lo + INLINE_USERS], k, exclude, text_ids=text
+                )
+                rows += recommendation_rows(looked_up, recs.items, recs.scores, recs.cold)
+        return rows
 
 
 async def read_one(state: Any, user: str, query: bytes) -> tuple[int, Any, dict[str, str]]:

@@ -66,6 +66,11 @@ class Limits:
         Largest ``k`` (422 above it).
     max_id_length
         Longest text id, in characters (422 above it).
+    max_work
+        Most users × k in one read (413 above it): bounds what one read costs and sends.
+    body_seconds
+        Seconds a request body may take to arrive (408 after it: a slow body holds a
+        connection and a handler).
     """
 
     max_body_bytes: int = 1_048_576
@@ -73,12 +78,18 @@ class Limits:
     max_users: int = 1_000
     max_k: int = 1_000
     max_id_length: int = 256
+    max_work: int = 20_000
+    body_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_events", "max_users", "max_k", "max_id_length"):
+        for name in ("max_body_bytes", "max_events", "max_users", "max_k", "max_id_length",
+                     "max_work"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"Limits.{name} must be an int >= 1, got {value!r}")
+        if not (isinstance(self.body_seconds, (int, float)) and 0 < self.body_seconds < 1e9):
+            raise ConfigError(f"Limits.body_seconds must be a number > 0, got "
+                              f"{self.body_seconds!r}")
 
 
 
@@ -194,7 +205,12 @@ def parse_recommend(body: Any, limits: Limits) -> tuple[list[int | str], int, bo
     if not isinstance(exclude, bool):
         raise BadRequest(f"exclude_seen: must be true or false, got {_type_name(exclude)} "
                          f"{_show(exclude)}")
-    return ids, parse_k(k, limits), exclude
+    k = parse_k(k, limits)
+    if len(ids) * k > limits.max_work:
+        raise BadRequest(f"users x k: {len(ids)} x {k} = {len(ids) * k} exceeds the limit of "
+                         f"{limits.max_work} per read; ask for fewer users or a smaller k",
+                         status=413)
+    return ids, k, exclude
 
 
 def _finite(x: float) -> float | None:
