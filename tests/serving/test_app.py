@@ -106,6 +106,48 @@ def test_writes_need_the_token_reads_do_not(client: TestClient, service: LiveSer
     assert service.accepted_seq == 0  # refused writes were not journalled
 
 
+def test_reads_need_the_read_token_when_one_is_set(service: LiveService) -> None:
+    # issue 11, finding 12: with exclude_seen flipped, the items that vanish from a user's
+    # top-k are that user's history; a read token lets an operator close reads (and the schema)
+    client = TestClient(create_app(service, token=TOKEN, read_token="r34d"))
+    read = {"Authorization": "Bearer r34d"}
+    for method, path, body in [("GET", "/recommendations/196", None),
+                               ("GET", "/recommendations/196?k=2&exclude_seen=false", None),
+                               ("POST", "/recommendations", {"users": [196], "k": 2}),
+                               ("GET", "/openapi.json", None)]:
+        bare = client.request(method, path, json=body)
+        assert bare.status_code == 401 and bare.headers["www-authenticate"] == "Bearer", path
+        wrong = client.request(method, path, json=body, headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == 403 and "not valid for reads" in wrong.json()["error"]
+        # the read token and the write token (which holds both scopes) both read
+        assert client.request(method, path, json=body, headers=read).status_code == 200, path
+        assert client.request(method, path, json=body, headers=AUTH).status_code == 200, path
+    assert "/events" in client.get("/openapi.json", headers=read).json()["paths"]
+    # the read token does not write
+    event = {"user": 1, "item": "a", "timestamp": 1}
+    assert client.post("/events", json=event, headers=read).status_code == 403
+    assert service.accepted_seq == 0
+    # aggregate-only endpoints stay open for probes and scrapers
+    for path in ["/healthz", "/metrics", "/status.json", "/"]:
+        assert client.get(path).status_code == 200, path
+    # without a read token reads and the schema are open, as before
+    open_client = TestClient(create_app(service, token=TOKEN))
+    assert open_client.get("/openapi.json").status_code == 200
+    assert open_client.get("/recommendations/196").status_code == 200
+
+
+def test_a_refused_read_answers_the_same_on_the_fast_path_and_the_route(
+    service: LiveService,
+) -> None:
+    # the fast path in front of FastAPI (ServingApp) and the route call one function
+    app = create_app(service, read_token="r")
+    fast = TestClient(app).get("/recommendations/196", headers={"Authorization": "Bearer q"})
+    routed = TestClient(app.app).get("/recommendations/196",
+                                     headers={"Authorization": "Bearer q"})
+    assert fast.status_code == routed.status_code == 403
+    assert fast.json() == routed.json()
+
+
 def test_checkpoint_endpoint_records_the_sequence_and_truncates_the_journal(
     client: TestClient, service: LiveService, tmp_path: Path
 ) -> None:
@@ -307,16 +349,36 @@ def test_serve_arguments_build_the_configured_app(tmp_path: Path, monkeypatch: A
     assert json.loads((ckpt / "meta.json").read_text())["n_events"] == len(HISTORY)
 
 
-@pytest.mark.parametrize("given", [["--token", ""], ["--token", "  "], []])
-def test_an_empty_token_is_refused_not_turned_into_open_writes(
-    tmp_path: Path, monkeypatch: Any, given: list[str]
+@pytest.mark.parametrize("kind", ["TOKEN", "READ_TOKEN"])
+@pytest.mark.parametrize("given", ["", "  ", None])
+def test_an_empty_token_is_refused_not_turned_into_open_access(
+    tmp_path: Path, monkeypatch: Any, given: str | None, kind: str
 ) -> None:
     # issue 11: NMRN_TOKEN="" used to turn write authentication off without a word
     ckpt = tmp_path / "pop.ckpt"
     Popularity().fit(HISTORY).save(ckpt)
     parser = argparse.ArgumentParser()
     add_serve_command(parser.add_subparsers(dest="command"))
-    monkeypatch.setenv("NMRN_TOKEN", "")
-    args = parser.parse_args(["serve", "--checkpoint", str(ckpt), *given])
-    with pytest.raises(ConfigError, match="(--token|NMRN_TOKEN) is empty"):
+    option = "--" + kind.lower().replace("_", "-")
+    monkeypatch.setenv(f"NMRN_{kind}", "")
+    args = parser.parse_args(["serve", "--checkpoint", str(ckpt)]
+                             + ([] if given is None else [option, given]))
+    with pytest.raises(ConfigError, match=f"({option}|NMRN_{kind}) is empty"):
         build_app_from_args(args)
+
+
+def test_the_read_token_comes_from_the_environment(tmp_path: Path, monkeypatch: Any) -> None:
+    ckpt = tmp_path / "pop.ckpt"
+    Popularity().fit(HISTORY).save(ckpt)
+    parser = argparse.ArgumentParser()
+    add_serve_command(parser.add_subparsers(dest="command"))
+    monkeypatch.setenv("NMRN_READ_TOKEN", "env-read")
+    monkeypatch.delenv("NMRN_TOKEN", raising=False)
+    service, app = build_app_from_args(parser.parse_args(["serve", "--checkpoint", str(ckpt)]))
+    try:
+        client = TestClient(app)
+        assert client.get("/recommendations/196").status_code == 401
+        assert client.get("/recommendations/196",
+                          headers={"Authorization": "Bearer env-read"}).status_code == 200
+    finally:
+        service.close(checkpoint=False)

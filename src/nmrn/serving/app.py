@@ -18,8 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from nmrn.errors import ConfigError
-from nmrn.serving.routes import Reads, http_error, read_one, router
+from nmrn.serving.routes import Access, Reads, http_error, read_one, router
 from nmrn.serving.schemas import Limits
 from nmrn.serving.service import LiveService
 
@@ -52,7 +51,7 @@ class ServingApp:
 
     @property
     def state(self) -> Any:
-        """The FastAPI application's ``state`` (``service``, ``limits``, ``token``, ``reads``)."""
+        """The FastAPI application's ``state`` (``service``, ``limits``, ``access``, ``reads``)."""
         return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,7 +63,14 @@ class ServingApp:
         if not path.startswith(self.PREFIX) or not user or "/" in user:
             await self.app(scope, receive, send)
             return
-        status, body, headers = await read_one(self.app.state, user, scope["query_string"])
+        state = self.app.state
+        authorization = None
+        if state.access.read is not None:
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+                    break
+        status, body, headers = await read_one(state, user, scope["query_string"], authorization)
         payload = _json_bytes(body)
         raw_headers = [
             (b"content-length", str(len(payload)).encode()),
@@ -79,6 +85,7 @@ def create_app(
     service: LiveService,
     *,
     token: str | None = None,
+    read_token: str | None = None,
     limits: Limits | None = None,
     close_on_shutdown: bool = False,
 ) -> ServingApp:
@@ -89,7 +96,11 @@ def create_app(
     service
         The live model. The app does not own it unless ``close_on_shutdown``.
     token
-        When set, writes need ``Authorization: Bearer <token>``; reads stay open.
+        When set, writes need ``Authorization: Bearer <token>``.
+    read_token
+        When set, reads (``/recommendations``, ``/openapi.json``) need
+        ``Authorization: Bearer <read_token>`` (or the write token); otherwise they are open.
+        Open reads let anyone infer what a user consumed (docs/serving.md, section 5).
     limits
         Request limits (default :class:`~nmrn.serving.schemas.Limits`).
     close_on_shutdown
@@ -101,8 +112,7 @@ def create_app(
     make too: ``sys.setswitchinterval(0.0005)``, ``torch.set_num_threads(1)`` and, after
     loading, ``gc.freeze()`` (docs/serving.md, section 8, has the measurements).
     """
-    if token is not None and (not isinstance(token, str) or not token.strip()):
-        raise ConfigError("token must be a non-empty string (or None for no authentication)")
+    access = Access(write=token, read=read_token)  # refuses an empty or non-string token
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,12 +124,13 @@ def create_app(
         title="nmrn",
         summary="Streaming recommendations, live",
         lifespan=lifespan,
-        docs_url=None,
+        docs_url=None,  # no docs page: it would load its scripts from a CDN
         redoc_url=None,
+        openapi_url=None,  # served by the router, behind the read token (routes.openapi_schema)
     )
     app.state.service = service
     app.state.limits = Limits() if limits is None else limits
-    app.state.token = token
+    app.state.access = access
     app.state.reads = Reads(service)
     app.include_router(router)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -44,6 +44,10 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--token", default=None,
                    help="bearer token required for writes (default: $NMRN_TOKEN; none: open)")
+    p.add_argument("--read-token", default=None,
+                   help="bearer token required for reads of recommendations and the API schema "
+                   "(the write token also reads; default: $NMRN_READ_TOKEN; none: open, and "
+                   "open reads reveal what users consumed)")
     p.add_argument("--journal", type=Path, default=None,
                    help="journal file (default: <checkpoint>.journal)")
     p.add_argument("--checkpoint-every", type=int_at_least(0), default=10_000, metavar="N",
@@ -105,17 +109,24 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _token(given: str | None, option: str, variable: str, what: str) -> str | None:
+    """The token from ``option`` or else ``$variable``; an empty one is refused, never taken as
+    "no token" (that would silently open ``what``)."""
+    token = given if given is not None else os.environ.get(variable)
+    if token is not None and not token.strip():
+        where = option if given is not None else variable
+        raise ConfigError(f"{where} is empty; give a token or unset it ({what} are then open)")
+    return token
+
+
 def build_app_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     """``(service, app)`` from parsed ``serve`` arguments (no server started)."""
     from nmrn.serving.app import create_app
     from nmrn.serving.schemas import Limits
     from nmrn.serving.service import LiveService
 
-    token = args.token if args.token is not None else os.environ.get("NMRN_TOKEN")
-    if token is not None and not token.strip():
-        where = "--token" if args.token is not None else "NMRN_TOKEN"
-        # an empty token must not silently turn write authentication off
-        raise ConfigError(f"{where} is empty; give a token or unset it (writes are then open)")
+    token = _token(args.token, "--token", "NMRN_TOKEN", "writes")
+    read_token = _token(args.read_token, "--read-token", "NMRN_READ_TOKEN", "reads")
     limits = Limits(
         max_body_bytes=args.max_body_bytes,
         max_events=args.max_batch,
@@ -136,7 +147,8 @@ def build_app_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
         live_quality=args.live_quality,
     )
     try:
-        app = create_app(service, token=token, limits=limits, close_on_shutdown=True)
+        app = create_app(service, token=token, read_token=read_token, limits=limits,
+                         close_on_shutdown=True)
     except BaseException:
         service.close(checkpoint=False)
         raise

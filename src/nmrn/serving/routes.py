@@ -8,6 +8,7 @@ GET     ``/recommendations/{user}`` top-k for one user (``?k=10&exclude_seen=tru
 POST    ``/recommendations``        top-k for ``{"users": [...], "k": 10}``
 GET     ``/healthz``                liveness and progress (503 when the writer stopped)
 GET     ``/metrics``                Prometheus text format
+GET     ``/openapi.json``           the API schema (behind the read token when one is set)
 POST    ``/checkpoint``             checkpoint now
 ======  ==========================  =====================================================
 
@@ -20,8 +21,8 @@ server log: no stack trace ever reaches a client. The app registers :func:`http_
 router's own 404 and 405, so they take the same shape.
 
 The state a handler reads (``request.app.state``): ``service`` (the
-:class:`~nmrn.serving.service.LiveService`), ``limits``, ``token`` (``None``: writes are open)
-and ``reads`` (a :class:`Reads`).
+:class:`~nmrn.serving.service.LiveService`), ``limits``, ``access`` (an :class:`Access`: the write
+and read tokens) and ``reads`` (a :class:`Reads`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nmrn.data.validation import EventError, loads_json
-from nmrn.errors import NMRNError
+from nmrn.errors import ConfigError, NMRNError
 from nmrn.serving.metrics import CONTENT_TYPE
 from nmrn.serving.schemas import (
     BadRequest,
@@ -57,7 +58,7 @@ from nmrn.serving.status import PAGE
 
 log = logging.getLogger("nmrn.serving")
 
-__all__ = ["GuardedRoute", "Reads", "http_error", "read_one", "refusal", "router"]
+__all__ = ["Access", "GuardedRoute", "Reads", "http_error", "read_one", "refusal", "router"]
 
 # Reads for at most INLINE_USERS users run on the event loop itself; larger ones in a worker
 # thread, so that the loop keeps serving while they run.
@@ -116,19 +117,62 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 # -- request pieces --------------------------------------------------------------------------------
+class Access:
+    """Who may do what: the write token (``None``: writes are open) and the read token
+    (``None``: reads are open).
+
+    The write token holds both scopes, so a writer never needs two tokens; the read token only
+    reads. Reads are ``GET``/``POST /recommendations`` and the API schema
+    (``/openapi.json``); ``/``, ``/status.json``, ``/healthz`` and ``/metrics`` hold only
+    aggregate figures (counts, rates, latency, live quality), never a user's data, and stay
+    open so that probes and scrapers need no secret (docs/serving.md, section 5).
+    """
+
+    __slots__ = ("read", "write")
+
+    def __init__(self, write: str | None = None, read: str | None = None) -> None:
+        for name, value in (("token", write), ("read_token", read)):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name} must be a non-empty string (or None: open)")
+        self.write = write
+        self.read = read
+
+    def _given(self, header: str | None) -> bytes:
+        if header is None:
+            raise BadRequest("authorization: missing; send 'Authorization: Bearer <token>'", 401)
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise BadRequest("authorization: expected 'Bearer <token>'", status=401)
+        return given.strip().encode()
+
+    def check_write(self, header: str | None) -> None:
+        """Refuse a write without the write token (401) or with another one (403)."""
+        if self.write is None:
+            return
+        if not hmac.compare_digest(self._given(header), self.write.encode()):
+            raise BadRequest("authorization: the token is not valid", status=403)
+
+    def check_read(self, header: str | None) -> None:
+        """Refuse a read, when reads are protected, without the read or the write token."""
+        if self.read is None:
+            return
+        given = self._given(header)
+        # compare with both, always: the time taken does not tell which one nearly matched
+        ok = hmac.compare_digest(given, self.read.encode())
+        if self.write is not None:
+            ok |= hmac.compare_digest(given, self.write.encode())
+        if not ok:
+            raise BadRequest("authorization: the token is not valid for reads", status=403)
+
+
 def check_token(request: Request) -> None:
-    """Refuse a write without the configured bearer token (401) or with another one (403)."""
-    token: str | None = request.app.state.token
-    if token is None:
-        return
-    header = request.headers.get("authorization")
-    if header is None:
-        raise BadRequest("authorization: missing; send 'Authorization: Bearer <token>'", 401)
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise BadRequest("authorization: expected 'Bearer <token>'", status=401)
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise BadRequest("authorization: the token is not valid", status=403)
+    """Refuse a write without the configured write token (401) or with another one (403)."""
+    request.app.state.access.check_write(request.headers.get("authorization"))
+
+
+def check_read(request: Request) -> None:
+    """Refuse a read without the read token when reads are protected (401/403)."""
+    request.app.state.access.check_read(request.headers.get("authorization"))
 
 
 async def json_body(request: Request, limits: Limits) -> Any:
@@ -230,10 +274,13 @@ class Reads:
         return rows
 
 
-async def read_one(state: Any, user: str, query: bytes) -> tuple[int, Any, dict[str, str]]:
+async def read_one(
+    state: Any, user: str, query: bytes, authorization: str | None = None
+) -> tuple[int, Any, dict[str, str]]:
     """``GET /recommendations/{user}``: ``(status, body, headers)``. Shared by the route and
     the fast path in front of the app (:class:`nmrn.serving.app.ServingApp`)."""
     try:
+        state.access.check_read(authorization)
         uid = parse_id(user, "user", state.limits)
         k, exclude = (10, True) if not query else parse_query(QueryParams(query), state.limits)
         return 200, (await state.reads.answer([uid], k, exclude, text=True))[0], {}
@@ -275,7 +322,8 @@ async def post_events(request: Request) -> JSONResponse:
 @router.get("/recommendations/{user}")
 async def get_recommendations(user: str, request: Request) -> JSONResponse:
     status, body, headers = await read_one(
-        request.app.state, user, request.scope.get("query_string", b"")
+        request.app.state, user, request.scope.get("query_string", b""),
+        request.headers.get("authorization"),
     )
     return JSONResponse(body, status_code=status, headers=headers or None)
 
@@ -283,6 +331,7 @@ async def get_recommendations(user: str, request: Request) -> JSONResponse:
 @router.post("/recommendations")
 async def post_recommendations(request: Request) -> JSONResponse:
     state = request.app.state
+    check_read(request)
     if request.query_params:
         raise BadRequest("query: POST /recommendations takes its arguments in the body")
     users, k, exclude = parse_recommend(await json_body(request, state.limits), state.limits)
@@ -320,6 +369,13 @@ async def status_json(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi_schema(request: Request) -> JSONResponse:
+    """The OpenAPI schema, behind the same choice as reads."""
+    check_read(request)
+    return JSONResponse(request.app.openapi())
 
 
 @router.post("/checkpoint")
