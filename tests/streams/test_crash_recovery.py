@@ -209,3 +209,95 @@ def _group_exists(client: Any) -> bool:
         return bool(client.xinfo_groups(STREAM))
     except Exception:
         return False
+
+
+def _make_dirty_stream(url: str, n: int, seed: int) -> tuple[list[tuple[int, int, int]], int, int]:
+    """A stream of ``n`` good events, each with an ``event_id``, plus malformed entries and
+    producer retries (an event sent again with its id, a few entries later) mixed in.
+    Returns ``(the good events once each, malformed entries, retries)``."""
+    import redis
+
+    rng = random.Random(seed)
+    events: list[tuple[int, int, int]] = []
+    bad = retries = 0
+    recent: list[dict[str, Any]] = []
+    with redis.Redis.from_url(url) as client:
+        pipe = client.pipeline(transaction=False)
+        for t in range(n):
+            row = {"user": rng.randrange(1, 60), "item": rng.randrange(1, 90),
+                   "timestamp": 880_000_000 + t, "event_id": f"ev-{t}"}
+            events.append((row["user"], row["item"], row["timestamp"]))
+            pipe.xadd(STREAM, row)
+            recent = (recent + [row])[-20:]
+            roll = rng.random()
+            if roll < 0.03:
+                pipe.xadd(STREAM, {"user": "1", "item": "2", "timestamp": "not a time"})
+                bad += 1
+            elif roll < 0.06:
+                pipe.xadd(STREAM, rng.choice(recent))  # a retry: the same event, the same id
+                retries += 1
+        pipe.execute()
+    return events, bad, retries
+
+
+def test_counts_of_dead_letters_and_retries_are_exact_across_sigkills(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # issue 11, finding 13: the consumer's `invalid` count drifted after kills (18/18/15 against
+    # 19 real dead letters): a dead letter is acknowledged at once, so an entry rejected after
+    # the last checkpoint was not redelivered, and its count died with the process
+    import redis
+
+    events, n_bad, n_retries = _make_dirty_stream(redis_url, n=2400, seed=11)
+    assert n_bad >= 30 and n_retries >= 30
+    reference = _model()
+    source = RedisStreamSource(STREAM, "reference", "worker", url=redis_url)
+    ref_stats = Consumer(reference, source, tmp_path / "reference.ckpt",
+                         checkpoint_every=200, batch_size=BATCH_SIZE).run(idle_timeout=0.3)
+    source.close()
+    assert (ref_stats.applied, ref_stats.invalid, ref_stats.duplicates) == (
+        len(events), n_bad, n_retries)
+
+    ckpt = tmp_path / "dirty.ckpt"
+    save_checkpoint(_model(), ckpt, position=None)
+    cmd = [sys.executable, "-m", "nmrn", "consume", "--checkpoint", str(ckpt), "--source",
+           redis_url, "--stream", STREAM, "--group", "dirty", "--consumer", "worker",
+           "--checkpoint-every", "200", "--batch-size", str(BATCH_SIZE), "--idle-timeout", "0.5"]
+    dead_key = f"{STREAM}:dead"
+    kills = 0
+    with redis.Redis.from_url(redis_url) as client:
+        before = client.xlen(dead_key)  # the reference group's dead letters
+        while True:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if kills < 4:
+                # kill right after a dead letter written since the last checkpoint: the case
+                # where the count used to be lost
+                deadline = time.monotonic() + 60
+                start_events = _events_in(ckpt)
+                while _events_in(ckpt) < start_events + 200 and proc.poll() is None:
+                    assert time.monotonic() < deadline, "the consumer made no progress"
+                    time.sleep(0.002)
+                seen = client.xlen(dead_key)
+                while client.xlen(dead_key) == seen and proc.poll() is None:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.001)
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    kills += 1
+                    continue
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()
+            break
+        dead = client.xlen(dead_key) - before
+    assert kills >= 3
+    model, position = load_checkpoint(ckpt)
+    assert position is not None
+    # every malformed entry dead-lettered once and counted once; every retry dropped once
+    assert dead == n_bad
+    assert position["invalid"] == n_bad
+    assert position["duplicates"] == n_retries
+    assert position["events"] == model.n_events == len(events)
+    ref_state, got_state = _state(reference), _state(model)
+    for key in ref_state:
+        np.testing.assert_array_equal(got_state[key], ref_state[key], err_msg=key)

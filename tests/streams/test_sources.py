@@ -270,6 +270,66 @@ def test_a_stopped_and_resumed_consumer_equals_a_straight_run(tmp_path: Path) ->
     assert resumed.history == straight.history
 
 
+def _with_ids(pairs: list[tuple[int, str]]) -> list[str]:
+    """JSONL lines: event ``t`` of each pair, carrying ``event_id``."""
+    return [json.dumps({"user": t % 3, "item": t % 4, "timestamp": t, "event_id": eid})
+            for t, eid in pairs]
+
+
+def test_a_retried_event_id_is_applied_once_within_the_window(tmp_path: Path) -> None:
+    # "a" and "b" are sent again (a producer's retry): same event, same id
+    lines = _with_ids([(0, "a"), (1, "b"), (0, "a"), (2, "c"), (1, "b"), (3, "d")])
+    path = _write(tmp_path / "ev.jsonl", lines)
+    model = OrderModel()
+    stats = Consumer(model, FileSource(path), tmp_path / "ck", batch_size=2).run()
+    assert (stats.applied, stats.duplicates, stats.invalid) == (4, 2, 0)
+    once = OrderModel()
+    once.learn([(t % 3, t % 4, float(t)) for t in range(4)])
+    np.testing.assert_array_equal(model.w, once.w)
+    # without deduplication every copy is applied
+    plain = Consumer(OrderModel(), FileSource(path), tmp_path / "ck2", dedupe_window=0).run()
+    assert (plain.applied, plain.duplicates) == (6, 0)
+
+
+def test_the_window_counts_ids_and_forgets_the_oldest(tmp_path: Path) -> None:
+    # window 2: after "b" and "c", "a" is forgotten, so its copy is applied again
+    lines = _with_ids([(0, "a"), (1, "b"), (2, "c"), (0, "a"), (1, "c")])
+    path = _write(tmp_path / "ev.jsonl", lines)
+    stats = Consumer(OrderModel(), FileSource(path), tmp_path / "ck", dedupe_window=2).run()
+    assert (stats.applied, stats.duplicates) == (4, 1)
+    _, position = load_checkpoint(tmp_path / "ck")
+    assert position["event_ids"] == ["c", "a"] and position["duplicates"] == 1
+
+
+def test_the_window_survives_a_restart_so_replay_decides_the_same(tmp_path: Path) -> None:
+    pairs = [(t, f"id{t}") for t in range(12)]
+    pairs.insert(7, (2, "id2"))  # retries on both sides of the restart
+    pairs.insert(11, (5, "id5"))
+    path = _write(tmp_path / "ev.jsonl", _with_ids(pairs))
+    straight = OrderModel()
+    Consumer(straight, FileSource(path), tmp_path / "a", checkpoint_every=3).run()
+    first = Consumer(OrderModel(), FileSource(path), tmp_path / "b", checkpoint_every=3)
+    assert first.run(max_events=6).applied == 6
+    model, _ = load_checkpoint(tmp_path / "b")
+    stats = Consumer(model, FileSource(path), tmp_path / "b", checkpoint_every=3).run()
+    model, position = load_checkpoint(tmp_path / "b")
+    assert position["events"] == 12 and position["duplicates"] == 2
+    np.testing.assert_array_equal(model.w, straight.w)
+    assert stats.applied == 6
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 256, "caf\u00e9", 7])
+def test_a_malformed_event_id_makes_the_entry_invalid(bad: Any) -> None:
+    text = isinstance(bad, str)
+    record = {"user": "1", "item": "2", "timestamp": "3" if text else 3, "event_id": bad}
+    if bad == "":
+        # a text format's empty field reads as absent
+        assert "event_id" not in parse_event(record, text=True)
+        return
+    with pytest.raises(ValueError, match="event_id: must be 1 to 255 visible ASCII"):
+        parse_event(record, text=text)
+
+
 # -- the command -------------------------------------------------------------------------------
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()

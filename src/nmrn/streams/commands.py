@@ -21,7 +21,7 @@ import argparse
 import json
 from typing import Any
 
-from nmrn.argtypes import positive_int, positive_seconds
+from nmrn.argtypes import int_at_least, positive_int, positive_seconds
 from nmrn.errors import ConfigError
 from nmrn.streams.consumer import Consumer
 from nmrn.streams.sources import EventSource, FileSource
@@ -64,6 +64,9 @@ def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
                    "%(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                    help="events per learn call (default %(default)s)")
+    p.add_argument("--dedupe-window", type=int_at_least(0), default=10_000, metavar="N",
+                   help="remember the latest N event_id values; an entry carrying one of them "
+                   "is a producer's retry and is skipped (0: off; default %(default)s)")
     p.add_argument("--max-events", type=positive_int, metavar="N", help="stop after N events")
     p.add_argument("--threads", type=positive_int, default=1, metavar="N",
                    help="threads torch may use for one operation (default %(default)s)")
@@ -132,6 +135,7 @@ def run_consume(args: argparse.Namespace) -> int:
             args.checkpoint,
             checkpoint_every=args.checkpoint_every,
             batch_size=args.batch_size,
+            dedupe_window=args.dedupe_window,
         )
         stats = consumer.run(max_events=args.max_events, idle_timeout=args.idle_timeout)
     finally:
@@ -141,10 +145,12 @@ def run_consume(args: argparse.Namespace) -> int:
             {
                 "applied": stats.applied,
                 "invalid": stats.invalid,
+                "duplicates": stats.duplicates,
                 "checkpoints": stats.checkpoints,
                 "total_applied": stats.total_applied,
                 "stopped": stats.stopped,
-                "position": stats.position,
+                "position": {k: v for k, v in (stats.position or {}).items()
+                             if k != "event_ids"} or None,
                 "elapsed_s": round(stats.elapsed_s, 3),
                 "events_per_s": round(stats.events_per_s, 1),
             }

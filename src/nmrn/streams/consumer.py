@@ -16,10 +16,17 @@ Guarantees (for one consumer, the single writer of its checkpoint):
   partial batch so that events are not held back).
 - **Bad records never stop the stream.** A malformed entry is handed to ``source.reject`` (a Redis
   source moves it to its dead-letter stream) and counted; the entries around it are applied.
+  The count survives crashes exactly: a source that rejects for good before the checkpoint
+  (Redis acknowledges a dead letter at once) reports, on restart, what it rejected after the
+  checkpoint's position (:meth:`~nmrn.streams.sources.EventSource.rejected_after`).
+- **A producer's retry is applied once.** An entry whose ``event_id`` is among the last
+  ``dedupe_window`` event ids is skipped and counted as a duplicate. The window is part of the
+  checkpoint, so a restarted consumer makes the same decisions as one that never stopped.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -53,6 +60,8 @@ class ConsumeStats:
         Events learned in this run.
     invalid
         Malformed entries rejected in this run.
+    duplicates
+        Entries skipped in this run because their ``event_id`` was seen within the window.
     checkpoints
         Checkpoints written in this run.
     total_applied
@@ -68,6 +77,7 @@ class ConsumeStats:
 
     applied: int
     invalid: int
+    duplicates: int
     checkpoints: int
     total_applied: int
     position: dict[str, Any] | None
@@ -98,6 +108,11 @@ class Consumer:
         Events per ``model.learn`` call (at most).
     poll_timeout
         Seconds one read may wait for new events; bounds how late a stop is noticed.
+    dedupe_window
+        How many of the latest ``event_id`` values are remembered; an entry carrying one of
+        them is a producer's retry and is skipped (0: no deduplication). A count, not a time,
+        so that replay after a crash decides exactly as the first run did; the ids are stored
+        in the checkpoint (``dedupe_window`` × id length bytes at most).
 
     Examples
     --------
@@ -123,6 +138,7 @@ class Consumer:
         checkpoint_every: int = 1000,
         batch_size: int = 64,
         poll_timeout: float = 1.0,
+        dedupe_window: int = 10_000,
     ) -> None:
         if not isinstance(model, Recommender):
             raise TypeError(f"model must be a Recommender, got {type(model).__name__}")
@@ -131,6 +147,9 @@ class Consumer:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if not poll_timeout > 0:
             raise ValueError(f"poll_timeout must be > 0, got {poll_timeout}")
+        if isinstance(dedupe_window, bool) or not isinstance(dedupe_window, int) \
+                or dedupe_window < 0:
+            raise ValueError(f"dedupe_window must be an int >= 0, got {dedupe_window!r}")
         self.model = model
         self.source = source
         self.checkpoint_path = Path(checkpoint_path)
@@ -141,6 +160,13 @@ class Consumer:
         self.position: dict[str, Any] | None = dict(saved) if saved else None
         self.total_applied = int(self.position.get("events", 0)) if self.position else 0
         self.total_invalid = int(self.position.get("invalid", 0)) if self.position else 0
+        self.total_duplicates = int(self.position.get("duplicates", 0)) if self.position else 0
+        self.dedupe_window = dedupe_window
+        # the latest event ids, oldest first (a dict keeps insertion order)
+        self._event_ids: dict[str, None] = dict.fromkeys(
+            self.position.get("event_ids", []) if self.position else []
+        )
+        self._trim_event_ids()
         self._saved_position = self.position
         self._saved_applied = self.total_applied
         self._stop_reason: str | None = None
@@ -197,9 +223,11 @@ class Consumer:
         start = time.perf_counter()
         if not self._resumed:
             self.source.resume_after(self.position)
+            # rejected for good after the checkpoint by a run that was then killed
+            self.total_invalid += self.source.rejected_after(self.position)
             remove_stale_temporaries(self.checkpoint_path)
             self._resumed = True
-        applied = invalid = checkpoints = 0
+        applied = invalid = duplicates = checkpoints = 0
         batch: list[dict[str, Any]] = []
         last_entry_at = time.monotonic()
         restore = self._install_signal_handlers()
@@ -227,6 +255,8 @@ class Consumer:
                     if isinstance(entry.value, InvalidEvent):
                         self._reject(entry)
                         invalid += 1
+                    elif self._is_duplicate(entry):
+                        duplicates += 1
                     else:
                         batch.append(entry.value)
                     self.position = entry.position
@@ -261,6 +291,7 @@ class Consumer:
         return ConsumeStats(
             applied=applied,
             invalid=invalid,
+            duplicates=duplicates,
             checkpoints=checkpoints,
             total_applied=self.total_applied,
             position=self._record(),
@@ -273,6 +304,27 @@ class Consumer:
         log.warning("skipping malformed entry at %s: %s", entry.position, entry.value.reason)
         self.source.reject(entry)
         self.total_invalid += 1
+
+    def _is_duplicate(self, entry: Entry) -> bool:
+        """Whether the entry's ``event_id`` is in the window; remembers it if not."""
+        assert isinstance(entry.value, dict)
+        event_id = entry.value.get("event_id")
+        if event_id is None or self.dedupe_window == 0:
+            return False
+        if event_id in self._event_ids:
+            log.info("skipping a retried event at %s: event_id %r was seen", entry.position,
+                     event_id)
+            self.total_duplicates += 1
+            return True
+        self._event_ids[event_id] = None
+        self._trim_event_ids()
+        return False
+
+    def _trim_event_ids(self) -> None:
+        extra = len(self._event_ids) - self.dedupe_window
+        if extra > 0:
+            for key in list(itertools.islice(self._event_ids, extra)):
+                del self._event_ids[key]
 
     def _apply(self, batch: list[dict[str, Any]]) -> int:
         weights = None
@@ -291,7 +343,11 @@ class Consumer:
     def _record(self) -> dict[str, Any] | None:
         if self.position is None:
             return None
-        return {**self.position, "events": self.total_applied, "invalid": self.total_invalid}
+        record = {**self.position, "events": self.total_applied, "invalid": self.total_invalid}
+        if self.total_duplicates or self._event_ids:
+            record["duplicates"] = self.total_duplicates
+            record["event_ids"] = list(self._event_ids)
+        return record
 
     def _checkpoint(self) -> None:
         record = self._record()

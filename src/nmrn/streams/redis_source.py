@@ -311,6 +311,31 @@ class RedisStreamSource(EventSource):
             pipe.xack(self.stream, self.group, entry_id)
         self._call("dead-letter MULTI/EXEC", pipe.execute)
 
+    def rejected_after(self, position: dict[str, Any] | None) -> int:
+        """Dead letters this consumer wrote for entries after ``position``: read from the
+        dead-letter stream (which is small by nature), page by page."""
+        after = parse_stream_id(str(position["id"])) if position is not None else None
+        found = 0
+        start = "-"
+        while True:
+            rows = self._call("XRANGE", self._client.xrange, self.dead_letter, min=start,
+                              max="+", count=1000)
+            for _dead_id, fields in rows:
+                record = {_text_lenient(k): _text_lenient(v) for k, v in fields.items()
+                          if not k.startswith(b"field.")}
+                if (record.get("stream"), record.get("group"), record.get("consumer")) != (
+                        self.stream, self.group, self.consumer):
+                    continue
+                try:
+                    key = parse_stream_id(record.get("id", ""))
+                except SourceError:
+                    continue
+                if after is None or key > after:
+                    found += 1
+            if len(rows) < 1000:
+                return found
+            start = "(" + _text(rows[-1][0])
+
     def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The first ``count`` entries of the dead-letter stream, decoded (for inspection)."""
         rows = self._call("XRANGE", self._client.xrange, self.dead_letter, count=count)

@@ -81,11 +81,18 @@ class Entry(NamedTuple):
 
 
 # -- validation ------------------------------------------------------------------------------
-def parse_event(record: Mapping[str, Any], *, text: bool) -> dict[str, Any]:
-    """Validate one record and return the event ``{"user", "item", "timestamp"[, "weight"]}``.
+EVENT_ID = "event_id"
+_EVENT_ID = re.compile(r"[\x21-\x7e]{1,255}")  # the rule of HTTP's Idempotency-Key
 
-    The rules are :mod:`nmrn.data.validation`'s, the same as over HTTP; fields other than the
-    event's are ignored (a stream entry may carry an event id, say).
+
+def parse_event(record: Mapping[str, Any], *, text: bool) -> dict[str, Any]:
+    """Validate one record and return the event
+    ``{"user", "item", "timestamp"[, "weight"][, "event_id"]}``.
+
+    The rules are :mod:`nmrn.data.validation`'s, the same as over HTTP; other fields are
+    ignored. An ``event_id`` (1 to 255 visible ASCII characters, e.g. a UUID the producer made)
+    lets the consumer drop a producer's retried copy of an event (:class:`~nmrn.streams.consumer.
+    Consumer`, ``dedupe_window``).
 
     Parameters
     ----------
@@ -113,6 +120,12 @@ def parse_event(record: Mapping[str, Any], *, text: bool) -> dict[str, Any]:
     """
     fields = check_event(record, text=text, strict=False)
     event = dict(zip(("user", "item", "timestamp", "weight"), fields, strict=False))
+    event_id = record.get(EVENT_ID)
+    if event_id is not None and not (text and event_id == ""):
+        if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
+            raise EventError(EVENT_ID, f"must be 1 to 255 visible ASCII characters (no spaces), "
+                             f"got {event_id!r:.80}")
+        event[EVENT_ID] = event_id
     return event
 
 
@@ -160,6 +173,17 @@ class EventSource(ABC):
 
     def reject(self, entry: Entry) -> None:  # noqa: B027 - optional hook
         """A malformed entry (``entry.value`` is an :class:`InvalidEvent`) was skipped."""
+
+    def rejected_after(self, position: dict[str, Any] | None) -> int:
+        """How many entries after ``position`` this source rejected for good and will not
+        deliver again (call after :meth:`resume_after`).
+
+        A source that delivers a rejected entry again after a restart (a file) returns 0: the
+        consumer counts it again when it rejects it again. A Redis source acknowledges a dead
+        letter at once, so a consumer killed after a reject but before its checkpoint would
+        otherwise lose that entry from its count.
+        """
+        return 0
 
     def stop(self) -> None:  # noqa: B027 - optional hook
         """Ask the source to end the stream at the next :meth:`poll` (signal-handler safe)."""
