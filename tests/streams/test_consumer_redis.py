@@ -72,7 +72,7 @@ def test_consume_applies_everything_in_order_and_acks(
     assert client.xpending(STREAM, "g")["pending"] == 0
     loaded, position = load_checkpoint(tmp_path / "ck")
     assert position == {"source": "redis", "stream": STREAM, "group": "g", "id": ids[-1],
-                        "events": 37, "invalid": 0}
+                        "events": 37, "invalid": 0, "reject_mark": "0-0"}
     np.testing.assert_array_equal(loaded.w, model.w)
 
 
@@ -157,6 +157,98 @@ def test_deleted_pending_entry_is_dead_lettered(
     (_, dead), = client.xrange(f"{STREAM}:dead")
     assert b"deleted from the stream" in dead[b"reason"] and dead[b"id"].decode() == ids[1]
     assert client.xpending(STREAM, "g")["pending"] == 0
+
+
+class _Killed(Exception):
+    """The process "dies" at a checkpoint: nothing of this run after the last save survives."""
+
+
+def _run_until_killed(url: str, path: Path, consumer: str, monkeypatch: pytest.MonkeyPatch,
+                      saves_before_kill: int) -> None:
+    """Consume as ``consumer`` from the checkpoint at ``path`` (or fresh) and die at the
+    checkpoint after ``saves_before_kill`` successful ones."""
+    from nmrn.streams import consumer as consumer_module
+
+    real, done = consumer_module.save_checkpoint, []
+
+    def save(*args: Any, **kwargs: Any) -> None:
+        if len(done) == saves_before_kill:
+            raise _Killed
+        done.append(1)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(consumer_module, "save_checkpoint", save)
+    model = load_checkpoint(path)[0] if path.exists() else OrderModel()
+    source = RedisStreamSource(STREAM, "g", consumer, url=url, block_ms=50)
+    try:
+        with pytest.raises(_Killed):
+            Consumer(model, source, path, checkpoint_every=4, batch_size=4,
+                     poll_timeout=0.05).run(idle_timeout=0.2)
+    finally:
+        source.close()
+        monkeypatch.undo()
+
+
+def test_the_dead_letter_count_survives_a_kill_and_a_renamed_consumer(
+    redis_url: str, client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 11, finding 13: a dead letter is acknowledged at once, so a consumer killed after
+    # writing one but before its checkpoint never sees the entry again; the count must not die
+    # with it, also when the consumer comes back under another name
+    rows = _rows(10)
+    _add(client, rows[:4])
+    bad = client.xadd(STREAM, {"user": "1"}).decode()
+    _add(client, rows[4:])
+    # checkpoint after 4 events, reject the bad entry, and die at the next checkpoint
+    _run_until_killed(redis_url, tmp_path / "ck", "a", monkeypatch, saves_before_kill=1)
+    assert client.xlen(f"{STREAM}:dead") == 1
+    assert load_checkpoint(tmp_path / "ck")[1]["invalid"] == 0  # the save died with it
+    model, _ = load_checkpoint(tmp_path / "ck")
+    source = RedisStreamSource(STREAM, "g", "b", url=redis_url, block_ms=50)
+    stats = Consumer(model, source, tmp_path / "ck", checkpoint_every=4, batch_size=4,
+                     poll_timeout=0.05).run(idle_timeout=0.2)
+    source.close()
+    _, position = load_checkpoint(tmp_path / "ck")
+    assert position["events"] == 10 and position["invalid"] == 1
+    (_, dead), = client.xrange(f"{STREAM}:dead")
+    assert dead[b"id"].decode() == bad
+    assert stats.applied == 6
+
+
+def test_a_deleted_pending_entry_is_counted_once_over_several_restarts(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    # the dead letter of a deleted entry is written at start, ahead of the checkpoint's
+    # position; a later restart must not count it again
+    ids = _add(client, _rows(6))
+    source = RedisStreamSource(STREAM, "g", "c1", url=redis_url)
+    source.resume_after(None)
+    assert len(source.poll(10, 0.1)) == 6  # delivered, then the process "dies"
+    source.close()
+    client.xdel(STREAM, ids[3])
+    model = OrderModel()
+    first = _consume(redis_url, model, tmp_path / "ck", max_events=2)
+    assert first.applied == 2
+    _, position = load_checkpoint(tmp_path / "ck")
+    assert position["id"] == ids[1] and position["invalid"] == 1
+    model, _ = load_checkpoint(tmp_path / "ck")
+    _consume(redis_url, model, tmp_path / "ck")
+    model, position = load_checkpoint(tmp_path / "ck")
+    assert client.xlen(f"{STREAM}:dead") == 1
+    assert (position["events"], position["invalid"]) == (5, 1)
+
+
+def test_a_fresh_checkpoint_does_not_count_an_earlier_life_s_dead_letters(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    _add(client, _rows(3))
+    client.xadd(STREAM, {"user": "1"})
+    _consume(redis_url, OrderModel(), tmp_path / "old")
+    client.xgroup_destroy(STREAM, "g")
+    stats = _consume(redis_url, OrderModel(), tmp_path / "new")  # the same group, from 0
+    _, position = load_checkpoint(tmp_path / "new")
+    assert stats.invalid == 1 and position["invalid"] == 1  # its own reject, not the old one
+    assert client.xlen(f"{STREAM}:dead") == 2
 
 
 def test_nothing_is_acked_before_the_checkpoint_is_durable(

@@ -311,26 +311,32 @@ class RedisStreamSource(EventSource):
             pipe.xack(self.stream, self.group, entry_id)
         self._call("dead-letter MULTI/EXEC", pipe.execute)
 
-    def rejected_after(self, position: dict[str, Any] | None) -> int:
-        """Dead letters this consumer wrote for entries after ``position``: read from the
-        dead-letter stream (which is small by nature), page by page."""
-        after = parse_stream_id(str(position["id"])) if position is not None else None
+    def reject_mark(self) -> str | None:
+        """The dead-letter stream's last id now (``"0-0"`` while it is empty)."""
+        info = self._call("XINFO STREAM", self._xinfo_last_id)
+        return info
+
+    def _xinfo_last_id(self) -> str:
+        import redis
+
+        try:
+            return _text(self._client.xinfo_stream(self.dead_letter)["last-generated-id"])
+        except redis.ResponseError:  # no such key yet
+            return "0-0"
+
+    def rejected_since(self, mark: str | None) -> int:
+        """Dead letters of this stream and group written after ``mark`` (read from the
+        dead-letter stream, from the mark on; ``None``: nothing)."""
+        if mark is None:
+            return 0
         found = 0
-        start = "-"
+        start = "(" + mark
         while True:
             rows = self._call("XRANGE", self._client.xrange, self.dead_letter, min=start,
                               max="+", count=1000)
             for _dead_id, fields in rows:
-                record = {_text_lenient(k): _text_lenient(v) for k, v in fields.items()
-                          if not k.startswith(b"field.")}
-                if (record.get("stream"), record.get("group"), record.get("consumer")) != (
-                        self.stream, self.group, self.consumer):
-                    continue
-                try:
-                    key = parse_stream_id(record.get("id", ""))
-                except SourceError:
-                    continue
-                if after is None or key > after:
+                if (_text_lenient(fields.get(b"stream", b"")),
+                        _text_lenient(fields.get(b"group", b""))) == (self.stream, self.group):
                     found += 1
             if len(rows) < 1000:
                 return found

@@ -82,7 +82,8 @@ class Entry(NamedTuple):
 
 # -- validation ------------------------------------------------------------------------------
 EVENT_ID = "event_id"
-_EVENT_ID = re.compile(r"[\x21-\x7e]{1,255}")  # the rule of HTTP's Idempotency-Key
+# 1 to 255 characters, none of them a control character (so that ids can be stored one per line)
+_EVENT_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,255}")
 
 
 def parse_event(record: Mapping[str, Any], *, text: bool) -> dict[str, Any]:
@@ -90,9 +91,10 @@ def parse_event(record: Mapping[str, Any], *, text: bool) -> dict[str, Any]:
     ``{"user", "item", "timestamp"[, "weight"][, "event_id"]}``.
 
     The rules are :mod:`nmrn.data.validation`'s, the same as over HTTP; other fields are
-    ignored. An ``event_id`` (1 to 255 visible ASCII characters, e.g. a UUID the producer made)
-    lets the consumer drop a producer's retried copy of an event (:class:`~nmrn.streams.consumer.
-    Consumer`, ``dedupe_window``).
+    ignored. An ``event_id`` (a string of 1 to 255 characters without control characters, or an
+    integer; e.g. a UUID the producer made) lets the consumer drop a producer's retried copy of
+    an event (:class:`~nmrn.streams.consumer.Consumer`, ``dedupe_window``); an ``event_id`` that
+    does not qualify is ignored, never a reason to drop the event.
 
     Parameters
     ----------
@@ -121,10 +123,11 @@ def parse_event(record: Mapping[str, Any], *, text: bool) -> dict[str, Any]:
     fields = check_event(record, text=text, strict=False)
     event = dict(zip(("user", "item", "timestamp", "weight"), fields, strict=False))
     event_id = record.get(EVENT_ID)
-    if event_id is not None and not (text and event_id == ""):
-        if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
-            raise EventError(EVENT_ID, f"must be 1 to 255 visible ASCII characters (no spaces), "
-                             f"got {event_id!r:.80}")
+    if isinstance(event_id, int) and not isinstance(event_id, bool):
+        event_id = str(event_id)
+    # an id that cannot serve (empty, too long, a control character, another type) is
+    # ignored: the event itself is valid and must not be lost for its id
+    if isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id):
         event[EVENT_ID] = event_id
     return event
 
@@ -174,9 +177,15 @@ class EventSource(ABC):
     def reject(self, entry: Entry) -> None:  # noqa: B027 - optional hook
         """A malformed entry (``entry.value`` is an :class:`InvalidEvent`) was skipped."""
 
-    def rejected_after(self, position: dict[str, Any] | None) -> int:
-        """How many entries after ``position`` this source rejected for good and will not
-        deliver again (call after :meth:`resume_after`).
+    def reject_mark(self) -> str | None:
+        """A mark of where this source's rejects stand now, stored with each checkpoint's
+        position (``None``: the source needs none)."""
+        return None
+
+    def rejected_since(self, mark: str | None) -> int:
+        """How many entries this source rejected for good after ``mark`` (a
+        :meth:`reject_mark` from the checkpoint; ``None``: the checkpoint has none). Called
+        after :meth:`resume_after`.
 
         A source that delivers a rejected entry again after a restart (a file) returns 0: the
         consumer counts it again when it rejects it again. A Redis source acknowledges a dead
