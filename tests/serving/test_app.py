@@ -136,11 +136,42 @@ def test_reads_need_the_read_token_when_one_is_set(service: LiveService) -> None
     assert open_client.get("/recommendations/196").status_code == 200
 
 
+@pytest.mark.parametrize("path", ["%ED%B2%80", "%FF", "a%C3", "%C3%28"])
+def test_a_user_path_that_is_not_utf8_is_refused_not_read_as_another_user(
+    service: LiveService, path: str
+) -> None:
+    # found by benchmarks/soak.py: servers decode a path leniently (bad bytes -> U+FFFD), so
+    # every such id read as one made-up user "\ufffd" and got a 200
+    app = create_app(service)
+    for client in (TestClient(app), TestClient(app.app)):  # the fast path and the route
+        r = client.get(f"/recommendations/{path}?k=3")
+        assert r.status_code == 422 and "not valid UTF-8" in r.json()["error"], r.text
+    # percent-encoded valid UTF-8 still reads its user
+    ok = TestClient(app).get("/recommendations/u%31")
+    assert ok.status_code == 200 and ok.json()["user"] == "u1" and not ok.json()["cold"]
+
+
+def test_a_read_token_without_a_write_token_is_refused(service: LiveService) -> None:
+    # with open writes, anyone could post (user, item) and watch /status.json's live quality
+    # (which skips repeats): an oracle for the history the read token is meant to protect
+    with pytest.raises(ConfigError, match="a read token needs a write token"):
+        create_app(service, read_token="r")
+
+
+@pytest.mark.parametrize("bad", [" r ", "r\n", "caf\u00e9", "a b", "", "x" * 4097])
+def test_a_token_no_client_could_send_is_refused(service: LiveService, bad: str) -> None:
+    # the header's token is compared stripped, as ASCII: such a token would never match
+    with pytest.raises(ConfigError, match="visible ASCII"):
+        create_app(service, token=bad)
+    with pytest.raises(ConfigError, match="visible ASCII"):
+        create_app(service, token="w", read_token=bad)
+
+
 def test_a_refused_read_answers_the_same_on_the_fast_path_and_the_route(
     service: LiveService,
 ) -> None:
     # the fast path in front of FastAPI (ServingApp) and the route call one function
-    app = create_app(service, read_token="r")
+    app = create_app(service, token=TOKEN, read_token="r")
     fast = TestClient(app).get("/recommendations/196", headers={"Authorization": "Bearer q"})
     routed = TestClient(app.app).get("/recommendations/196",
                                      headers={"Authorization": "Bearer q"})
@@ -373,7 +404,7 @@ def test_the_read_token_comes_from_the_environment(tmp_path: Path, monkeypatch: 
     parser = argparse.ArgumentParser()
     add_serve_command(parser.add_subparsers(dest="command"))
     monkeypatch.setenv("NMRN_READ_TOKEN", "env-read")
-    monkeypatch.delenv("NMRN_TOKEN", raising=False)
+    monkeypatch.setenv("NMRN_TOKEN", "env-write")
     service, app = build_app_from_args(parser.parse_args(["serve", "--checkpoint", str(ckpt)]))
     try:
         client = TestClient(app)

@@ -19,7 +19,13 @@ from nmrn.serving.schemas import Limits
 from nmrn.serving.service import LiveService
 
 TOKEN = "fuzz"
+READ = "fuzz-read"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# what a reader may send: nothing, either token, another scheme, a wrong token, any text
+authorizations = st.sampled_from([None, f"Bearer {READ}", f"Bearer {TOKEN}", f"Basic {READ}",
+                                   f"Bearer {READ}x", "Bearer", f"bearer  {READ} "]) | st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20)
+VALID = {f"Bearer {READ}", f"Bearer {TOKEN}", f"bearer  {READ} "}
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
@@ -46,7 +52,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
     model = Popularity().fit([(1, "a", 0.0), (2, "b", 1.0)])
     service = LiveService(model, checkpoint_path=tmp / "ck", journal_path=tmp / "j",
                           apply_wait=0, checkpoint_every=None, checkpoint_seconds=None)
-    client = TestClient(create_app(service, token=TOKEN, limits=Limits(max_events=3)),
+    client = TestClient(create_app(service, token=TOKEN, read_token=READ,
+                                   limits=Limits(max_events=3)),
                         raise_server_exceptions=False)
     accepted: list[int] = []
     yield service, client, accepted, tmp
@@ -56,6 +63,20 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def _ok(response: Any) -> None:
     assert response.status_code < 500, response.text
     assert response.headers["content-type"].startswith(("application/json", "text/"))
+
+
+def _read(client: TestClient, method: str, url: str, authorization: str | None,
+          content: bytes | None = None) -> None:
+    """A read with ``authorization``: refused (401/403) exactly when it holds no valid token."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+    if content is not None:
+        headers["Content-Type"] = "application/json"
+    r = client.request(method, url, headers=headers, content=content)
+    _ok(r)
+    if authorization in VALID:
+        assert r.status_code not in (401, 403), r.text
+    else:
+        assert r.status_code in (401, 403), (authorization, r.status_code, r.text)
 
 
 @SETTINGS
@@ -79,25 +100,32 @@ def test_post_events_never_fails_and_loses_nothing(live: Any, body: Any, raw: bo
 @SETTINGS
 @given(body=json_values | st.fixed_dictionaries(
     {"users": st.lists(ids | json_values, max_size=4)}, optional={"k": json_values,
-                                                                   "exclude_seen": json_values}))
-def test_post_recommendations_never_fails(live: Any, body: Any) -> None:
+                                                                   "exclude_seen": json_values}),
+       authorization=authorizations)
+def test_post_recommendations_never_fails(live: Any, body: Any,
+                                          authorization: str | None) -> None:
     _, client, _, _ = live
     try:
-        _ok(client.post("/recommendations", json=body))
-    except ValueError:
-        pass
+        content = json.dumps(body, allow_nan=False).encode()
+    except ValueError:  # a value JSON cannot hold (NaN) never leaves a client
+        return
+    _read(client, "POST", "/recommendations", authorization, content)
 
 
 @SETTINGS
-@given(user=st.text(max_size=30), query=st.dictionaries(st.sampled_from(["k", "exclude_seen",
-                                                                          "x"]),
-                                                         st.text(max_size=12), max_size=3))
-def test_get_recommendations_never_fails(live: Any, user: str, query: dict[str, str]) -> None:
+# (a user with "/" is another path: the router's 404, before any token check)
+@given(user=st.text(min_size=1, max_size=30).filter(lambda u: "/" not in u
+                                                     and u not in (".", "..")),
+       query=st.dictionaries(st.sampled_from(["k", "exclude_seen", "x"]),
+                             st.text(max_size=12), max_size=3),
+       authorization=authorizations)
+def test_get_recommendations_never_fails(live: Any, user: str, query: dict[str, str],
+                                         authorization: str | None) -> None:
     _, client, _, _ = live
     path = "/recommendations/" + quote(user.encode("utf-8", "surrogatepass"), safe="")
     qs = "&".join(f"{quote(k)}={quote(v.encode('utf-8', 'surrogatepass'))}" for k, v in
                   query.items())
-    _ok(client.get(path + ("?" + qs if qs else "")))
+    _read(client, "GET", path + ("?" + qs if qs else ""), authorization)
 
 
 @SETTINGS
@@ -108,7 +136,12 @@ def test_any_path_and_method_never_fails(live: Any, path: str, method: str) -> N
 
 
 def test_after_the_fuzzing_every_accepted_event_is_journalled_and_applied(live: Any) -> None:
+    # runs after the fuzzing above (same module-scoped service); one accepted event of its own
+    # keeps it meaningful when selected alone
     service, client, accepted, tmp = live
+    r = client.post("/events", json={"user": 9, "item": "z", "timestamp": 1.0}, headers=AUTH)
+    assert r.status_code == 202
+    accepted.append(1)
     assert client.get("/healthz").status_code == 200
     assert service.wait_applied()
     assert service.applied_seq == service.accepted_seq == sum(accepted)

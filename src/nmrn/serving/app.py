@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from nmrn.serving.routes import Access, Reads, http_error, read_one, router
+from nmrn.serving.routes import Access, Reads, http_error, raw_user, read_one, router
 from nmrn.serving.schemas import Limits
 from nmrn.serving.service import LiveService
 
@@ -70,7 +70,9 @@ class ServingApp:
                 if name == b"authorization":
                     authorization = value.decode("latin-1")
                     break
-        status, body, headers = await read_one(state, user, scope["query_string"], authorization)
+        status, body, headers = await read_one(
+            state, raw_user(scope, self.PREFIX), scope["query_string"], authorization
+        )
         payload = _json_bytes(body)
         raw_headers = [
             (b"content-length", str(len(payload)).encode()),

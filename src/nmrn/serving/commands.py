@@ -46,8 +46,8 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="bearer token required for writes (default: $NMRN_TOKEN; none: open)")
     p.add_argument("--read-token", default=None,
                    help="bearer token required for reads of recommendations and the API schema "
-                   "(the write token also reads; default: $NMRN_READ_TOKEN; none: open, and "
-                   "open reads reveal what users consumed)")
+                   "(needs --token; the write token also reads; default: $NMRN_READ_TOKEN; "
+                   "none: open, and open reads reveal what users consumed)")
     p.add_argument("--journal", type=Path, default=None,
                    help="journal file (default: <checkpoint>.journal)")
     p.add_argument("--checkpoint-every", type=int_at_least(0), default=10_000, metavar="N",

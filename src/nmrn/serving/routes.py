@@ -33,6 +33,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -66,6 +67,7 @@ INLINE_USERS = 8
 # A read waiting for the writer's batch tries again after this long even if no wake-up came.
 WAKE_TIMEOUT = 0.05
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # what a client can send after "Bearer "
 KINDS = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
@@ -132,8 +134,15 @@ class Access:
 
     def __init__(self, write: str | None = None, read: str | None = None) -> None:
         for name, value in (("token", write), ("read_token", read)):
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(f"{name} must be a non-empty string (or None: open)")
+            if value is not None and (not isinstance(value, str) or not _TOKEN.fullmatch(value)):
+                raise ConfigError(f"{name} must be 1 to 4096 visible ASCII characters, without "
+                                  f"spaces (or None: open)")
+        if read is not None and write is None:
+            # with open writes anyone could post (user, item) and watch the live quality move
+            # (it skips repeats): an oracle for a user's history; a read token alone protects
+            # nothing
+            raise ConfigError("a read token needs a write token too: with open writes, the "
+                              "history that reads protect can be probed through ingest")
         self.write = write
         self.read = read
 
@@ -274,13 +283,31 @@ class Reads:
         return rows
 
 
+def raw_user(scope: Any, prefix: str) -> str | bytes:
+    """The user segment of ``scope``'s path: the raw, still percent-encoded bytes when the
+    server gives them (``raw_path``), else the decoded text. Servers decode a path leniently
+    (a byte that is not UTF-8 becomes U+FFFD, so different bad ids would read as one user);
+    :func:`read_one` decodes the raw bytes strictly instead."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes) and raw.startswith(prefix.encode()):
+        return raw.split(b"?", 1)[0][len(prefix):]
+    return str(scope["path"])[len(prefix):]
+
+
 async def read_one(
-    state: Any, user: str, query: bytes, authorization: str | None = None
+    state: Any, user: str | bytes, query: bytes, authorization: str | None = None
 ) -> tuple[int, Any, dict[str, str]]:
     """``GET /recommendations/{user}``: ``(status, body, headers)``. Shared by the route and
-    the fast path in front of the app (:class:`nmrn.serving.app.ServingApp`)."""
+    the fast path in front of the app (:class:`nmrn.serving.app.ServingApp`); ``user`` is the
+    path segment, raw (bytes, percent-encoded) or decoded (text)."""
     try:
         state.access.check_read(authorization)
+        if isinstance(user, bytes):
+            try:
+                user = unquote_to_bytes(user).decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest("user: the path is not valid UTF-8 once percent-decoded",
+                                 status=422) from None
         uid = parse_id(user, "user", state.limits)
         k, exclude = (10, True) if not query else parse_query(QueryParams(query), state.limits)
         return 200, (await state.reads.answer([uid], k, exclude, text=True))[0], {}
@@ -322,8 +349,8 @@ async def post_events(request: Request) -> JSONResponse:
 @router.get("/recommendations/{user}")
 async def get_recommendations(user: str, request: Request) -> JSONResponse:
     status, body, headers = await read_one(
-        request.app.state, user, request.scope.get("query_string", b""),
-        request.headers.get("authorization"),
+        request.app.state, raw_user(request.scope, "/recommendations/"),
+        request.scope.get("query_string", b""), request.headers.get("authorization"),
     )
     return JSONResponse(body, status_code=status, headers=headers or None)
 
