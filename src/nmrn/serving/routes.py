@@ -304,7 +304,7 @@ async def read_one(
         state.access.check_read(authorization)
         if isinstance(user, bytes):
             try:
-                user = unquote_to_bytes(user).decode("utf-8")
+                user = (unquote_to_bytes(user) if b"%" in user else user).decode("utf-8")
             except UnicodeDecodeError:
                 raise BadRequest("user: the path is not valid UTF-8 once percent-decoded",
                                  status=422) from None
