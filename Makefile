@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= results/ml-100k
-MODELS ?= pop,recent-pop,item-knn,bpr,nmrn,nmrn-faithful
+MODELS ?= pop,recent-pop,item-knn,stan,v-sknn,bpr,sasrec,nmrn-faithful,nmrn-memory,nmrn
 
 .PHONY: install demo test lint bench clean
 
@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nmrn data fetch ml-100k
 	$(BIN)/nmrn evaluate --dataset ml-100k --models $(MODELS) --protocol both \
-		--base-fraction 0.5 --blocks 5 --chunk-size 1000 --out $(OUT)
+		--base-fraction 0.5 --blocks 5 --chunk-size 100,1000 --out $(OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -26,7 +26,7 @@ import torch
 
 from nmrn.data.datasets import load_dataset
 from nmrn.evaluation.protocol import evaluate
-from nmrn.models import PRESETS, make_model
+from nmrn.models import make_model
 
 SAMPLERS = ("uniform", "popularity", "adversarial")
 
@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    nmrn_preset = "nmrn" if "nmrn" in PRESETS else "nmrn-faithful"
+    # the sampler is an option of the memory model (NMRN), not of the hybrid behind "nmrn"
+    nmrn_preset = "nmrn-memory"
     jobs = []  # (preset, sampler name, overrides)
     for family in args.models.split(","):
         for sampler in args.samplers.split(","):

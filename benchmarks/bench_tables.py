@@ -5,7 +5,7 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_tables.py --models pop,item-knn,stan --seeds 0
     OMP_NUM_THREADS=1 python benchmarks/bench_tables.py --models nmrn-faithful,nmrn --seeds 0,1,2 \
-        --variant 'hybrid-no-memory=nmrn-hybrid:{"features": ["knn", "pop"]}'
+        --variant 'nmrn-no-memory=nmrn:{"features": ["knn", "pop"]}'
 
 The reference protocol: ML-100K, base fraction 0.5 (history = the first 50,000 events, the test
 stream = the rest), 5 blocks, chunks of 1,000 and chunks of 100, ranking against all known

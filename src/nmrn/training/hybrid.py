@@ -114,11 +114,12 @@ class HybridConfig(Config):
         sections or flat fields); its seed is the hybrid's.
     features
         Which evidence the gate sees (the ablations drop some).
-    knn_history, knn_decay, knn_slow_decay
-        The co-occurrence component: how many of a user's last items pair with a new one, and
-        the profile decays of ``knn`` and ``knn_slow``.
-    follow_history, follow_decay
-        The directed ("what follows") component.
+    knn_history, knn_decay, knn_slow_decay, knn_cooc_decay
+        The co-occurrence component: how many of a user's last items pair with a new one, the
+        profile decays of ``knn`` and ``knn_slow``, and the per-event decay of the counts
+        (1: never forget; :class:`~nmrn.baselines.itemknn.ItemKNN`'s ``cooc_decay``).
+    follow_history, follow_decay, follow_cooc_decay
+        The directed ("what follows") component, likewise.
     sessions
         The session-neighbourhood component's options (:class:`~nmrn.baselines.sknn.STANConfig`
         or a mapping).
@@ -141,8 +142,10 @@ class HybridConfig(Config):
     knn_history: int = option(400, Int(low=1))
     knn_decay: float = option(0.7, Real(low=0.0, high=1.0, low_open=True))
     knn_slow_decay: float = option(0.95, Real(low=0.0, high=1.0, low_open=True))
+    knn_cooc_decay: float = option(1.0, Real(low=0.0, high=1.0, low_open=True))
     follow_history: int = option(20, Int(low=1))
     follow_decay: float = option(0.7, Real(low=0.0, high=1.0, low_open=True))
+    follow_cooc_decay: float = option(1.0, Real(low=0.0, high=1.0, low_open=True))
     sessions: STANConfig = option(
         check=Sub(STANConfig), default_factory=lambda: STANConfig(**STAN_VALIDATED)
     )
@@ -225,11 +228,13 @@ class NMRNHybrid(Recommender):
             self.components["memory"] = NMRN(cfg.memory.replace(seed=cfg.seed))
         if use & {"knn", "knn_slow"}:
             self.components["knn"] = ItemKNN(
-                history_len=cfg.knn_history, recency_decay=cfg.knn_decay, alpha=1.0
+                history_len=cfg.knn_history, recency_decay=cfg.knn_decay, alpha=1.0,
+                cooc_decay=cfg.knn_cooc_decay,
             )
         if "follows" in use:
             self.components["follows"] = ItemKNN(
-                history_len=cfg.follow_history, recency_decay=cfg.follow_decay, directed=True
+                history_len=cfg.follow_history, recency_decay=cfg.follow_decay, directed=True,
+                cooc_decay=cfg.follow_cooc_decay,
             )
         if "sessions" in use:
             self.components["sessions"] = STAN(cfg.sessions)
