@@ -285,11 +285,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     setups: list[tuple[str, str, Any]] = []
     if args.data.exists():
         frame = ml100k(args.data)
-        setups += [("ml-100k", name, frame) for name in ("pop", "item-knn", "nmrn")]
+        setups += [("ml-100k", name, frame)
+                   for name in ("pop", "item-knn", "nmrn-memory", "nmrn")]
     big = synthetic()
     setups += [("100k items", "pop", big)]
     if not args.quick:
-        setups += [("100k items", "item-knn", big), ("100k items", "nmrn", big)]
+        # the memory model on a large catalogue; the hybrid (preset nmrn) scores every item with
+        # each of its components per read, which is issue 13's subject, not measured here
+        setups += [("100k items", "item-knn", big), ("100k items", "nmrn-memory", big)]
     if args.only:
         setups = [s for s in setups if f"{s[0]}/{s[1]}" in args.only or s[1] in args.only]
     phases = [("closed", 0.0), ("closed", args.ingest_rate), ("open", args.ingest_rate)]
