@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nmrn._version import __version__
-from nmrn.argtypes import fraction, positive_int
+from nmrn.argtypes import fraction, int_at_least, positive_int
 from nmrn.errors import ConfigError, NMRNError
 
 log = logging.getLogger("nmrn")
@@ -145,6 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
                 help="where to download from (auto: official host, then fallback)",
             )
 
+    syn = data_sub.add_parser(
+        "synth", parents=[common], formatter_class=_Formatter,
+        help="write a synthetic log (for scale benchmarks; not data)",
+        description="Write a synthetic interaction log: Zipf item popularity, sessions of "
+        "co-occurring items, drift, users and items arriving over time. Synthetic: use it to "
+        "measure speed and memory at scale, never accuracy. Generated in time windows, so any "
+        "--events fits in memory; the same arguments always write the same file.")
+    syn.add_argument("--users", type=positive_int, required=True, help="users in the population")
+    syn.add_argument("--items", type=positive_int, required=True, help="items in the catalogue")
+    syn.add_argument("--events", type=positive_int, required=True, help="events to write")
+    syn.add_argument("--seed", type=int_at_least(0), default=0, help="random seed")
+    syn.add_argument("--topics", type=positive_int, default=100,
+                     help="groups of items that co-occur in sessions")
+    syn.add_argument("--zipf", type=float, default=1.1, help="exponent of item popularity")
+    syn.add_argument("--initial-users", type=fraction, default=0.3,
+                     help="share of users present at the start (the rest arrive over time)")
+    syn.add_argument("--initial-items", type=fraction, default=0.5,
+                     help="share of items present at the start (the rest arrive over time)")
+    syn.add_argument("--out", type=Path, required=True,
+                     help="file to write: .csv or .tsv (optionally .gz/.bz2/.xz) or .parquet")
+
     def add_input(p: argparse.ArgumentParser) -> None:
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--dataset", help="a named dataset, fetched if needed (ml-100k, ml-1m)")
@@ -172,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_progress(p: argparse.ArgumentParser) -> None:
         p.add_argument("--quiet", "--no-progress", action="store_true", dest="quiet",
                        help="no progress bars (they are also off when stderr is not a terminal)")
+
+    add_progress(syn)
 
     ev = command("evaluate", "test-then-train evaluation of models on a log")
     add_input(ev)
@@ -279,6 +302,8 @@ def _overrides(args: argparse.Namespace, models: Sequence[str]) -> dict[str, dic
 def _cmd_data(args: argparse.Namespace) -> int:
     from nmrn.data.datasets import dataset_info, fetch
 
+    if args.data_command == "synth":
+        return _cmd_synth(args)
     if args.data_command == "fetch":
         fetched = fetch(
             args.name, data_dir=args.data_dir, source=args.source, progress=_download_bar()
@@ -295,6 +320,22 @@ def _cmd_data(args: argparse.Namespace) -> int:
                     print("  - " + ", ".join(f"{k}: {v}" for k, v in entry.items()))
             else:
                 print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from nmrn.data.synth import SynthConfig, write_synth
+
+    config = SynthConfig(users=args.users, items=args.items, events=args.events, seed=args.seed,
+                         topics=args.topics, zipf=args.zipf, initial_users=args.initial_users,
+                         initial_items=args.initial_items)
+    with tqdm(total=config.events, unit="ev", unit_scale=True, desc="synth", file=sys.stderr,
+              disable=not _progress_on(args)) as bar:
+        stats = write_synth(config, args.out, progress=bar.update)
+    print(f"{args.out}: {stats.events} events, {stats.users} users, {stats.items} items "
+          f"(synthetic, seed {config.seed})")
     return 0
 
 
