@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from nmrn.config import Config, Int, Maybe, Real, option
+from nmrn.data.growth import grow_array
 from nmrn.errors import ConfigError
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
@@ -153,9 +154,8 @@ class RecentPopularity(Recommender):
 
     def _grow(self, n_users: int, n_items: int) -> None:
         if n_items > len(self._counts):
-            extra = n_items - len(self._counts)
-            self._counts = np.concatenate([self._counts, np.zeros(extra, np.int64)])
-            self._mass = np.concatenate([self._mass, np.zeros(extra, np.float64)])
+            self._counts = grow_array(self._counts, n_items)
+            self._mass = grow_array(self._mass, n_items)
 
     def _fit(
         self,

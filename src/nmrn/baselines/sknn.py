@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from nmrn.config import Config, Int, Maybe, OneOf, Real, option
+from nmrn.data.growth import grow_array
 from nmrn.errors import ConfigError
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
@@ -196,10 +197,9 @@ class STAN(Recommender):
 
     # -- tables ----------------------------------------------------------------------------------
     def _grow(self, n_users: int, n_items: int) -> None:
-        extra = n_users - len(self._user_session)
-        if extra > 0:
-            self._user_session = np.concatenate([self._user_session, np.full(extra, -1)])
-            self._user_last = np.concatenate([self._user_last, np.full(extra, -np.inf)])
+        if n_users > len(self._user_session):
+            self._user_session = grow_array(self._user_session, n_users, -1)
+            self._user_last = grow_array(self._user_last, n_users, -np.inf)
         if n_items > len(self._item_sessions):
             self._item_sessions.extend([] for _ in range(n_items - len(self._item_sessions)))
 

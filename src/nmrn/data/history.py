@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nmrn.data.growth import grow_array
+
 _MIN_CAP = 4
 
 
@@ -46,7 +48,7 @@ class History:
         if n > len(self._bufs):
             extra = n - len(self._bufs)
             self._bufs.extend(np.empty(0, dtype=np.int64) for _ in range(extra))
-            self._lens = np.concatenate([self._lens, np.zeros(extra, dtype=np.int64)])
+            self._lens = grow_array(self._lens, n)
 
     def append(self, users: np.ndarray | list[int], items: np.ndarray | list[int]) -> None:
         """Append events ``(users[t], items[t])`` in order; both ``[n]`` non-negative ints."""

@@ -5,6 +5,16 @@ A table grows by appending rows, never by renumbering: row ``i`` keeps its value
 encoded before the growth stay valid. New rows are zeros (optimizer state, memories, biases) or
 ``N(0, std^2)`` draws from the caller's private generator (embeddings).
 
+Growth is by capacity, as a vector grows: a table is a view of the first rows of a buffer with
+room to spare (:data:`GROWTH` times what was needed, at least :data:`MIN_SPARE` rows), so
+appending rows writes them into the spare room and returns a longer view of the same buffer;
+only when the room is used up is the table copied into a new, larger buffer. A call that adds
+a few users therefore costs what those rows cost, not a copy of every user's row (that copy
+made ``learn`` 7x slower at 500,000 users than at 20,000; BENCHMARKS.md, "growth"). The spare
+room is allocated, never written, so the operating system gives it pages only when rows land
+there. A table's spare room is used only by the holder of its newest view: growing a stale,
+shorter view of the same buffer copies instead (it cannot overwrite rows a newer view owns).
+
 Examples
 --------
 >>> t = torch.ones(2, 3)
@@ -16,25 +26,73 @@ True
 
 from __future__ import annotations
 
+import math
+import weakref
+
 import torch
 from torch import Tensor
 
-__all__ = ["grow_like", "grow_rows", "normal_rows"]
+__all__ = ["GROWTH", "MIN_SPARE", "capacity", "grow_like", "grow_rows", "normal_rows"]
+
+GROWTH = 1.5
+"""A full table moves to a buffer this many times the rows it needs (amortized O(1) per row)."""
+MIN_SPARE = 64
+"""...and at least this many rows more."""
+
+# the buffers made here, by their storage, and the rows their newest view holds; an entry dies
+# with its storage (storages are weak-referenceable and keep one Python object while alive)
+_ROWS: weakref.WeakKeyDictionary[torch.UntypedStorage, int] = weakref.WeakKeyDictionary()
+
+
+def _room(table: Tensor) -> int:
+    """Rows in ``table``'s buffer if ``table`` is the newest view of one made here, else 0."""
+    if table.dim() == 0 or table.storage_offset() != 0 or not table.is_contiguous():
+        return 0
+    storage = table.untyped_storage()
+    if _ROWS.get(storage) != table.shape[0]:
+        return 0
+    row_bytes = math.prod(table.shape[1:]) * table.element_size()
+    return storage.nbytes() // row_bytes if row_bytes else 0
+
+
+def capacity(table: Tensor) -> int:
+    """Rows ``table`` can grow to without a copy (its own length for a table not grown here).
+
+    >>> t = grow_rows(torch.zeros(2, 3), 3)
+    >>> len(t), capacity(t)
+    (3, 67)
+    """
+    return max(table.shape[0] if table.dim() else 0, _room(table))
 
 
 def grow_rows(table: Tensor, n_rows: int, new_rows: Tensor | None = None) -> Tensor:
     """``table`` with rows appended so that it holds ``n_rows`` (itself if it already does).
 
     ``new_rows`` are the appended rows (``[n_rows - len(table), ...]``); ``None`` appends zeros.
+    The result is detached; it shares rows with ``table`` when the buffer had room (see the
+    module's docstring).
     """
-    extra = n_rows - table.shape[0]
+    n_old = table.shape[0]
+    extra = n_rows - n_old
     if extra <= 0:
         return table
-    if new_rows is None:
-        new_rows = table.new_zeros((extra, *table.shape[1:]))
-    elif new_rows.shape[0] != extra:
+    if new_rows is not None and new_rows.shape[0] != extra:
         raise ValueError(f"grow_rows: {new_rows.shape[0]} new rows for {extra} missing ones")
-    return torch.cat([table.detach(), new_rows.to(device=table.device, dtype=table.dtype)])
+    rest = tuple(table.shape[1:])
+    room = _room(table)
+    if room >= n_rows:
+        storage = table.untyped_storage()
+        full = table.new_empty(0).set_(storage, 0, (room, *rest))
+    else:
+        full = table.new_empty((max(n_rows, int(n_old * GROWTH) + MIN_SPARE), *rest))
+        full[:n_old] = table.detach()
+        storage = full.untyped_storage()
+    if new_rows is None:
+        full[n_old:n_rows] = 0
+    else:
+        full[n_old:n_rows] = new_rows.to(device=table.device, dtype=table.dtype)
+    _ROWS[storage] = n_rows
+    return full[:n_rows].detach()
 
 
 def grow_like(state: Tensor, table: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ import numpy as np
 from nmrn._version import __version__
 from nmrn.config import Config, SeedConfig
 from nmrn.data.events import as_events
+from nmrn.data.growth import grow_array
 from nmrn.data.history import History
 from nmrn.data.idmap import IdMap, as_id_array
 from nmrn.errors import CheckpointError
@@ -200,10 +201,7 @@ class Recommender(ABC):
         users = self.users.encode(batch.users, grow=True)
         items = self.items.encode(batch.items, grow=True)
         n_items = len(self.items)
-        if n_items > len(self.item_counts):
-            self.item_counts = np.concatenate(
-                [self.item_counts, np.zeros(n_items - len(self.item_counts))]
-            )
+        self.item_counts = grow_array(self.item_counts, n_items, 0.0)
         self._grow(len(self.users), n_items)
         start = time.perf_counter()
         getattr(self, f"_{method}")(users, items, batch.timestamps, batch.weights)

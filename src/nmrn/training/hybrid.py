@@ -75,6 +75,7 @@ from nmrn.baselines.popularity import RecentPopularity
 from nmrn.baselines.sknn import STAN, STANConfig
 from nmrn.baselines.sknn import VALIDATED as STAN_VALIDATED
 from nmrn.config import Config, Int, NMRNConfig, OneOf, Real, Sub, option
+from nmrn.data.growth import grow_array
 from nmrn.data.history import History
 from nmrn.errors import CheckpointError, ConfigError, ModelFitError
 from nmrn.training.contract import Recommender
@@ -270,10 +271,7 @@ class NMRNHybrid(Recommender):
         if extra > 0:
             self._stage_counts = np.concatenate([self._stage_counts,
                                                  np.zeros((N_STAGES, extra))], axis=1)
-        if n_users > len(self._user_last):
-            self._user_last = np.concatenate(
-                [self._user_last, np.zeros(n_users - len(self._user_last), np.int64)]
-            )
+        self._user_last = grow_array(self._user_last, n_users)
 
     # -- evidence ----------------------------------------------------------------------------
     def _features(

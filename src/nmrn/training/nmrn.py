@@ -187,7 +187,8 @@ class NMRN(Recommender):
         if n_users > old_users and self._fresh_from is None:
             self._fresh_from = old_users
         self._sampler.grow(n_items, n_users=n_users, generator=self._gen)
-        self._items_changed(None)
+        if n_items > old_items:  # new users alone leave the item table (and its norms) as is
+            self._items_changed(None)
 
     # -- training ----------------------------------------------------------------------------------
     def _fit(
