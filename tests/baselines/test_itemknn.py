@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conformance import synthetic_stream
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nmrn.baselines.itemknn as itemknn
 from nmrn.baselines import ItemKNN
@@ -212,3 +214,61 @@ def test_directed_counts_what_follows_by_hand(dense_max_items: int) -> None:
     twin = ItemKNN(directed=True, recency_decay=0.5, dense_max_items=dense_max_items).fit(log)
     np.testing.assert_allclose(rec.scores_with_decay(np.array([rec.users.get("a")]), 0.5),
                                twin._score_all(np.array([twin.users.get("a")])))
+
+
+def _full_top_k(rec: ItemKNN, users: np.ndarray, k: int, exclude_seen: bool) -> tuple:
+    """The reference: score every item, exclude, top_k (what recommend did before candidates)."""
+    from nmrn.training.ranking import top_k
+
+    u = rec.users.encode(users, missing=-1)
+    scores = rec._scores_for(u)
+    if exclude_seen:
+        rows, cols = rec.history.seen_pairs(u)
+        scores[rows, cols] = -np.inf
+    return top_k(scores, k)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 80), exclude=st.booleans(),
+       history_len=st.sampled_from([1, 5]),
+       directed=st.booleans(), alpha=st.sampled_from([0.0, 0.5, 1.0]),
+       min_merge=st.sampled_from([1, 1 << 16]))
+def test_candidate_top_k_equals_scoring_every_item(seed: int, k: int, exclude: bool,
+                                                   history_len: int, directed: bool,
+                                                   alpha: float, min_merge: int) -> None:
+    # sparse counts (the candidate path) with pending increments or merged ones; 300 items and
+    # short histories, so that most items are no user's candidates and the popularity
+    # tie-breaker ranks the tail of many a top-k
+    itemknn._MIN_MERGE, saved = min_merge, itemknn._MIN_MERGE
+    try:
+        stream = synthetic_stream(n_users=40, n_items=300, n_events=1_500, seed=seed)
+        rec = ItemKNN(history_len=history_len, recency_decay=0.8, alpha=alpha,
+                      directed=directed, dense_max_items=16)
+        rec.fit(stream.iloc[:700])
+        rec.learn(stream.iloc[700:])
+        assert rec.is_sparse
+        users = rec.known_users
+        u = rec.users.encode(users, missing=-1)
+        got = rec._candidate_top_k(u, k, exclude)
+        assert got is not None  # the path was taken (it is not a fallback in this test)
+        want = _full_top_k(rec, users, k, exclude)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])  # bit for bit, ties included
+        recs = rec.recommend(users, k=k, exclude_seen=exclude)  # and recommend goes through it
+        np.testing.assert_array_equal(recs.items, rec.items.decode(want[0]))
+    finally:
+        itemknn._MIN_MERGE = saved
+
+
+def test_candidate_top_k_falls_back_where_it_must() -> None:
+    stream = synthetic_stream(n_users=10, n_items=60, n_events=400, seed=1)
+    dense = ItemKNN(history_len=5).fit(stream)
+    u = dense.users.encode(dense.known_users, missing=-1)
+    assert dense._candidate_top_k(u, 5, True) is None  # dense counts: scored in full
+    sparse = ItemKNN(history_len=5, dense_max_items=8).fit(stream)
+    assert sparse._candidate_top_k(np.array([-1]), 5, True) is None  # unknown user
+    n = len(sparse.items)
+    # more items asked than a user has left unseen: the full path pads with -inf
+    assert sparse._candidate_top_k(u[:1], n, True) is None
+    recs = sparse.recommend(sparse.known_users[:1], k=n)
+    assert (recs.scores == -np.inf).sum() > 0

@@ -40,12 +40,16 @@ import scipy.sparse as sp
 
 from nmrn.config import Bool, Config, Int, Real, option
 from nmrn.training.contract import Recommender
+from nmrn.training.ranking import RANKING_PREFIX, Ranking, top_k
 from nmrn.training.registry import register
 
 TIE_EPS = 1e-9
 # Pairs generated per slice of a large batch (bounds the memory of fit on a long history).
 _PAIRS_PER_SLICE = 1 << 21
 _MIN_MERGE = 1 << 16
+# A user whose neighbours reach more than 1/_DENSE_SHARE of the items is scored over every item
+# (dense numpy passes beat indexing that many candidates; BENCHMARKS.md, "item-kNN candidates").
+_DENSE_SHARE = 8
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class ItemKNN(Recommender):
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (linear keys, values)
         self._pending_count = 0
         self._pending_csr: sp.csr_matrix | None = None
+        self._factors: tuple[int, np.ndarray, np.ndarray] | None = None  # see _column_factors
 
     # -- storage ---------------------------------------------------------------------------------
     @property
@@ -310,9 +315,111 @@ class ItemKNN(Recommender):
             if self._pending_count:
                 raw32 += (profile @ self._pending_matrix()).toarray()
             raw = raw32.astype(np.float64)
-        col_norm = np.maximum(self.item_counts, 1.0) ** (self.config.alpha - 1.0)
-        share = self.item_counts / (self.n_events + 1.0)
-        return raw * col_norm[None, :] + TIE_EPS * share[None, :]
+        # computed on every call: a hybrid drives this model's _learn and counts directly, so
+        # its state version does not track them (the cached copy is for recommend only)
+        col_norm, tie = self._factors_of(self.item_counts, self.n_events)
+        return raw * col_norm[None, :] + tie[None, :]
+
+    def _factors_of(self, counts: np.ndarray, n_events: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n_j ** (alpha - 1)`` and the tie-breaker ``TIE_EPS * share_j`` of every item."""
+        return (np.maximum(counts, 1.0) ** (self.config.alpha - 1.0),
+                TIE_EPS * (counts / (n_events + 1.0)))
+
+    def _column_factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_factors_of` the model's own counts, kept until it learns (a pass of ``**``
+        over 100,000 items costs ~0.5 ms a read). For :meth:`recommend` only: every ingest
+        bumps the state version, which a hybrid's direct calls do not."""
+        cached = self._factors
+        if cached is None or cached[0] != self._state_version:
+            cached = self._factors = (self._state_version,
+                                      *self._factors_of(self.item_counts, self.n_events))
+        return cached[1], cached[2]
+
+    def _candidate_top_k(
+        self, u: np.ndarray, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-k from the neighbours of each user's items, never a pass over the catalogue.
+
+        With sparse counts, a user's raw score is non-zero only on the columns of the sparse
+        product ``profile @ counts`` (the neighbours of their last items); every other item
+        scores exactly the popularity tie-breaker ``TIE_EPS * share``, whose ranking is shared
+        by everyone (cached per model state). So the top-k is the best of the candidates, scored
+        as :meth:`scores_with_decay` scores them (the same float32 products and float64
+        arithmetic, column by column), merged with the first items of that ranking outside the
+        candidates and the user's seen items. ``None`` (score every item) with dense counts,
+        for an unknown user, or when fewer than ``k`` items are left to recommend. (Where the
+        neighbours cover most of the catalogue, this costs about what scoring every item
+        costs: the sparse product is the same; BENCHMARKS.md, "item-kNN candidates".)
+        """
+        if self._dense is not None or self._main is None or (u < 0).any():
+            return None
+        n = self._n
+        width = min(k, n)
+        col_norm, tie = self._column_factors()
+        found = self._rankings.get("knn-ties")
+        if found is None or found.version != self._state_version:
+            found = self._rankings["knn-ties"] = Ranking(tie, RANKING_PREFIX, self._state_version)
+        idx = np.zeros((len(u), width), dtype=np.int64)
+        vals = np.zeros((len(u), width))
+        for row, user in enumerate(u.tolist()):
+            seen = self.history.items_of(user) if exclude_seen else np.empty(0, np.int64)
+            if n - len(seen) < width:
+                return None  # fewer items left than asked: the full path pads with -inf
+            # raw scores as the full path makes them: float32 products, the pending counts'
+            # product added in float32; candidates = the columns either product reaches, in
+            # item order (so top_k's tie rule, the lower index, holds among them)
+            profile = self._profile_of(user, self.config.recency_decay)
+            main = profile @ self._main
+            raw = np.zeros(n, dtype=np.float32)
+            reached = np.zeros(n, dtype=bool)
+            raw[main.indices] = main.data
+            reached[main.indices] = True
+            if self._pending_count:
+                pending = profile @ self._pending_matrix()
+                raw[pending.indices] += pending.data
+                reached[pending.indices] = True
+            if reached.sum() * _DENSE_SHARE > n:
+                # the neighbours cover much of the catalogue: finish as the full path does
+                scores = raw.astype(np.float64) * col_norm + tie
+                scores[seen] = -np.inf
+                found_idx, found_vals = top_k(scores[None], width)
+                idx[row], vals[row] = found_idx[0], found_vals[0]
+                continue
+            excluded = reached.copy()  # candidates and seen items leave the tie ranking
+            if len(seen):
+                excluded[seen] = True
+                reached[seen] = False
+            cand = np.flatnonzero(reached)
+            score = raw[cand].astype(np.float64) * col_norm[cand] + tie[cand]
+            if len(cand) > width:
+                pick = top_k(score[None], width)[0][0]
+                cand, score = cand[pick], score[pick]
+            # the best of the rest: every other item scores TIE_EPS * share (raw 0)
+            free = np.flatnonzero(~excluded[found.items])[:width]
+            if len(free) == width or found.complete:
+                rest_idx, rest_val = found.items[free], found.scores[free]
+            else:  # the shared ranking's prefix ran out: rank the other items here
+                left = np.flatnonzero(~excluded)
+                pick = top_k(tie[left][None], min(width, len(left)))[0][0]
+                rest_idx, rest_val = left[pick], tie[left][pick]
+            all_idx = np.concatenate([cand, rest_idx])
+            all_vals = np.concatenate([score, rest_val])
+            best = np.lexsort((all_idx, -all_vals))[:width]  # top_k's order: ties by lower index
+            if len(best) < width:
+                return None
+            idx[row], vals[row] = all_idx[best], all_vals[best]
+        return idx, vals
+
+    def _profile_of(self, user: int, decay: float) -> sp.csr_matrix:
+        """:meth:`_profile` of one user, computing the item norms of their tail only."""
+        tail = self.history.items_of(user)[-self.config.history_len :]
+        age = np.arange(len(tail) - 1, -1, -1, dtype=np.float64)
+        inv_norm = np.maximum(self.item_counts[tail], 1.0) ** -self.config.alpha
+        vals = decay**age * inv_norm
+        return sp.csr_matrix(
+            (vals.astype(np.float32), (np.zeros(len(tail), np.int64), tail)),
+            shape=(1, self._n), dtype=np.float32,
+        )
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -298,6 +298,15 @@ class Recommender(ABC):
             idx[row, :n], vals[row, :n] = found
         return idx, vals
 
+    def _candidate_top_k(
+        self, u: np.ndarray, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """:func:`top_k` of the (excluded) scores of users ``u`` without scoring every item, for
+        a model that can name each user's candidates (item-kNN: the neighbours of the user's
+        items); ``None`` (the default) to score every item. An override must return exactly
+        what scoring every item would (the conformance tests compare the two)."""
+        return None
+
     def _scores_for(self, user_idx: np.ndarray) -> np.ndarray:
         """``[n, n_items]`` float64 scores; rows of unknown users (index -1) use the fallback."""
         n_items = len(self.items)
@@ -363,6 +372,8 @@ class Recommender(ABC):
         user_arr, scalar = self._user_array(users)
         u = self.users.encode(user_arr, missing=-1)
         ranked = self._ranked_top_k(u, k, exclude_seen) if len(u) else None
+        if ranked is None and len(u):
+            ranked = self._candidate_top_k(u, k, exclude_seen)
         if ranked is not None:
             idx, vals = ranked
         else:
