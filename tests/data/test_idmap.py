@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmrn.data.idmap import IdMap
+from nmrn.data.idmap import IdMap, as_id_array
 from nmrn.errors import DataError, UnknownIdError
 
 ids_strategy = st.lists(
@@ -116,3 +116,18 @@ def test_mixed_arrays_are_checked_element_by_element(bad):
     with pytest.raises(DataError, match="ids must be int or str"):
         m.encode(np.array(bad, dtype=object), grow=True)
     assert len(m) == 0
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=5), st.booleans(),
+                 st.floats(allow_nan=False), st.none(), st.binary(max_size=3)))
+def test_one_id_alone_is_read_as_in_a_list(x):
+    # the scalar fast path (every one-user read) must agree with the general path
+    def outcome(ids):
+        try:
+            arr = as_id_array(ids, "user")
+        except DataError as err:
+            return "error", str(err)
+        return arr.dtype, arr.tolist()
+
+    assert outcome(x) == outcome(np.array([x], dtype=object)) == outcome([x])

@@ -22,6 +22,9 @@ _DECIMAL = re.compile(r"-?[0-9]{1,30}")
 _ID_KINDS = {"integer", "string", "mixed-integer", "empty"}
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _is_id(x: Any) -> bool:
     """An int (not a bool) or a str, numpy scalars included."""
     return isinstance(x, (int, str, np.integer, np.str_)) and not isinstance(x, (bool, np.bool_))
@@ -33,7 +36,16 @@ def as_id_array(ids: Any, what: str) -> np.ndarray:
     Only ``int`` and ``str`` ids are accepted: a float id such as ``3.0`` would silently collide
     with the int ``3`` in a hash table, and a bool with ``0``/``1``.
     """
-    if isinstance(ids, (str, bytes)) or np.isscalar(ids):
+    # one plain id (every read of one user): the answer the general path gives, without it
+    if type(ids) is list and len(ids) == 1 and type(ids[0]) in (int, str):
+        ids = ids[0]
+    if type(ids) is int and _INT64_MIN <= ids <= _INT64_MAX:
+        return np.array([ids], dtype=np.int64)
+    if type(ids) is str:
+        one = np.empty(1, dtype=object)
+        one[0] = ids
+        return one
+    if isinstance(ids, (str, bytes)) or np.isscalar(ids) or ids is None:
         ids = [ids]
     if isinstance(ids, np.ndarray):
         arr = ids.reshape(-1)

@@ -320,7 +320,7 @@ class Recommender(ABC):
 
     def _user_array(self, users: Any) -> tuple[np.ndarray, bool]:
         scalar = isinstance(users, (str, int, np.integer, np.str_)) and not isinstance(users, bool)
-        return as_id_array([users] if scalar else users, "user"), scalar
+        return as_id_array(users, "user"), scalar  # a scalar becomes a one-element array
 
     def score(self, users: Any, items: Any) -> np.ndarray:
         """Scores (higher is better) of ``items`` for ``users``.
