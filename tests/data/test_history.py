@@ -37,6 +37,29 @@ def test_csr_round_trip(events):
     assert h.items_of(0).tolist() == [i for u, i in events if u == 0]
 
 
+@settings(deadline=None, max_examples=150)
+@given(st.lists(events_strategy, min_size=1, max_size=6), st.booleans())
+def test_views_loads_and_moved_blocks_stay_right(batches, reload):
+    # blocks move to the arena's end as they fill, and a loaded history starts compact: a
+    # view taken earlier keeps what it showed, and every user keeps all their items, in order
+    h = History()
+    expected: dict[int, list[int]] = {}
+    taken: list[tuple[np.ndarray, list[int]]] = []
+    for batch in batches:
+        if reload:
+            h = History.from_arrays(*h.to_arrays())
+        h.append([u for u, _ in batch], [i for _, i in batch])
+        for u, i in batch:
+            expected.setdefault(u, []).append(i)
+        for u in range(14):
+            taken.append((h.items_of(u), list(expected.get(u, []))))
+    for view, then in taken:
+        assert view.tolist() == then
+    indptr, items = h.to_arrays()
+    assert items.tolist() == [i for u in range(h.n_users) for i in expected.get(u, [])]
+    assert h.n_users == (max(expected) + 1 if expected else 0)
+
+
 def test_seen_pairs_masks_the_right_cells():
     h = History()
     h.append([0, 1, 0, 2], [3, 4, 5, 3])
@@ -107,3 +130,13 @@ def test_contexts_do_not_depend_on_how_the_stream_is_cut(
         np.array([([i for uu, i in events if uu == u][::-1][:length] + [-1] * length)[:length]
                   for u in range(6)], dtype=np.int64).reshape(6, length),
     )
+
+
+def test_appending_is_amortised() -> None:
+    # one event at a time: a block that doubles when full moves O(log n) times, so the arena
+    # (live and abandoned blocks) stays within a few times the events
+    h = History()
+    for t in range(2_000):
+        h.append([t % 3], [t])
+    assert h._used <= 4 * len(h)
+    assert h.items_of(1).tolist() == list(range(1, 2_000, 3))

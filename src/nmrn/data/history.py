@@ -1,9 +1,12 @@
 """Per-user interaction histories (item indices in arrival order).
 
 Used for exclusions ("do not recommend what the user has already consumed") and by models that
-read a user's recent items. Each user's items live in a numpy buffer that doubles when full, so
-appending is amortised O(1) per event and memory is about 8 bytes per event plus a small constant
-per user.
+read a user's recent items. Every user's items live in one block of a shared int64 *arena*; a
+block that is full moves to the end of the arena with twice the room (the old block is left
+behind), so appending is amortised O(1) per event, a batch is appended with a few vectorised
+numpy operations whatever the number of users in it, and a user costs three int64s (start,
+length, room: 24 bytes) plus their block. The arena holds at most about four times the events
+(abandoned blocks included); a checkpoint stores the compact CSR form.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ class History:
     """
 
     def __init__(self) -> None:
-        self._bufs: list[np.ndarray] = []
+        self._arena = np.zeros(0, dtype=np.int64)  # every block; grown by capacity
+        self._used = 0  # arena[:_used] is allocated to blocks (live or abandoned)
+        self._start = np.zeros(0, dtype=np.int64)  # per user: block start, length, room
         self._lens = np.zeros(0, dtype=np.int64)
+        self._cap = np.zeros(0, dtype=np.int64)
         self._n_events = 0
 
     def __len__(self) -> int:
@@ -42,13 +48,13 @@ class History:
     @property
     def n_users(self) -> int:
         """Number of user rows (highest user index appended + 1)."""
-        return len(self._bufs)
+        return len(self._lens)
 
     def _ensure_users(self, n: int) -> None:
-        if n > len(self._bufs):
-            extra = n - len(self._bufs)
-            self._bufs.extend(np.empty(0, dtype=np.int64) for _ in range(extra))
+        if n > len(self._lens):
+            self._start = grow_array(self._start, n)
             self._lens = grow_array(self._lens, n)
+            self._cap = grow_array(self._cap, n)
 
     def append(self, users: np.ndarray | list[int], items: np.ndarray | list[int]) -> None:
         """Append events ``(users[t], items[t])`` in order; both ``[n]`` non-negative ints."""
@@ -61,35 +67,42 @@ class History:
         if users.min() < 0 or items.min() < 0:
             raise ValueError("user and item indices must be non-negative")
         self._ensure_users(int(users.max()) + 1)
-        order = np.argsort(users, kind="stable")
+        order = np.argsort(users, kind="stable")  # each user's events together, in order
         su, si = users[order], items[order]
-        cuts = np.flatnonzero(np.diff(su)) + 1
-        starts = np.concatenate([[0], cuts])
-        ends = np.concatenate([cuts, [len(su)]])
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            u = int(su[s])
-            n_old = int(self._lens[u])
-            need = n_old + (e - s)
-            buf = self._bufs[u]
-            if need > len(buf):
-                grown = np.empty(max(_MIN_CAP, need, 2 * len(buf)), dtype=np.int64)
-                grown[:n_old] = buf[:n_old]
-                buf = self._bufs[u] = grown
-            buf[n_old:need] = si[s:e]
-            self._lens[u] = need
+        uniq, first, counts = np.unique(su, return_index=True, return_counts=True)
+        old = self._lens[uniq]
+        need = old + counts
+        full = need > self._cap[uniq]
+        if full.any():  # these users' blocks move to the end of the arena, with room to spare
+            movers, kept = uniq[full], old[full]
+            room = np.maximum(np.maximum(need[full], 2 * self._cap[movers]), _MIN_CAP)
+            starts = self._used + np.cumsum(room) - room
+            self._arena = grow_array(self._arena, self._used + int(room.sum()))
+            if kept.sum():
+                # element j of a mover's old block goes to its new block, same offset
+                offset = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
+                src = np.repeat(self._start[movers], kept) + offset
+                self._arena[np.repeat(starts, kept) + offset] = self._arena[src]
+            self._start[movers] = starts
+            self._cap[movers] = room
+            self._used += int(room.sum())
+        rank = np.arange(len(su)) - np.repeat(first, counts)  # earlier events of the user here
+        self._arena[np.repeat(self._start[uniq] + old, counts) + rank] = si
+        self._lens[uniq] = need
         self._n_events += len(users)
 
     def items_of(self, user: int) -> np.ndarray:
         """The items of ``user`` in arrival order (a read-only view; empty if unseen)."""
-        if user < 0 or user >= len(self._bufs):
+        if user < 0 or user >= len(self._lens):
             return np.empty(0, dtype=np.int64)
-        view = self._bufs[user][: self._lens[user]]
+        start = int(self._start[user])
+        view = self._arena[start : start + int(self._lens[user])]
         view.flags.writeable = False
         return view
 
     def length(self, user: int) -> int:
         """Number of events of ``user``."""
-        return int(self._lens[user]) if 0 <= user < len(self._bufs) else 0
+        return int(self._lens[user]) if 0 <= user < len(self._lens) else 0
 
     def lengths(self) -> np.ndarray:
         """Events per user index, shape ``[n_users]``."""
@@ -168,9 +181,8 @@ class History:
         """``(indptr [n_users+1], items [n_events])``: CSR form, users in index order."""
         indptr = np.zeros(self.n_users + 1, dtype=np.int64)
         np.cumsum(self._lens, out=indptr[1:])
-        items = np.empty(int(indptr[-1]), dtype=np.int64)
-        for u, buf in enumerate(self._bufs):
-            items[indptr[u] : indptr[u + 1]] = buf[: self._lens[u]]
+        offset = np.arange(int(indptr[-1])) - np.repeat(indptr[:-1], self._lens)
+        items = self._arena[np.repeat(self._start, self._lens) + offset]
         return indptr, items
 
     @classmethod
@@ -183,9 +195,11 @@ class History:
         if np.any(np.diff(indptr) < 0):
             raise ValueError("inconsistent history arrays (indptr decreases)")
         h = cls()
-        n = len(indptr) - 1
-        h._bufs = [items[indptr[u] : indptr[u + 1]].copy() for u in range(n)]
+        h._arena = items.copy()  # compact: each block exactly full (it moves on its next event)
+        h._used = len(items)
+        h._start = indptr[:-1].copy()
         h._lens = np.diff(indptr)
+        h._cap = h._lens.copy()
         h._n_events = len(items)
         return h
 
