@@ -60,6 +60,7 @@ indexes), so the state after a batch does not depend on how the events were spli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -308,7 +309,7 @@ class STAN(Recommender):
         total = sum(len(x) for x in lists)
         if total == 0:
             return np.empty(0, dtype=np.int64)
-        flat = np.fromiter((x for lst in lists for x in lst), dtype=np.int64, count=total)
+        flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=total)
         # each list holds s at most once: keep its last m entries other than s
         sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
         group = np.repeat(np.arange(len(lists)), sizes)
