@@ -370,21 +370,25 @@ class ItemKNN(Recommender):
             # item order (so top_k's tie rule, the lower index, holds among them)
             profile = self._profile_of(user, self.config.recency_decay)
             main = profile @ self._main
-            raw = np.zeros(n, dtype=np.float32)
-            reached = np.zeros(n, dtype=bool)
-            raw[main.indices] = main.data
-            reached[main.indices] = True
-            if self._pending_count:
-                pending = profile @ self._pending_matrix()
-                raw[pending.indices] += pending.data
-                reached[pending.indices] = True
-            if reached.sum() * _DENSE_SHARE > n:
-                # the neighbours cover much of the catalogue: finish as the full path does
+            pending = profile @ self._pending_matrix() if self._pending_count else None
+            reach = main.nnz + (pending.nnz if pending is not None else 0)  # >= the candidates
+            if reach * _DENSE_SHARE > n:
+                # the neighbours may cover much of the catalogue: finish as the full path does
+                raw = main.toarray()[0]
+                if pending is not None:
+                    raw += pending.toarray()[0]
                 scores = raw.astype(np.float64) * col_norm + tie
                 scores[seen] = -np.inf
                 found_idx, found_vals = top_k(scores[None], width)
                 idx[row], vals[row] = found_idx[0], found_vals[0]
                 continue
+            raw = np.zeros(n, dtype=np.float32)
+            reached = np.zeros(n, dtype=bool)
+            raw[main.indices] = main.data
+            reached[main.indices] = True
+            if pending is not None:
+                raw[pending.indices] += pending.data
+                reached[pending.indices] = True
             excluded = reached.copy()  # candidates and seen items leave the tie ranking
             if len(seen):
                 excluded[seen] = True
