@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.data.exists():
         frame = ml100k(args.data)
         setups += [("ml-100k", name, frame)
-                   for name in ("pop", "item-knn", "nmrn-memory", "nmrn")]
+                   for name in ("pop", "item-knn", "nmrn-faithful", "nmrn-memory", "nmrn")]
     big = synthetic()
     setups += [("100k items", "pop", big)]
     if not args.quick:
