@@ -39,7 +39,7 @@ import torch
 
 from nmrn.config import Config, Int, Maybe, OneOf, Real, SamplerConfig, Sub, Text, option
 from nmrn.errors import ModelFitError
-from nmrn.model.tables import grow_like, grow_rows, normal_rows
+from nmrn.model.tables import grow_like, grow_rows, normal_rows, saved_tensor
 from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
@@ -370,20 +370,14 @@ class BPR(Recommender):
         return arrays, {"step": self._step, "last_loss": loss}
 
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        def tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-            arr = np.asarray(arrays[name], dtype=np.float32)
-            if arr.shape != shape:
-                raise ValueError(f"BPR array {name!r} has shape {arr.shape}, expected {shape}")
-            return torch.from_numpy(arr.copy())
-
         n_users, n_items, d = len(self.users), len(self.items), self.config.dim
-        self.user_emb = tensor("user_emb", (n_users, d))
-        self.item_emb = tensor("item_emb", (n_items, d))
-        self.item_bias = tensor("item_bias", (n_items,))
+        self.user_emb = saved_tensor(arrays, "user_emb", (n_users, d))
+        self.item_emb = saved_tensor(arrays, "item_emb", (n_items, d))
+        self.item_bias = saved_tensor(arrays, "item_bias", (n_items,))
         shapes = {"user": (n_users, d), "item": (n_items, d), "bias": (n_items,)}
         for key, shape in shapes.items():
-            self._m[key] = tensor(f"m_{key}", shape)
-            self._v[key] = tensor(f"v_{key}", shape)
+            self._m[key] = saved_tensor(arrays, f"m_{key}", shape)
+            self._v[key] = saved_tensor(arrays, f"v_{key}", shape)
         self._seen = np.asarray(arrays["seen"], dtype=np.int64).copy()
         self._gen.set_state(torch.from_numpy(np.asarray(arrays["rng"], dtype=np.uint8).copy()))
         self._step = int(meta["step"])

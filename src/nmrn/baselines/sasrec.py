@@ -56,6 +56,7 @@ import torch
 
 from nmrn.config import Config, Int, Maybe, Real, option
 from nmrn.errors import ConfigError, ModelFitError
+from nmrn.model.tables import saved_tensor
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
 
@@ -462,17 +463,11 @@ class SASRec(Recommender):
         return arrays, {"step": self._step, "last_loss": loss}
 
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        def tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-            arr = np.asarray(arrays[name], dtype=np.float32)
-            if arr.shape != shape:
-                raise ValueError(f"SASRec array {name!r} has shape {arr.shape}, expected {shape}")
-            return torch.from_numpy(arr.copy())
-
         for key, p in list(self.params.items()):
             shape = tuple(p.shape)
-            self.params[key] = tensor(f"param.{key}", shape).requires_grad_(True)
-            self._m[key] = tensor(f"m.{key}", shape)
-            self._v[key] = tensor(f"v.{key}", shape)
+            self.params[key] = saved_tensor(arrays, f"param.{key}", shape).requires_grad_(True)
+            self._m[key] = saved_tensor(arrays, f"m.{key}", shape)
+            self._v[key] = saved_tensor(arrays, f"v.{key}", shape)
         self._seen = np.asarray(arrays["seen"], dtype=np.int64).copy()
         self._gen.set_state(torch.from_numpy(np.asarray(arrays["rng"], dtype=np.uint8).copy()))
         self._step = int(meta["step"])

@@ -28,11 +28,15 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GROWTH", "MIN_SPARE", "capacity", "grow_like", "grow_rows", "normal_rows"]
+__all__ = [
+    "GROWTH", "MIN_SPARE", "capacity", "grow_like", "grow_rows", "normal_rows", "saved_tensor",
+]
 
 GROWTH = 1.5
 """A full table moves to a buffer this many times the rows it needs (amortized O(1) per row)."""
@@ -110,3 +114,27 @@ def normal_rows(
         return table
     new = torch.randn(extra, *table.shape[1:], generator=generator) * std
     return grow_rows(table, n_rows, new)
+
+
+def saved_tensor(
+    arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...],
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """A table or optimizer state read back from a checkpoint: a fresh ``dtype`` tensor of
+    ``arrays[key]``, which must have ``shape`` (a ``ValueError`` naming the array otherwise;
+    loading turns it into a ``CheckpointError`` naming the file).
+
+    >>> saved_tensor({"w": np.ones((2, 3))}, "w", (2, 3)).dtype
+    torch.float32
+    >>> saved_tensor({"w": np.ones(3)}, "w", (2, 3))
+    Traceback (most recent call last):
+    ...
+    ValueError: array 'w' has shape (3,), expected (2, 3)
+    """
+    if key not in arrays:
+        raise ValueError(f"array {key!r} is missing")
+    arr = np.asarray(arrays[key])
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"array {key!r} has shape {arr.shape}, expected {tuple(shape)}")
+    return torch.from_numpy(arr.copy()).to(dtype)
+

@@ -78,6 +78,7 @@ from nmrn.config import Config, Int, NMRNConfig, OneOf, Real, Sub, option
 from nmrn.data.growth import grow_array
 from nmrn.data.history import History
 from nmrn.errors import CheckpointError, ConfigError, ModelFitError
+from nmrn.model.tables import saved_tensor
 from nmrn.training.contract import Recommender
 from nmrn.training.nmrn import NMRN
 from nmrn.training.registry import register
@@ -462,13 +463,10 @@ class NMRNHybrid(Recommender):
         if stage.shape != (N_STAGES, n_items) or last.shape != (n_users,):
             raise CheckpointError(f"NMRNHybrid arrays have shapes {stage.shape}, {last.shape}")
         self._stage_counts, self._user_last = stage.copy(), last.copy()
-        state = {}
-        for name, tensor in self.gate.state_dict().items():
-            arr = arrays[f"gate.{name}"]
-            if tuple(arr.shape) != tuple(tensor.shape):
-                raise CheckpointError(f"gate.{name}: shape {arr.shape}, expected {tensor.shape}")
-            state[name] = torch.from_numpy(np.array(arr, dtype=np.float32))
-        self.gate.load_state_dict(state)
+        self.gate.load_state_dict({
+            name: saved_tensor(arrays, f"gate.{name}", tuple(tensor.shape))
+            for name, tensor in self.gate.state_dict().items()
+        })
         optim = self._optimizer.state_dict()
         for pid_text, step in meta["adam_steps"].items():
             pid = int(pid_text)

@@ -52,7 +52,7 @@ from nmrn.errors import CheckpointError, ModelFitError
 from nmrn.model.losses import rank_weighted_hinge
 from nmrn.model.memory import evolve
 from nmrn.model.network import NMRNNetwork
-from nmrn.model.tables import grow_like, grow_rows
+from nmrn.model.tables import grow_like, grow_rows, saved_tensor
 from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
@@ -618,23 +618,15 @@ class NMRN(Recommender):
             raise CheckpointError(
                 f"checkpoint architecture {saved} does not match the model's {self._architecture()}"
             )
-        state = {}
-        for name, tensor in self.network.state_dict().items():
-            arr = arrays.get(f"net.{name}")
-            if arr is None or tuple(arr.shape) != tuple(tensor.shape):
-                got = None if arr is None else arr.shape
-                raise CheckpointError(
-                    f"tensor net.{name}: expected {tuple(tensor.shape)}, got {got}"
-                )
-            state[name] = torch.from_numpy(arr.copy())
+        state = {
+            name: saved_tensor(arrays, f"net.{name}", tuple(tensor.shape), tensor.dtype)
+            for name, tensor in self.network.state_dict().items()
+        }
         self.network.load_state_dict(state)
         for name, acc in self._accumulators.items():
-            arr = arrays[f"opt.{name}"]
-            if tuple(arr.shape) != tuple(acc.shape):
-                raise CheckpointError(
-                    f"optimizer state opt.{name}: shape {arr.shape} != {acc.shape}"
-                )
-            self._accumulators[name] = torch.from_numpy(arr.copy()).to(self._device)
+            self._accumulators[name] = saved_tensor(
+                arrays, f"opt.{name}", tuple(acc.shape), acc.dtype
+            ).to(self._device)
         if meta["memory_at_init"]:
             self._memory = None
         else:
