@@ -140,3 +140,19 @@ def test_appending_is_amortised() -> None:
         h.append([t % 3], [t])
     assert h._used <= 4 * len(h)
     assert h.items_of(1).tolist() == list(range(1, 2_000, 3))
+
+
+@settings(deadline=None, max_examples=100)
+@given(st.lists(events_strategy, max_size=5), events_strategy)
+def test_seen_pairs_is_a_set_of_pairs(batches, queries):
+    from nmrn.data.history import SeenPairs
+
+    seen, reference = SeenPairs(), set()
+    for batch in batches:
+        seen.add(np.array([u for u, _ in batch], np.int64),
+                 np.array([i for _, i in batch], np.int64))
+        reference |= set(batch)
+    got = seen.contains(np.array([u for u, _ in queries], np.int64),
+                        np.array([i for _, i in queries], np.int64))
+    assert got.tolist() == [q in reference for q in queries]
+    assert len(seen) == len(reference) and (np.diff(seen.keys) > 0).all()

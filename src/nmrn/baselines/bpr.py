@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from nmrn.config import Config, Int, Maybe, OneOf, Real, SamplerConfig, Sub, Text, option
+from nmrn.data.history import SeenPairs
 from nmrn.errors import ModelFitError
 from nmrn.model.tables import grow_like, grow_rows, normal_rows, saved_tensor
 from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
@@ -142,7 +143,7 @@ class BPR(Recommender):
         self._m = {"user": torch.zeros(0, d), "item": torch.zeros(0, d), "bias": torch.zeros(0)}
         self._v = {"user": torch.zeros(0, d), "item": torch.zeros(0, d), "bias": torch.zeros(0)}
         self._step = 0
-        self._seen = np.empty(0, dtype=np.int64)  # sorted keys user << 32 | item
+        self._seen = SeenPairs()
         self._sampler = (
             None
             if c.sampler is None
@@ -164,25 +165,11 @@ class BPR(Recommender):
             state["bias"] = grow_like(state["bias"], self.item_bias)
 
     # -- learning --------------------------------------------------------------------------------
-    def _remember(self, users: np.ndarray, items: np.ndarray) -> None:
-        keys = np.unique((users.astype(np.int64) << 32) | items.astype(np.int64))
-        pos = np.searchsorted(self._seen, keys)
-        known = pos < len(self._seen)
-        known[known] = self._seen[pos[known]] == keys[known]
-        self._seen = np.insert(self._seen, pos[~known], keys[~known])
-
-    def _is_seen(self, users: torch.Tensor, items: torch.Tensor) -> np.ndarray:
-        keys = (users.numpy() << 32) | items.numpy()
-        if len(self._seen) == 0:
-            return np.zeros(len(keys), dtype=bool)
-        pos = np.minimum(np.searchsorted(self._seen, keys), len(self._seen) - 1)
-        return self._seen[pos] == keys  # type: ignore[no-any-return]
-
     def _negatives(self, users: torch.Tensor) -> torch.Tensor:
         n_items = len(self.item_emb)
         neg = torch.randint(n_items, (len(users),), generator=self._gen)
         for _ in range(self.config.n_resample):
-            bad = np.flatnonzero(self._is_seen(users, neg))
+            bad = np.flatnonzero(self._seen.contains(users.numpy(), neg.numpy()))
             if len(bad) == 0:
                 break
             neg[bad] = torch.randint(n_items, (len(bad),), generator=self._gen)
@@ -195,7 +182,7 @@ class BPR(Recommender):
         timestamps: np.ndarray,
         weights: np.ndarray | None,
     ) -> None:
-        self._remember(users, items)
+        self._seen.add(users, items)
         if self._sampler is not None:
             self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
         epochs, lr = self.config.epochs, self.config.lr
@@ -213,7 +200,7 @@ class BPR(Recommender):
         timestamps: np.ndarray,
         weights: np.ndarray | None,
     ) -> None:
-        self._remember(users, items)
+        self._seen.add(users, items)
         if self._sampler is not None:
             self._sampler.observe(torch.from_numpy(users), torch.from_numpy(items))
         lr = self.config.lr if self.config.learn_lr is None else self.config.learn_lr
@@ -357,7 +344,7 @@ class BPR(Recommender):
             "user_emb": self.user_emb.numpy(),
             "item_emb": self.item_emb.numpy(),
             "item_bias": self.item_bias.numpy(),
-            "seen": self._seen,
+            "seen": self._seen.keys,
             "rng": self._gen.get_state().numpy(),
         }
         for key in ("user", "item", "bias"):
@@ -378,7 +365,7 @@ class BPR(Recommender):
         for key, shape in shapes.items():
             self._m[key] = saved_tensor(arrays, f"m_{key}", shape)
             self._v[key] = saved_tensor(arrays, f"v_{key}", shape)
-        self._seen = np.asarray(arrays["seen"], dtype=np.int64).copy()
+        self._seen = SeenPairs(np.asarray(arrays["seen"], dtype=np.int64).copy())
         self._gen.set_state(torch.from_numpy(np.asarray(arrays["rng"], dtype=np.uint8).copy()))
         self._step = int(meta["step"])
         self.last_loss = float("nan") if meta["last_loss"] is None else float(meta["last_loss"])

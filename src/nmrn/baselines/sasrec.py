@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from nmrn.config import Config, Int, Maybe, Real, option
+from nmrn.data.history import SeenPairs
 from nmrn.errors import ConfigError, ModelFitError
 from nmrn.model.tables import saved_tensor
 from nmrn.training.contract import Recommender
@@ -258,7 +259,7 @@ class SASRec(Recommender):
         self._m = {k: torch.zeros_like(p) for k, p in self.params.items()}
         self._v = {k: torch.zeros_like(p) for k, p in self.params.items()}
         self._step = 0
-        self._seen = np.empty(0, dtype=np.int64)  # sorted keys user << 32 | item
+        self._seen = SeenPairs()
         self.last_loss = float("nan")
         self._eval: tuple[int, Params] | None = None  # (state version, float64 copy)
 
@@ -282,7 +283,7 @@ class SASRec(Recommender):
         timestamps: np.ndarray,
         weights: np.ndarray | None,
     ) -> None:
-        self._remember(users, items)
+        self._seen.add(users, items)
         self._train(*self._windows(users, items), self.config.epochs, self.config.lr)
 
     def _learn(
@@ -292,16 +293,9 @@ class SASRec(Recommender):
         timestamps: np.ndarray,
         weights: np.ndarray | None,
     ) -> None:
-        self._remember(users, items)
+        self._seen.add(users, items)
         lr = self.config.lr if self.config.learn_lr is None else self.config.learn_lr
         self._train(*self._windows(users, items), self.config.learn_steps, lr)
-
-    def _remember(self, users: np.ndarray, items: np.ndarray) -> None:
-        keys = np.unique((users.astype(np.int64) << 32) | items.astype(np.int64))
-        pos = np.searchsorted(self._seen, keys)
-        known = pos < len(self._seen)
-        known[known] = self._seen[pos[known]] == keys[known]
-        self._seen = np.insert(self._seen, pos[~known], keys[~known])
 
     def _windows(
         self, users: np.ndarray, items: np.ndarray
@@ -353,19 +347,12 @@ class SASRec(Recommender):
         neg = torch.randint(n_items, shape, generator=self._gen)
         owner = user[:, None].expand(shape).numpy()
         for _ in range(self.config.n_resample):
-            bad = np.flatnonzero(self._is_seen(owner.reshape(-1), neg.numpy().reshape(-1)))
+            bad = np.flatnonzero(self._seen.contains(owner.reshape(-1), neg.numpy().reshape(-1)))
             if len(bad) == 0:
                 break
             redraw = torch.randint(n_items, (len(bad),), generator=self._gen)
             neg.view(-1)[torch.from_numpy(bad)] = redraw
         return neg + 1
-
-    def _is_seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        keys = (users.astype(np.int64) << 32) | items.astype(np.int64)
-        if len(self._seen) == 0:
-            return np.zeros(len(keys), dtype=bool)
-        pos = np.minimum(np.searchsorted(self._seen, keys), len(self._seen) - 1)
-        return self._seen[pos] == keys  # type: ignore[no-any-return]
 
     def _train(
         self,
@@ -454,7 +441,7 @@ class SASRec(Recommender):
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        arrays = {"seen": self._seen, "rng": self._gen.get_state().numpy()}
+        arrays = {"seen": self._seen.keys, "rng": self._gen.get_state().numpy()}
         for key, p in self.params.items():
             arrays[f"param.{key}"] = p.detach().numpy()
             arrays[f"m.{key}"] = self._m[key].numpy()
@@ -468,7 +455,7 @@ class SASRec(Recommender):
             self.params[key] = saved_tensor(arrays, f"param.{key}", shape).requires_grad_(True)
             self._m[key] = saved_tensor(arrays, f"m.{key}", shape)
             self._v[key] = saved_tensor(arrays, f"v.{key}", shape)
-        self._seen = np.asarray(arrays["seen"], dtype=np.int64).copy()
+        self._seen = SeenPairs(np.asarray(arrays["seen"], dtype=np.int64).copy())
         self._gen.set_state(torch.from_numpy(np.asarray(arrays["rng"], dtype=np.uint8).copy()))
         self._step = int(meta["step"])
         self.last_loss = float("nan") if meta["last_loss"] is None else float(meta["last_loss"])

@@ -208,3 +208,44 @@ class History:
             return NotImplemented
         a, b = self.to_arrays(), other.to_arrays()
         return bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
+
+
+class SeenPairs:
+    """The set of (user, item) index pairs seen so far, for vectorised membership tests when
+    sampling negatives (BPR, SASRec): sorted int64 keys ``user << 32 | item``.
+
+    >>> seen = SeenPairs()
+    >>> seen.add(np.array([0, 1, 0]), np.array([5, 6, 5]))
+    >>> seen.contains(np.array([0, 0, 1]), np.array([5, 6, 6])).tolist()
+    [True, False, True]
+    >>> len(SeenPairs(seen.keys))
+    2
+    """
+
+    def __init__(self, keys: np.ndarray | None = None) -> None:
+        self.keys = np.empty(0, np.int64) if keys is None else np.asarray(keys, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @staticmethod
+    def _key(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return (np.asarray(users).astype(np.int64) << 32) | np.asarray(items).astype(np.int64)
+
+    def add(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Add the pairs ``(users[t], items[t])`` (O(pairs so far) per call: an insert into
+        the sorted keys)."""
+        keys = np.unique(self._key(users, items))
+        pos = np.searchsorted(self.keys, keys)
+        known = pos < len(self.keys)
+        known[known] = self.keys[pos[known]] == keys[known]
+        self.keys = np.insert(self.keys, pos[~known], keys[~known])
+
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each pair ``(users[t], items[t])`` was added: ``[n]`` bool."""
+        keys = self._key(users, items)
+        if len(self.keys) == 0:
+            return np.zeros(len(keys), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[pos] == keys  # type: ignore[no-any-return]
+
