@@ -238,14 +238,7 @@ class STAN(Recommender):
     ) -> None:
         self._update(users, items, timestamps)
 
-    def _learn(
-        self,
-        users: np.ndarray,
-        items: np.ndarray,
-        timestamps: np.ndarray,
-        weights: np.ndarray | None,
-    ) -> None:
-        self._update(users, items, timestamps)
+    _learn = _fit  # a session model learns a stream the way it fits a history
 
     def _update(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> None:
         cfg = self.config
