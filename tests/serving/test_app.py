@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +17,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
+from live_server import free_port, start_server  # noqa: E402
 
 from nmrn.baselines.popularity import Popularity  # noqa: E402
 from nmrn.errors import ConfigError  # noqa: E402
@@ -288,45 +286,15 @@ def test_writer_applies_in_order_in_small_batches(tmp_path: Path) -> None:
 
 
 # -- the real thing: a uvicorn server in a subprocess ---------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-SERVE = """
-import argparse, sys
-from nmrn.serving.commands import add_serve_command, run_serve
-parser = argparse.ArgumentParser()
-add_serve_command(parser.add_subparsers(dest="command"))
-sys.exit(run_serve(parser.parse_args(sys.argv[1:])))
-"""
-
-
 def _start(ckpt: Path, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, NMRN_TOKEN=TOKEN)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--checkpoint", str(ckpt), "--port", str(port),
-         "--checkpoint-every", "0", "--checkpoint-seconds", "0", "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError(f"server did not start: {proc.communicate()[0].decode()[-2000:]}")
+    return start_server(ckpt, port, "--checkpoint-every", "0", "--checkpoint-seconds", "0",
+                        "--log-level", "warning", env={"NMRN_TOKEN": TOKEN})
 
 
 def test_real_server_survives_kill_and_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     ckpt = tmp_path / "pop.ckpt"
     Popularity().fit(HISTORY).save(ckpt)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(ckpt, port)
     try:

@@ -3,36 +3,21 @@ connections, slow bodies, and reads too large or too many at once (issue 11: 3, 
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from live_server import free_port, start_server, stop_server
 
 from nmrn.baselines.popularity import Popularity
 from nmrn.serving.app import create_app
 from nmrn.serving.schemas import Limits
 from nmrn.serving.service import LiveService
 
-SERVE = """
-import argparse, sys
-from nmrn.serving.commands import add_serve_command, run_serve
-parser = argparse.ArgumentParser()
-add_serve_command(parser.add_subparsers(dest="command"))
-sys.exit(run_serve(parser.parse_args(sys.argv[1:])))
-"""
 HISTORY = [(u, f"i{u % 7}", float(u)) for u in range(40)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +25,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("bounds")
     ckpt = tmp / "pop.ckpt"
     Popularity().fit(HISTORY).save(ckpt)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--checkpoint", str(ckpt), "--port", str(port),
-         "--request-timeout", "0.5", "--body-timeout", "0.5", "--max-connections", "6",
-         "--max-header-bytes", "4096", "--log-level", "error"],
-        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    port = free_port()
+    proc = start_server(ckpt, port, "--request-timeout", "0.5", "--body-timeout", "0.5",
+                        "--max-connections", "6", "--max-header-bytes", "4096",
+                        "--log-level", "error")
     yield port
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    stop_server(proc)
 
 
 def _read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:

@@ -12,13 +12,10 @@ applied in order, offline; and every event must be applied exactly once.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +25,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from live_server import free_port, start_server
 
 import nmrn.models  # noqa: F401  (every shipped model registered)
 from nmrn.data.events import EventBatch
@@ -38,13 +36,6 @@ from nmrn.serving.service import default_journal_path
 from nmrn.training.registry import registered_models
 
 TOKEN = "replay"
-SERVE = """
-import argparse, sys
-from nmrn.serving.commands import add_serve_command, run_serve
-parser = argparse.ArgumentParser()
-add_serve_command(parser.add_subparsers(dest="command"))
-sys.exit(run_serve(parser.parse_args(sys.argv[1:])))
-"""
 MODELS = sorted(n for n, c in registered_models().items() if c.__module__.startswith("nmrn."))
 
 
@@ -55,29 +46,10 @@ def _log(n: int, seed: int) -> list[tuple[Any, ...]]:
     return [(int(u), int(i), float(t)) for t, (u, i) in enumerate(zip(users, items, strict=True))]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(ckpt: Path, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, NMRN_TOKEN=TOKEN, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--checkpoint", str(ckpt), "--port", str(port),
-         "--checkpoint-every", "0", "--checkpoint-seconds", "0", "--apply-wait", "0.02",
-         "--apply-batch", "16", "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"server did not start: {proc.communicate()[0].decode()[-3000:]}")
+    return start_server(ckpt, port, "--checkpoint-every", "0", "--checkpoint-seconds", "0",
+                        "--apply-wait", "0.02", "--apply-batch", "16", "--log-level", "warning",
+                        env={"NMRN_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}, timeout=60)
 
 
 def _send(base: str, requests: list[tuple[str, list[tuple[Any, ...]]]], answered: set[str],
@@ -128,13 +100,13 @@ def test_replay_after_sigkill_reproduces_the_recorded_runs(model_name: str, tmp_
     kill_after = rng.randint(len(requests) // 4, len(requests) // 2)
     answered: set[str] = set()
 
-    port = _free_port()
+    port = free_port()
     proc = _start(ckpt, port)
     try:
         _send(f"http://127.0.0.1:{port}", requests[:kill_after], answered)
         proc.send_signal(signal.SIGKILL)  # mid-stream: runs may be half applied
         proc.wait(10)
-        port = _free_port()
+        port = free_port()
         proc = _start(ckpt, port)  # replays the journal
         _send(f"http://127.0.0.1:{port}", requests, answered)  # everything, keyed: retries
         assert answered == {key for key, _ in requests}

@@ -8,37 +8,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from live_server import free_port, start_server, stop_server
 
 from nmrn.baselines.popularity import Popularity
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TOKEN = "page-token"
-SERVE = """
-import argparse, sys
-from nmrn.serving.commands import add_serve_command, run_serve
-parser = argparse.ArgumentParser()
-add_serve_command(parser.add_subparsers(dest="command"))
-sys.exit(run_serve(parser.parse_args(sys.argv[1:])))
-"""
 # users 0..9 each consumed item 0; items 1..5 popular in that order
 HISTORY = [(u, 0, float(u)) for u in range(10)] + [
     (100 + j, item, 20.0 + j) for j, item in enumerate([1] * 5 + [2] * 4 + [3] * 3 + [4, 4, 5])
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
@@ -56,30 +41,13 @@ def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
 def server(tmp_path: Path):  # type: ignore[no-untyped-def]
     ckpt = tmp_path / "pop.ckpt"
     Popularity().fit(HISTORY).save(ckpt)
-    port = _free_port()
-    env = dict(os.environ, NMRN_TOKEN=TOKEN)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--checkpoint", str(ckpt), "--port", str(port),
-         "--apply-wait", "0", "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    port = free_port()
+    proc = start_server(ckpt, port, "--apply-wait", "0", "--log-level", "warning",
+                        env={"NMRN_TOKEN": TOKEN})
     try:
-        yield base
+        yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_server(proc)
 
 
 def test_the_status_page_shows_live_figures_in_a_real_browser(server: str, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from live_server import free_port
 
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
@@ -59,12 +59,6 @@ class OrderModel(Recommender):
         self.batch_sizes = arrays["batch_sizes"].tolist()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a redis-server started for this test session on a free loopback port."""
@@ -76,7 +70,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     workdir = tmp_path_factory.mktemp("redis")
     for _attempt in range(5):
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no"],
