@@ -101,3 +101,78 @@ def test_every_feature_is_documented_and_buildable() -> None:
     for name in FEATURES:
         assert f"``{name}``" in (hybrid.__doc__ or "")
     assert NMRNHybrid(features=list(FEATURES)).config.features == FEATURES
+
+
+def test_with_a_gate_fraction_the_components_fit_the_head_and_learn_the_tail() -> None:
+    # known answer: the inner BPR is exactly a BPR fitted (its own epochs) on the events before
+    # the replayed tail, then learned chunk by chunk over the tail
+    from nmrn.baselines.bpr import BPR
+
+    # every user and item appears in the head, so both models draw their initial rows alike
+    log = [(f"u{u}", (u + step) % 8, 12 * step + u) for step in range(10) for u in range(12)]
+    taste = {"dim": 4, "epochs": 3, "batch_size": 16}
+    rec = NMRNHybrid(features=["taste", "pop"], taste=taste, gate_fraction=0.3, fit_chunk=20,
+                     seed=5).fit(log)
+    split = len(log) - math.ceil(0.3 * len(log))
+    alone = BPR(**taste, seed=5).fit(log[:split])
+    for lo in range(split, len(log), 20):
+        alone.learn(log[lo : lo + 20])
+    inner = rec.components["taste"]
+    assert isinstance(inner, BPR)
+    np.testing.assert_array_equal(inner.user_emb.numpy(), alone.user_emb.numpy())
+    np.testing.assert_array_equal(inner.item_emb.numpy(), alone.item_emb.numpy())
+
+
+def test_with_a_gate_fraction_the_gate_trains_on_the_tail_only(monkeypatch: Any) -> None:
+    calls: list[int] = []
+    original = NMRNHybrid._rows
+
+    def spy(self: NMRNHybrid, users: Any, items: Any, history: Any, counts: Any,
+            n_seen: int) -> Any:
+        calls.append(n_seen)
+        return original(self, users, items, history, counts, n_seen)
+
+    monkeypatch.setattr(NMRNHybrid, "_rows", spy)
+    NMRNHybrid(features=["pop", "knn"], gate_fraction=0.5, fit_chunk=20).fit(_cycle_log(steps=6))
+    assert calls == [42, 62, 82]  # 84 events: the head (42) is fitted, the tail replayed by 20s
+
+
+def test_the_rank_transform_by_hand() -> None:
+    log = [("a", "x", 0), ("b", "x", 1), ("c", "x", 2), ("c", "y", 3), ("a", "z", 4),
+           ("d", "w", 5)]
+    rec = NMRNHybrid(features=["stage_pop"], gate="sum", transform="rank").fit(log[:5])
+    rec.learn(log[5:])
+    # stage of "b" (1 event): floor(log2(2)) = 1; the events made at stage 1 are the second
+    # event of a user: c's y and a's z
+    got = rec.score(["b"], ["x", "y", "z", "w"])[0]
+    # y and z (one event each at stage 1) rank first, tied at rank 0.5; x and w (none) at 2.5
+    want = -np.log1p(np.array([2.5, 0.5, 0.5, 2.5]))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_a_linear_gate_is_the_weighted_sum_of_the_evidence() -> None:
+    import torch
+
+    log = _cycle_log(steps=4)
+    rec = NMRNHybrid(features=["pop", "knn"], gate="linear", fit_epochs=0).fit(log)
+    with torch.no_grad():
+        rec.gate.linear.copy_(torch.tensor([2.0, -0.5]))
+        rec.gate.w2.fill_(100.0)  # the hidden layer of "mlp" plays no part
+    x, _ = rec._features(np.array([0, 1]), len(rec.items), rec.history, rec.item_counts,
+                         rec.n_events)
+    want = x.double().numpy() @ np.array([2.0, -0.5])
+    got = rec._score_all(np.array([0, 1]))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_learn_lr_sets_the_step_of_the_online_passes() -> None:
+    log = _cycle_log(steps=8)
+
+    def moved(learn_lr: float | None) -> float:
+        rec = NMRNHybrid(features=["pop", "knn"], fit_chunk=40, learn_lr=learn_lr).fit(log[:80])
+        before = [p.detach().clone() for p in rec.gate.parameters()]
+        rec.learn(log[80:])
+        return max(float((p.detach() - b).abs().max())
+                   for p, b in zip(rec.gate.parameters(), before, strict=True))
+
+    assert moved(1e-12) < 1e-9 < 1e-4 < moved(None)

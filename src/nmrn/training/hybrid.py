@@ -35,6 +35,14 @@ across users; any subset can be chosen with ``features``):
     What users at the same stage of their life consume: counts per stage
     ``floor(log2(1 + n_u))`` of the user's event count ``n_u`` (new users rate a few items a
     lot).
+``taste``
+    A user's long-term taste as a latent-factor model sees it: the scores of an inner
+    :class:`~nmrn.baselines.bpr.BPR` (options ``taste``), standardised like ``memory``. Off by
+    default (not in ``features`` unless named).
+
+``transform="rank"`` replaces each of these scalings by one scale-free form, ``-log(1 + r)``
+with ``r`` the item's rank in the user's row of that evidence (0 for the best; ties at their
+mean rank), so that the gate weighs orders, not units.
 
 The context ``c(u)`` is ``log(1 + n_u) / 6`` and ``log(1 + events since u's last event) / 10``.
 
@@ -47,7 +55,11 @@ Adam on a list-wise softmax loss, the positive against every item the user has n
 history. ``fit`` replays the history in chunks of ``fit_chunk`` events the same way
 (prequential), keeping each chunk's training rows, and then trains the gate for ``fit_epochs``
 passes over all of them: the gate learns on the same kind of evidence it will score with, never
-on evidence that already saw the event.
+on evidence that already saw the event. With ``gate_fraction`` below 1 only the last
+``gate_fraction`` of the history is replayed this way: the components are first fitted, with
+their own ``fit`` (NMRN's and BPR's epochs), on the events before it — a component that had only
+one online pass over the history gives weak evidence, and the replay still shows the gate
+evidence that has not seen the event it is trained on (stacking on a held-out tail).
 
 Streaming semantics. Scoring never sees events it has not been given. The counts after a batch
 do not depend on how it is split (the components' own guarantee); the gate and the inner NMRN
@@ -68,13 +80,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from torch import Tensor
 
+from nmrn.baselines.bpr import BPR, BPRConfig
 from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import RecentPopularity
 from nmrn.baselines.sknn import STAN, STANConfig
 from nmrn.baselines.sknn import VALIDATED as STAN_VALIDATED
-from nmrn.config import Config, Int, NMRNConfig, OneOf, Real, Sub, option
+from nmrn.config import Config, Int, Maybe, NMRNConfig, OneOf, Real, Sub, option
 from nmrn.data.growth import grow_array
 from nmrn.data.history import History
 from nmrn.errors import CheckpointError, ConfigError, ModelFitError
@@ -85,7 +99,10 @@ from nmrn.training.registry import register
 
 __all__ = ["FEATURES", "HybridConfig", "NMRNHybrid"]
 
-FEATURES = ("memory", "knn", "knn_slow", "follows", "sessions", "pop", "recent_pop", "stage_pop")
+FEATURES = ("memory", "knn", "knn_slow", "follows", "sessions", "pop", "recent_pop", "stage_pop",
+            "taste")
+DEFAULT_FEATURES = FEATURES[:-1]  # every evidence but ``taste``
+TRANSFORMS = ("log_share", "rank")
 N_CONTEXT = 2
 N_STAGES = 12
 _EPS = 1e-3
@@ -128,19 +145,29 @@ class HybridConfig(Config):
     pop_half_life
         Half-life, in events, of ``recent_pop``.
     gate
-        ``"mlp"`` (learned) or ``"sum"``: the plain sum of the features (an ablation).
+        ``"mlp"`` (learned, with a hidden layer over the evidence and the user's context),
+        ``"linear"`` (learned weights of the evidence only) or ``"sum"``: the plain sum of the
+        features (an ablation).
     hidden
         Units of the gate's hidden layer.
-    lr, batch_size, learn_passes
-        Adam's learning rate, events per step, and passes over each ``learn`` batch.
+    lr, batch_size, learn_passes, learn_lr
+        Adam's learning rate, events per step, passes over each ``learn`` batch, and the
+        learning rate of those passes (``None``: ``lr``).
     fit_chunk, fit_epochs
         ``fit``'s replay: chunk size, and passes of the gate over the replayed rows.
+    gate_fraction
+        The share of ``fit``'s events replayed for the gate (the tail); the components fit on
+        the events before it with their own ``fit``. 1: all replayed, nothing fitted.
+    taste
+        The ``taste`` component's options (:class:`~nmrn.baselines.bpr.BPRConfig`).
+    transform
+        ``"log_share"`` (each evidence scaled its own way) or ``"rank"`` (``-log(1 + rank)``).
     seed
         Seed of every random choice (gate initialisation, shuffles, the inner NMRN).
     """
 
     memory: NMRNConfig = option(check=Sub(NMRNConfig), default_factory=NMRNConfig)
-    features: tuple[str, ...] = option(FEATURES, _FeatureNames())
+    features: tuple[str, ...] = option(DEFAULT_FEATURES, _FeatureNames())
     knn_history: int = option(400, Int(low=1))
     knn_decay: float = option(0.7, Real(low=0.0, high=1.0, low_open=True))
     knn_slow_decay: float = option(0.95, Real(low=0.0, high=1.0, low_open=True))
@@ -152,13 +179,17 @@ class HybridConfig(Config):
         check=Sub(STANConfig), default_factory=lambda: STANConfig(**STAN_VALIDATED)
     )
     pop_half_life: float = option(5000.0, Real(low=0.0, low_open=True))
-    gate: str = option("mlp", OneOf(("mlp", "sum")))
+    taste: BPRConfig = option(check=Sub(BPRConfig), default_factory=lambda: BPRConfig(dim=32))
+    transform: str = option("log_share", OneOf(TRANSFORMS))
+    gate: str = option("mlp", OneOf(("mlp", "linear", "sum")))
     hidden: int = option(16, Int(low=1))
     lr: float = option(0.01, Real(low=0.0, low_open=True))
     batch_size: int = option(64, Int(low=1))
     learn_passes: int = option(1, Int(low=0))
+    learn_lr: float | None = option(None, Maybe(Real(low=0.0, low_open=True)))
     fit_chunk: int = option(1000, Int(low=1))
     fit_epochs: int = option(3, Int(low=0))
+    gate_fraction: float = option(1.0, Real(low=0.0, high=1.0, low_open=True))
     seed: int = option(0, Int())
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,11 +200,13 @@ class HybridConfig(Config):
 
 
 class _Gate(torch.nn.Module):
-    """``w . x + v . tanh(W [x; c] + b)`` (or ``sum(x)`` without learning)."""
+    """``w . x + v . tanh(W [x; c] + b)`` (``"mlp"``), ``w . x`` (``"linear"``) or ``sum(x)``
+    without learning (``"sum"``)."""
 
-    def __init__(self, n_features: int, hidden: int, learned: bool, generator: torch.Generator):
+    def __init__(self, n_features: int, hidden: int, kind: str, generator: torch.Generator):
         super().__init__()
-        self.learned = learned
+        self.learned = kind != "sum"
+        self.hidden = kind == "mlp"
         self.linear = torch.nn.Parameter(torch.zeros(n_features))
         self.w1 = torch.nn.Parameter(
             torch.randn(n_features + N_CONTEXT, hidden, generator=generator) * 0.3
@@ -185,6 +218,8 @@ class _Gate(torch.nn.Module):
         """``x [..., F]``, ``c [..., C]`` (broadcast over the items) -> ``[...]``."""
         if not self.learned:
             return x.sum(dim=-1)
+        if not self.hidden:
+            return x @ self.linear.to(x.dtype)
         c = c.to(x.dtype).expand(*x.shape[:-1], c.shape[-1])
         w1, b1, w2, linear = (p.to(x.dtype) for p in (self.w1, self.b1, self.w2, self.linear))
         h = torch.tanh(torch.cat([x, c], dim=-1) @ w1 + b1)
@@ -195,6 +230,12 @@ def _stage(counts: np.ndarray) -> np.ndarray:
     """The life stage of users with ``counts`` earlier events: ``floor(log2(1 + n))``, capped."""
     return np.minimum(np.floor(np.log2(np.asarray(counts, np.float64) + 1.0)).astype(np.int64),
                       N_STAGES - 1)
+
+
+def _rank_evidence(v: np.ndarray) -> np.ndarray:
+    """``-log(1 + rank)`` of each item in its row, best first (rank 0), ties at their mean rank:
+    a scale-free form of any evidence (``transform="rank"``)."""
+    return -np.log1p(rankdata(-v, axis=1, method="average") - 1.0)
 
 
 def _log_share(v: np.ndarray) -> np.ndarray:
@@ -240,11 +281,13 @@ class NMRNHybrid(Recommender):
             )
         if "sessions" in use:
             self.components["sessions"] = STAN(cfg.sessions)
+        if "taste" in use:
+            self.components["taste"] = BPR(cfg.taste.replace(seed=cfg.seed))
         if "recent_pop" in use:
             self.components["recent_pop"] = RecentPopularity(half_life=cfg.pop_half_life)
         for component in self.components.values():  # one set of ids for everyone
             component.users, component.items = self.users, self.items
-        self.gate = _Gate(len(cfg.features), cfg.hidden, cfg.gate == "mlp", self._gen)
+        self.gate = _Gate(len(cfg.features), cfg.hidden, cfg.gate, self._gen)
         self._optimizer = torch.optim.Adam(self.gate.parameters(), lr=cfg.lr)
         self._stage_counts = np.zeros((N_STAGES, 0))  # [stage, item]
         self._user_last = np.zeros(0, dtype=np.int64)  # event number of each user's last event
@@ -256,7 +299,10 @@ class NMRNHybrid(Recommender):
         small = {"memory": {"dim": 4, "memory_slots": 2, "epochs": 1, "batch_size": 32},
                  "fit_chunk": 40, "fit_epochs": 2, "hidden": 4, "seed": 3}
         return {"all": small, "no-memory-sum": {**small, "features": ["knn", "pop", "follows"],
-                                               "gate": "sum"}}
+                                               "gate": "sum"},
+                "stacked-rank-taste": {**small, "features": list(FEATURES), "gate": "linear",
+                                       "transform": "rank", "gate_fraction": 0.5,
+                                       "taste": {"dim": 4, "epochs": 2}, "learn_lr": 0.001}}
 
     # -- shared state ------------------------------------------------------------------------
     def _sync(self, history: History, counts: np.ndarray, n_events: int) -> None:
@@ -285,32 +331,44 @@ class NMRNHybrid(Recommender):
         x = np.zeros((len(users), n, len(cfg.features)), dtype=np.float32)
         lengths = np.array([history.length(u) for u in users.tolist()], dtype=np.int64)
         for f, name in enumerate(cfg.features):
-            if name == "memory":
-                m = self.components["memory"]._score_all(users)[:, :n]
-                v = (m - m.mean(axis=1, keepdims=True)) / (m.std(axis=1, keepdims=True) + 1e-9)
-            elif name in ("knn", "knn_slow"):
-                knn = self.components["knn"]
-                assert isinstance(knn, ItemKNN)
-                decay = cfg.knn_decay if name == "knn" else cfg.knn_slow_decay
-                v = _log_share(knn.scores_with_decay(users, decay)[:, :n])
-            elif name in ("follows", "sessions"):
-                v = _log_share(self.components[name]._score_all(users)[:, :n])
-            elif name == "pop":
-                top = max(float(counts[:n].max(initial=0.0)), 1.0)
-                v = np.broadcast_to(np.log1p(counts[:n]) / math.log1p(top), (len(users), n))
-            elif name == "recent_pop":
-                r = self.components["recent_pop"]._score_all(users[:1])[0, :n]
-                share = r / max(float(r.max(initial=0.0)), 1e-12)
-                v = np.broadcast_to(np.log1p(100.0 * share) / math.log1p(100.0),
-                                    (len(users), n))
-            else:  # stage_pop
-                rows = self._stage_counts[_stage(lengths), :n]
-                v = _log_share(rows)
-            x[:, :, f] = v
+            raw = self._raw_evidence(name, users, n, counts, lengths)
+            x[:, :, f] = _rank_evidence(raw) if cfg.transform == "rank" else self._scaled(name, raw)
         since = n_seen - self._user_last[users]
         c = np.stack([np.log1p(lengths) / 6.0,
                       np.where(lengths > 0, np.log1p(since) / 10.0, 1.0)], axis=1)
         return torch.from_numpy(x), torch.from_numpy(c.astype(np.float32))[:, None, :]
+
+    def _raw_evidence(self, name: str, users: np.ndarray, n: int, counts: np.ndarray,
+                      lengths: np.ndarray) -> np.ndarray:
+        """Evidence ``name`` for ``users`` over the first ``n`` items, in its own units
+        (``[U, n]``, or ``[1, n]`` where it is the same for every user); higher is better."""
+        if name == "knn_slow":
+            knn = self.components["knn"]
+            assert isinstance(knn, ItemKNN)
+            return knn.scores_with_decay(users, self.config.knn_slow_decay)[:, :n]
+        if name == "knn":
+            knn = self.components["knn"]
+            assert isinstance(knn, ItemKNN)
+            return knn.scores_with_decay(users, self.config.knn_decay)[:, :n]
+        if name in ("memory", "follows", "sessions", "taste"):
+            return self.components[name]._score_all(users)[:, :n]
+        if name == "pop":
+            return counts[None, :n]
+        if name == "recent_pop":
+            return self.components["recent_pop"]._score_all(users[:1])[:1, :n]
+        return self._stage_counts[_stage(lengths), :n]  # stage_pop
+
+    def _scaled(self, name: str, raw: np.ndarray) -> np.ndarray:
+        """``transform="log_share"``: each evidence in a scale of its own (module docstring)."""
+        if name in ("memory", "taste"):
+            return (raw - raw.mean(axis=1, keepdims=True)) / (raw.std(axis=1, keepdims=True) + 1e-9)
+        if name == "pop":
+            top = max(float(raw.max(initial=0.0)), 1.0)
+            return np.log1p(raw) / math.log1p(top)
+        if name == "recent_pop":
+            share = raw / max(float(raw.max(initial=0.0)), 1e-12)
+            return np.log1p(100.0 * share) / math.log1p(100.0)
+        return _log_share(raw)
 
     def _score_all(self, users: np.ndarray) -> np.ndarray:
         n = len(self.items)
@@ -355,10 +413,12 @@ class NMRNHybrid(Recommender):
         return (torch.logaddexp(others[at], pos) - pos).mean()
 
     def _train_gate(self, parts: list[tuple[Tensor, Tensor, Tensor, np.ndarray, np.ndarray]],
-                    passes: int) -> None:
-        """``passes`` shuffled passes of Adam over the events of ``parts``."""
+                    passes: int, lr: float) -> None:
+        """``passes`` shuffled passes of Adam at ``lr`` over the events of ``parts``."""
         if not self.gate.learned or not parts or passes == 0:
             return
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
         index = np.concatenate([np.stack([np.full(len(p[3]), k), np.arange(len(p[3]))], axis=1)
                                 for k, p in enumerate(parts)])
         size = self.config.batch_size
@@ -386,6 +446,10 @@ class NMRNHybrid(Recommender):
         self._sync(history, counts, n_seen)
         for component in self.components.values():
             component._learn(users, items, timestamps, weights)
+        self._count(users, items, history, n_seen)
+
+    def _count(self, users: np.ndarray, items: np.ndarray, history: History, n_seen: int) -> None:
+        """The hybrid's own counts take a batch (life stages, last events, known items)."""
         # each event's stage is its user's event count before it (history, then the batch)
         lengths = np.array([history.length(u) for u in users.tolist()], dtype=np.int64)
         order = np.argsort(users, kind="stable")
@@ -406,9 +470,21 @@ class NMRNHybrid(Recommender):
         history = History.from_arrays(indptr, hist_items)
         counts = self.item_counts.copy()
         n_seen = self.n_events
+        # The components are fitted (their own epochs) on the events before ``split``; the gate
+        # learns from the replay of the rest, which the components have not seen.
+        split = len(users) - math.ceil(self.config.gate_fraction * len(users))
+        if split > 0:
+            self._sync(history, counts, n_seen)
+            w = None if weights is None else weights[:split]
+            for component in self.components.values():
+                component._fit(users[:split], items[:split], timestamps[:split], w)
+            self._count(users[:split], items[:split], history, n_seen)
+            history.append(users[:split], items[:split])
+            np.add.at(counts, items[:split], 1.0)
+            n_seen += split
         parts = []
         size = self.config.fit_chunk
-        for lo in range(0, len(users), size):
+        for lo in range(split, len(users), size):
             u, i = users[lo : lo + size], items[lo : lo + size]
             t = timestamps[lo : lo + size]
             w = None if weights is None else weights[lo : lo + size]
@@ -420,14 +496,16 @@ class NMRNHybrid(Recommender):
             history.append(u, i)
             np.add.at(counts, i, 1.0)
             n_seen += len(u)
-        self._train_gate(parts, self.config.fit_epochs)
+        self._train_gate(parts, self.config.fit_epochs, self.config.lr)
         self._sync(self.history, self.item_counts, self.n_events)
 
     def _learn(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
                weights: Any) -> None:
         found = self._rows(users, items, self.history, self.item_counts, self.n_events)
         if found is not None:
-            self._train_gate([found], self.config.learn_passes)
+            cfg = self.config
+            self._train_gate([found], cfg.learn_passes,
+                             cfg.lr if cfg.learn_lr is None else cfg.learn_lr)
         self._absorb(users, items, timestamps, weights, self.history, self.item_counts,
                      self.n_events)
 
