@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -42,8 +43,10 @@ def server(tmp_path: Path):  # type: ignore[no-untyped-def]
     ckpt = tmp_path / "pop.ckpt"
     Popularity().fit(HISTORY).save(ckpt)
     port = free_port()
-    proc = start_server(ckpt, port, "--apply-wait", "0", "--log-level", "warning",
-                        env={"NMRN_TOKEN": TOKEN})
+    # --live-quality 1000: the token bucket refills in a millisecond, so every one of the ten
+    # events is ranked however fast they arrive (at the default 10/s, 8 at start, it was a race)
+    proc = start_server(ckpt, port, "--apply-wait", "0", "--live-quality", "1000",
+                        "--log-level", "warning", env={"NMRN_TOKEN": TOKEN})
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -61,7 +64,10 @@ def test_the_status_page_shows_live_figures_in_a_real_browser(server: str, tmp_p
         r = httpx.post(f"{server}/events", json={"user": u, "item": 1, "timestamp": 100.0 + u},
                        headers=auth, timeout=10)
         assert r.status_code == 202
-    status = httpx.get(f"{server}/status.json", timeout=10).json()
+    deadline = time.monotonic() + 30  # 202 means accepted: wait until the writer applied all
+    while (status := httpx.get(f"{server}/status.json", timeout=10).json())["applied_seq"] < 10:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
     assert status["live_quality"]["total"] == 10 and status["live_quality"]["hits"] == 1.0
     assert status["applied_seq"] == 10 and status["events_per_s"] > 0
     # the page, as a browser renders it after its script ran
