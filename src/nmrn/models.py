@@ -39,6 +39,20 @@ from nmrn.training.nmrn import NMRN
 
 __all__ = ["PRESETS", "load_model", "make_model", "model_names"]
 
+# the memory-only optimum of the rolling-origin search (docs/tuning.md): preset `nmrn-memory`,
+# and (with a personal offset) the memory inside the `nmrn` hybrid
+MEMORY_BEST: dict[str, Any] = {
+    "addressing": "neg_dist",
+    "temperature": 0.678,
+    "per_user_memory": True,
+    "context_len": 10,
+    "context_decay": 0.618,
+    "margin": 0.411,
+    "epochs": 10,
+    "lr": 0.0746,
+    "n_candidates": 10,
+}
+
 PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     "pop": (Popularity, {}),
     "recent-pop": (RecentPopularity, {"window": 10_000}),
@@ -85,27 +99,17 @@ PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     # "Rolling-origin selection": Optuna TPE, 20 trials over addressing, temperature, per-user
     # memory, context-addressed reads, item memory, margin, epochs, lr and candidates; objective
     # 0.0674 +- 0.011 against 0.0512 for the faithful configuration)
-    "nmrn-memory": (
-        NMRN,
-        {
-            "addressing": "neg_dist",
-            "temperature": 0.678,
-            "per_user_memory": True,
-            "context_len": 10,
-            "context_decay": 0.618,
-            "margin": 0.411,
-            "epochs": 10,
-            "lr": 0.0746,
-            "n_candidates": 10,
-        },
-    ),
+    "nmrn-memory": (NMRN, dict(MEMORY_BEST)),
     # the best NMRN-family model on rolling-origin validation of the history (docs/tuning.md,
     # "Rolling-origin selection"): the memory meets the neighbourhood, NMRN's read,
-    # co-occurrence, transitions, sessions and popularity weighed by a gate learned online
-    # (training/hybrid.py). The Optuna search's best gate and co-occurrence options, with the
-    # transition component set to item-kNN's own rolling-origin optimum (directed, 100 items,
-    # decay 0.881, counts forgetting 1e-4 per event); values rounded to 4 digits. Objective
-    # 0.0835 +- 0.022 (item-kNN tuned the same way: 0.0828, the memory-only best: 0.0674).
+    # co-occurrence, transitions, sessions and popularity weighed by a gate (training/hybrid.py).
+    # Stacked: the components fit the first half of the history with their own epochs and the
+    # gate learns from the second half, replayed (gate_fraction 0.5); the memory inside is the
+    # memory-only optimum with a personal offset; the online gate steps are small (learn_lr).
+    # The gate and neighbourhood options are the earlier search's best with the transition
+    # component at item-kNN's own optimum (directed, 100 items, decay 0.881, counts forgetting
+    # 1e-4 per event); values rounded to 4 digits. Objective 0.0859 +- 0.0175 (seed 0), against
+    # 0.0835 for the unstacked hybrid and 0.0828 for item-kNN tuned the same way.
     "nmrn": (
         NMRNHybrid,
         {
@@ -118,6 +122,9 @@ PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
             "lr": 0.01173,
             "fit_epochs": 5,
             "learn_passes": 2,
+            "gate_fraction": 0.5,
+            "learn_lr": 0.002,
+            "memory": {**MEMORY_BEST, "personal_offset": True},
         },
     ),
     # the hybrid with its class defaults: the starting point of the searches of docs/tuning.md
