@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +107,22 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"],
                    help="HTTP/1.1 parser (auto: httptools when installed)")
+    p.add_argument("--workers", type=int_at_least(0), default=0, metavar="N",
+                   help="reader processes answering reads from a published snapshot, sharing "
+                   "the port (0: one process does everything; default %(default)s; "
+                   "docs/serving.md#9-reader-processes)")
+    p.add_argument("--publish-every", type=positive_seconds, default=0.05, metavar="S",
+                   help="with --workers: publish a snapshot every S seconds when the model "
+                   "changed (default %(default)s)")
+    p.add_argument("--snapshot-dir", type=Path, default=None,
+                   help="with --workers: where snapshots are published (default: under "
+                   "/dev/shm, else <checkpoint>.snapshots)")
+    p.add_argument("--poll-every", type=positive_seconds, default=0.005, metavar="S",
+                   help="with --workers: how often readers look for a new snapshot (default "
+                   "%(default)s)")
+    p.add_argument("--writer-port", type=port, default=0,
+                   help="with --workers: the writer's private loopback port, where readers "
+                   "forward writes (default: a free one)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"],
                    help="the HTTP server's log level (default: %(default)s)")
@@ -127,6 +147,7 @@ def build_app_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
 
     token = _token(args.token, "--token", "NMRN_TOKEN", "writes")
     read_token = _token(args.read_token, "--read-token", "NMRN_READ_TOKEN", "reads")
+    args.resolved_token, args.resolved_read_token = token, read_token  # for reader processes
     limits = Limits(
         max_body_bytes=args.max_body_bytes,
         max_events=args.max_batch,
@@ -196,6 +217,8 @@ def run_serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
+    if args.workers:
+        return _run_with_readers(args, service, server)
     # uvicorn re-raises the signal that stopped it once it is done; a handler that only records
     # it keeps the process alive for the return below (the lifespan has already checkpointed).
     received: list[int] = []
@@ -218,3 +241,151 @@ def run_serve(args: argparse.Namespace) -> int:
     log.info("stopped after signal(s) %s; last checkpoint at event %d", received,
              service.checkpoint_seq)
     return 0
+
+
+def _reader_config(args: argparse.Namespace, port: int, writer_port: int,
+                   snapshot_dir: Path) -> dict[str, Any]:
+    return {
+        "host": args.host, "port": port, "writer_url": f"http://127.0.0.1:{writer_port}",
+        "snapshot_dir": str(snapshot_dir), "poll_seconds": args.poll_every,
+        "parent": os.getpid(), "log_level": args.log_level, "loop": args.loop,
+        "http": args.http, "max_connections": args.max_connections,
+        "keep_alive": args.keep_alive, "max_header_bytes": args.max_header_bytes,
+        "request_timeout": args.request_timeout, "switch_interval": args.switch_interval,
+        "torch_threads": args.torch_threads,
+        "limits": {"max_body_bytes": args.max_body_bytes, "max_events": args.max_batch,
+                   "max_users": args.max_users, "max_k": args.max_k, "max_work": args.max_work,
+                   "body_seconds": args.body_timeout},
+    }
+
+
+class Readers:
+    """The writer's reader processes: started, restarted when one exits, stopped by PID.
+
+    A reader that exits while the writer runs (killed, crashed) is started again, at most once
+    a second per slot (a reader that cannot start does not spin the writer)."""
+
+    RESTART_SECONDS = 1.0
+
+    def __init__(self, n: int, config: dict[str, Any], env: dict[str, str]) -> None:
+        import threading
+
+        self.n = n
+        self.env = dict(env, NMRN_READER_CONFIG=json.dumps(config))
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
+        self.started_at = [0.0] * n
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="nmrn-readers", daemon=True)
+
+    def _spawn(self, slot: int) -> None:
+        self.procs[slot] = subprocess.Popen(
+            [sys.executable, "-m", "nmrn.serving.reader"], env=self.env, close_fds=True)
+        self.started_at[slot] = time.monotonic()
+        log.info("reader %d started (pid %d)", slot, self.procs[slot].pid)  # type: ignore[union-attr]
+
+    def start(self) -> Readers:
+        for slot in range(self.n):
+            self._spawn(slot)
+        self._thread.start()
+        return self
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p is not None and p.poll() is None]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            for slot, proc in enumerate(self.procs):
+                if proc is None or proc.poll() is None:
+                    continue
+                if time.monotonic() - self.started_at[slot] < self.RESTART_SECONDS:
+                    continue
+                log.warning("reader %d (pid %d) exited with %s; starting it again", slot,
+                            proc.pid, proc.returncode)
+                self.restarts += 1
+                if not self._stop.is_set():
+                    self._spawn(slot)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM each reader by its PID, then SIGKILL those still running after
+        ``timeout`` seconds."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in live:
+            proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in live:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _run_with_readers(args: argparse.Namespace, service: Any, server: Any) -> int:
+    """``nmrn serve --workers N``: this process is the writer (journal, ingest, learn,
+    checkpoints) on a private loopback port, publishes snapshots, and supervises N reader
+    processes on the public port (docs/serving.md#9-reader-processes)."""
+    from nmrn.serving.reader import reuseport_socket
+    from nmrn.serving.snapshots import SnapshotPublisher, default_snapshot_dir
+
+    # the public port stays ours while readers come and go: bound here, never listened on
+    # (connections go to listening sockets only)
+    try:
+        public = reuseport_socket(args.host, args.port, listen=False)
+        private = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        private.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        private.bind(("127.0.0.1", args.writer_port))
+        private.listen(2048)
+    except OSError as err:
+        service.close()
+        raise ConfigError(f"could not bind {args.host}:{args.port} or the writer's port "
+                          f"{args.writer_port}: {err.strerror}") from None
+    port = public.getsockname()[1]
+    writer_port = private.getsockname()[1]
+    snapshot_dir = args.snapshot_dir or default_snapshot_dir(args.checkpoint)
+    publisher = SnapshotPublisher(service, snapshot_dir, publish_every=args.publish_every).start()
+    env = dict(os.environ)
+    for variable, value in (("NMRN_TOKEN", args.resolved_token),
+                            ("NMRN_READ_TOKEN", args.resolved_read_token)):
+        env.pop(variable, None)
+        if value is not None:
+            env[variable] = value
+    readers = Readers(args.workers, _reader_config(args, port, writer_port, snapshot_dir), env)
+    service.metrics.registry.register(_ReaderCollector(readers))
+    log.info("writer on 127.0.0.1:%d, %d readers on %s:%d, snapshots in %s", writer_port,
+             args.workers, args.host, port, snapshot_dir)
+    received: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    readers.start()
+    try:
+        server.run(sockets=[private])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        readers.stop()
+        publisher.close(remove=args.snapshot_dir is None)
+        service.close()
+        private.close()
+        public.close()
+    log.info("stopped after signal(s) %s; last checkpoint at event %d", received,
+             service.checkpoint_seq)
+    return 0
+
+
+class _ReaderCollector:
+    def __init__(self, readers: Readers) -> None:
+        self.readers = readers
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("nmrn_readers_running", "Reader processes running.",
+                                len(self.readers.pids()))
+        yield CounterMetricFamily("nmrn_reader_restarts", "Reader processes started again "
+                                  "after they exited.", self.readers.restarts)

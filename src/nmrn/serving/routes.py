@@ -186,6 +186,17 @@ def check_read(request: Request) -> None:
 
 async def json_body(request: Request, limits: Limits) -> Any:
     """The request body parsed as JSON, within ``limits.max_body_bytes``."""
+    body = await read_body(request, limits)
+    try:
+        return loads_json(body, "body")  # depth, integer size, finite numbers, UTF-8
+    except EventError as err:
+        raise BadRequest(str(err), status=400) from None
+
+
+async def read_body(request: Request, limits: Limits) -> bytearray:
+    """The raw body of a JSON request: its content type, its size (``limits.max_body_bytes``)
+    and its arrival time (``limits.body_seconds``) checked, not empty. Reader processes check
+    a write with it before they forward it to the writer (:mod:`nmrn.serving.reader`)."""
     ctype = request.headers.get("content-type", "")
     if ctype.split(";")[0].strip().lower() != "application/json":
         shown = ctype or "none"
@@ -211,10 +222,7 @@ async def json_body(request: Request, limits: Limits) -> Any:
         raise BadRequest(f"body: did not arrive within {limits.body_seconds} s", 408) from None
     if not body.strip():
         raise BadRequest("body: is empty; send a JSON object", status=400)
-    try:
-        return loads_json(body, "body")  # depth, integer size, finite numbers, UTF-8
-    except EventError as err:
-        raise BadRequest(str(err), status=400) from None
+    return body
 
 
 # -- reads -----------------------------------------------------------------------------------------

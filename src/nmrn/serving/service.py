@@ -548,6 +548,20 @@ class LiveService:
         assert request.result is not None
         return request.result
 
+    def take_snapshot(self) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
+        """``(seq, arrays, meta)``: a copy of the model as of event ``seq``, taken under the
+        model lock (what reader processes load; :mod:`nmrn.serving.snapshots`). The
+        idempotency keys stay out of it: readers do not need them."""
+        self._model_lock.acquire()
+        try:
+            seq = self.applied_seq
+            self.model.extra[SEQ_KEY] = seq
+            arrays, meta = self.model.snapshot()
+        finally:
+            self._release_model()
+        meta["extra"].pop(KEYS_KEY, None)
+        return seq, arrays, meta
+
     def _save(self) -> dict[str, Any]:
         assert self.checkpoint_path is not None
         with self._save_lock:  # the writer's and close()'s saves never overlap
