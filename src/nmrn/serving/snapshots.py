@@ -202,8 +202,8 @@ class SnapshotPublisher:
 
     def __init__(self, service: Any, directory: str | os.PathLike[str], *,
                  publish_every: float = 0.1) -> None:
-        if not (isinstance(publish_every, (int, float)) and 0 < publish_every < 3600):
-            raise ValueError(f"publish_every must be seconds in (0, 3600), got {publish_every!r}")
+        if not (isinstance(publish_every, (int, float)) and 0 < publish_every <= 3600):
+            raise ValueError(f"publish_every must be seconds in (0, 3600], got {publish_every!r}")
         self.service = service
         self.directory = Path(directory)
         self.publish_every = float(publish_every)
