@@ -237,17 +237,40 @@ def _client_process(queue: Any, kwargs: dict[str, Any]) -> None:
     queue.put(asyncio.run(_phase(**kwargs)))
 
 
+def server_pids(pid: int) -> list[int]:
+    """The server's process and its children (reader processes, started from any thread)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def server_cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += process_cpu_seconds(pid)
+        except OSError:  # exited
+            continue
+    return total
+
+
 def run_phase(proc: subprocess.Popen[bytes], port: int, **kwargs: Any) -> dict[str, Any]:
-    """One phase: the client in a fresh process; server CPU from /proc around it."""
+    """One phase: the client in a fresh process; server CPU (the writer and its readers) from
+    /proc around it."""
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     client = ctx.Process(target=_client_process, args=(queue, {"port": port, **kwargs}))
-    server0, wall0 = process_cpu_seconds(proc.pid), time.perf_counter()
+    pids = server_pids(proc.pid)
+    server0, wall0 = server_cpu_seconds(pids), time.perf_counter()
     client.start()
     result = queue.get(timeout=kwargs["seconds"] + 120)
     client.join(30)
     wall = time.perf_counter() - wall0
-    result["server_cpu"] = round(100 * (process_cpu_seconds(proc.pid) - server0) / wall, 1)
+    result["server_cpu"] = round(100 * (server_cpu_seconds(pids) - server0) / wall, 1)
     result["load1"] = round(os.getloadavg()[0], 2)
     return result
 
@@ -271,12 +294,26 @@ def start_server(ckpt: Path, port: int, extra: list[str]) -> subprocess.Popen[by
     raise RuntimeError("the server did not start")
 
 
-def _apply_lag(port: int) -> float:
+def _metric(port: int, name: str) -> float:
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return next(float(line.split()[1]) for line in text.splitlines()
-                if line.startswith("nmrn_apply_lag_events "))
+    return next((float(line.split()[1]) for line in text.splitlines()
+                 if line.startswith(name + " ")), float("nan"))
+
+
+def _apply_lag(port: int) -> float:
+    return _metric(port, "nmrn_apply_lag_events")
+
+
+def _staleness(port: int, writer_port: int) -> dict[str, float]:
+    """The snapshot's costs: mean publication (writer), a reader's last verification + load,
+    and its worst lag from a state being taken to being served, over its last 256 loads."""
+    count = _metric(writer_port, "nmrn_snapshot_publish_seconds_count")
+    total = _metric(writer_port, "nmrn_snapshot_publish_seconds_sum")
+    return {"publish_ms": 1000 * total / count if count else float("nan"),
+            "load_ms": 1000 * _metric(port, "nmrn_snapshot_load_seconds"),
+            "lag_max_ms": 1000 * _metric(port, "nmrn_snapshot_lag_max_seconds")}
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -292,12 +329,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.quick:
         # the memory model on a large catalogue; the hybrid (preset nmrn) scores every item with
         # each of its components per read, which is issue 13's subject, not measured here
-        setups += [("100k items", "item-knn", big), ("100k items", "nmrn-memory", big)]
+        setups += [("100k items", "item-knn", big), ("100k items", "nmrn-memory", big),
+                   ("100k items", "nmrn-faithful", big)]
     if args.only:
         setups = [s for s in setups if f"{s[0]}/{s[1]}" in args.only or s[1] in args.only]
     phases = [("closed", 0.0), ("closed", args.ingest_rate), ("open", args.ingest_rate)]
     results = []
-    for catalogue, model_name, frame in setups:
+    for (catalogue, model_name, frame), workers in (
+        (setup, w) for setup in setups for w in args.workers
+    ):
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "model.ckpt"
             model = make_model(model_name).fit(frame)
@@ -305,7 +345,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             users = model.known_users.tolist()
             items = model.known_items.tolist()
             port = free_port()
-            proc = start_server(ckpt, port, args.server_arg)
+            writer_port = port
+            extra = list(args.server_arg)
+            if workers:
+                writer_port = free_port()
+                extra += ["--workers", str(workers), "--writer-port", str(writer_port)]
+            proc = start_server(ckpt, port, extra)
+            if workers:  # every reader up before measuring
+                deadline = time.monotonic() + 120
+                while len(server_pids(proc.pid)) < workers + 1 and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                time.sleep(2.0)
             common = {"users": users, "items": items, "max_requests": args.max_requests,
                       "concurrency": args.concurrency, "ingest_batch": args.ingest_batch,
                       "ingest_connections": args.ingest_connections}
@@ -318,11 +368,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     for _ in range(args.repeats):
                         res = run_phase(proc, port, seconds=args.seconds, ingest_rate=ingest,
                                         **{**common, **paced})
-                        res["apply_lag_at_end"] = _apply_lag(port)
+                        res["apply_lag_at_end"] = _apply_lag(writer_port)
+                        if workers:
+                            res.update(_staleness(port, writer_port))
                         runs.append(res)
                         print(json.dumps({"catalogue": catalogue, "model": model_name,
                                           "mode": mode, **res}), flush=True)
                     row = {"catalogue": catalogue, "model": model_name, "items": len(items),
+                           "workers": workers,
                            "mode": mode if mode == "closed" else f"open@{args.read_rate:g}",
                            "ingest": ingest > 0, "repeats": len(runs),
                            **{key: float(np.median([r[key] for r in runs])) for key in runs[0]}}
@@ -340,19 +393,23 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def markdown(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table (medians over the repeats)."""
     lines = [
-        "| catalogue | model | readers | ingest | events/s | req/s | p50 ms | p99 ms (max) "
-        "| ingest p99 ms | server CPU | server CPU µs/req | client CPU | load1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| catalogue | model | workers | readers | ingest | events/s | req/s | p50 ms "
+        "| p99 ms (max) | ingest p99 ms | server CPU | server CPU µs/req | client CPU | load1 "
+        "| publish ms | load ms | lag max ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         events = f"{r['events_per_s']:.0f}" if r["ingest"] else "-"
         ingest_p99 = f"{r['ingest_p99_ms']:.1f}" if r["ingest"] else "-"
+        snap = (" | ".join(f"{r[k]:.1f}" for k in ("publish_ms", "load_ms", "lag_max_ms"))
+                if "publish_ms" in r else "- | - | -")
         lines.append(
-            f"| {r['catalogue']} ({r['items']:,} items) | {r['model']} | {r['mode']} | "
+            f"| {r['catalogue']} ({r['items']:,} items) | {r['model']} | {r.get('workers', 0)} "
+            f"| {r['mode']} | "
             f"{'yes' if r['ingest'] else 'no'} | {events} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
             f"{r['p99_ms']:.1f} ({r['p99_ms_max']:.1f}) | {ingest_p99} | "
             f"{r['server_cpu']:.0f}% | {10_000 * r['server_cpu'] / r['rps']:.0f} | "
-            f"{r['client_cpu']:.0f}% | {r['load1']:.1f} |"
+            f"{r['client_cpu']:.0f}% | {r['load1']:.1f} | {snap} |"
         )
     return "\n".join(lines)
 
@@ -379,6 +436,9 @@ def main() -> None:
                         help="setups to run, e.g. 'ml-100k/pop' or 'item-knn'")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for 'nmrn serve' (repeatable)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0],
+                        help="nmrn serve --workers values to measure, e.g. 0 1 2 (0: one "
+                        "process)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     if args.data is None:
