@@ -52,6 +52,7 @@ __all__ = [
     "NMRNConfig",
     "OneOf",
     "Real",
+    "RetrievalConfig",
     "SamplerConfig",
     "SeedConfig",
     "Sub",
@@ -467,6 +468,57 @@ class SamplerConfig(Config):
     stats_window: int = option(1000, Int(low=1))
 
 
+RETRIEVAL_MODES = ("auto", "exact", "ann")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig(Config):
+    """How ``recommend`` finds the top-k of an embedding model (NMRN, BPR): by scoring every
+    item (``"exact"``) or from an approximate nearest-neighbour index whose candidates are then
+    scored exactly (``"ann"``; needs ``pip install 'nmrn[ann]'``, i.e. faiss). ``score`` is
+    always exact. See ``docs/serving.md``, "Approximate retrieval".
+
+    Parameters
+    ----------
+    mode
+        ``"auto"`` (the default): ANN from ``min_items`` known items on, when faiss is installed
+        and the model's score is a distance to one query vector; exact otherwise.
+        ``"exact"``: always score every item. ``"ann"``: always use the index (an error at
+        construction if faiss is missing or the model's score does not allow it).
+    candidates
+        C, how many items the index returns per read (plus the user's seen items when they are
+        excluded); they, and every item changed since the index was built, are scored exactly.
+    min_items
+        ``"auto"`` uses the index from this many items on: the measured break-even of
+        BENCHMARKS.md, "ANN retrieval" (below it scoring every item is as fast).
+    hnsw_m
+        M of the HNSW graph (links per node; memory ``~8 M`` bytes per item on top of the
+        vectors).
+    ef_construction
+        The beam width while building the graph (build time against graph quality).
+    ef_search
+        The beam width of a search (at least the number of candidates asked for).
+    rebuild_fraction
+        Rebuild the index once the items changed since its build exceed this share of the
+        catalogue (they are scored exactly on every read meanwhile).
+    background
+        Build the index on a background thread (reads use the previous index, or the exact
+        path for the very first build, until it is ready); ``False`` builds it inside the read
+        that needs it.
+    """
+
+    _key_word: ClassVar[str] = "retrieval option"
+
+    mode: str = option("auto", OneOf(RETRIEVAL_MODES))
+    candidates: int = option(100, Int(low=1, high=100_000))
+    min_items: int = option(50_000, Int(low=1))
+    hnsw_m: int = option(32, Int(low=2, high=256))
+    ef_construction: int = option(80, Int(low=1, high=4096))
+    ef_search: int = option(256, Int(low=1, high=100_000))
+    rebuild_fraction: float = option(0.02, Real(low=0.0, high=1.0, low_open=True))
+    background: bool = option(True, Bool())
+
+
 @dataclass(frozen=True)
 class SeedConfig(Config):
     """The configuration of a model whose only option is its seed (the default of
@@ -498,6 +550,9 @@ class NMRNConfig(Config):
         Torch device of the tables (``"cpu"``, ``"cuda"``, ...).
     seed
         Seed of the model's private random generator.
+    retrieval
+        How ``recommend`` finds the top-k (:class:`RetrievalConfig`, a mapping of its fields,
+        or ``None`` for the defaults: exact below the measured break-even catalogue size).
 
     Notes
     -----
@@ -514,6 +569,7 @@ class NMRNConfig(Config):
     )
     device: str = option("cpu", Device())
     seed: int = option(0, Int())
+    retrieval: RetrievalConfig | None = option(None, Maybe(Sub(RetrievalConfig)))
 
     def _validate(self) -> None:
         if self.sampler_options is None:  # None means the defaults
@@ -573,4 +629,5 @@ class NMRNConfig(Config):
         out["sampler_options"] = None if options == SamplerConfig() else options.to_dict()
         out["device"] = self.device
         out["seed"] = self.seed
+        out["retrieval"] = None if self.retrieval is None else self.retrieval.to_dict()
         return out

@@ -37,13 +37,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from nmrn.config import Config, Int, Maybe, OneOf, Real, SamplerConfig, Sub, Text, option
+from nmrn.config import (
+    Config,
+    Int,
+    Maybe,
+    OneOf,
+    Real,
+    RetrievalConfig,
+    SamplerConfig,
+    Sub,
+    Text,
+    option,
+)
 from nmrn.data.history import SeenPairs
 from nmrn.errors import ModelFitError
 from nmrn.model.tables import grow_like, grow_rows, normal_rows, saved_tensor
 from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
+from nmrn.training.retrieval import (
+    CandidateIndex,
+    ann_top_k,
+    check_retrieval,
+    faiss_module,
+    l2_from_inner_product,
+)
 from nmrn.training.schedule import fit_schedule
 
 OPTIMIZERS = ("adagrad", "adam")
@@ -69,6 +87,7 @@ class BPRConfig(Config):
     sampler: str | None = option(None, Maybe(Text()))
     sampler_options: SamplerConfig | None = option(None, Maybe(Sub(SamplerConfig)))
     n_candidates: int = option(10, Int(low=1))
+    retrieval: RetrievalConfig | None = option(None, Maybe(Sub(RetrievalConfig)))
 
 
 @register
@@ -112,6 +131,10 @@ class BPR(Recommender):
         :class:`~nmrn.config.SamplerConfig` fields, as a dict.
     n_candidates
         Candidates G chooses among (``sampler="adversarial"``).
+    retrieval
+        How ``recommend`` finds the top-k (:class:`~nmrn.config.RetrievalConfig`; ``None``:
+        the defaults, exact below the measured break-even): an inner-product search, as an L2
+        search over transformed vectors (``nmrn.training.retrieval``), re-ranked exactly.
 
     Examples
     --------
@@ -150,6 +173,9 @@ class BPR(Recommender):
             else make_sampler(c.sampler, options=c.sampler_options, generator=self._gen)
         )
         self.last_loss = float("nan")
+        self._retrieval = c.retrieval or RetrievalConfig()
+        check_retrieval(self._retrieval, None, "BPR")
+        self._ann = CandidateIndex(self._retrieval)  # never saved; built on the first read
 
     # -- tables ----------------------------------------------------------------------------------
     def _grow(self, n_users: int, n_items: int) -> None:
@@ -192,6 +218,7 @@ class BPR(Recommender):
             lambda epoch: self._train_pass(users, items, lr, where=f"pass {epoch + 1} of {epochs}"),
             lambda: self._pretrain_generator(users, items),
         )
+        self._ann.invalidate()  # fit moves most items: build afresh on the next read
 
     def _learn(
         self,
@@ -297,6 +324,7 @@ class BPR(Recommender):
         self._apply("user", self.user_emb, u, grad_u, lr)
         self._apply("item", self.item_emb, items, grad_items, lr)
         self._apply("bias", self.item_bias, items, grad_bias, lr)
+        self._ann.changed(items.numpy())
         return float(loss)
 
     def _apply(
@@ -338,6 +366,47 @@ class BPR(Recommender):
         scores = p @ self.item_emb.double().T + self.item_bias.double()[None, :]
         return scores.numpy()
 
+    def uses_ann(self) -> bool:
+        """Whether ``recommend`` answers from the ANN index now (``retrieval``)."""
+        cfg = self._retrieval
+        if cfg.mode == "exact" or faiss_module() is None:
+            return False  # "auto" without faiss: exact ("ann" was refused at construction)
+        return cfg.mode == "ann" or len(self.item_emb) >= cfg.min_items
+
+    @property
+    def retrieval_index(self) -> CandidateIndex:
+        """The ANN index and delta set behind ``recommend``."""
+        return self._ann
+
+    def _candidate_top_k(
+        self, u: np.ndarray, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-k of ``p . q + b`` from the index's candidates and the delta set, scored
+        exactly as :meth:`_score_all` scores them; ``None`` (score every item) when ANN is
+        off, for unknown users, or when too few candidates survive the exclusions."""
+        if (u < 0).any() or not self.uses_ann():
+            return None
+
+        def vectors() -> np.ndarray:
+            items = torch.cat([self.item_emb, self.item_bias[:, None]], dim=1).numpy()
+            return l2_from_inner_product(items)[0]  # (q, b, sqrt(phi^2 - ||(q, b)||^2))
+
+        def query_of(user: int) -> np.ndarray:
+            p = self.user_emb[user].numpy()
+            return np.concatenate([p, [1.0, 0.0]]).astype(np.float32)  # (p, 1, 0)
+
+        def score_of(user: int, cand: np.ndarray) -> np.ndarray:
+            rows = torch.from_numpy(cand)
+            p = self.user_emb[user : user + 1].double()
+            scores = p @ self.item_emb[rows].double().T + self.item_bias[rows].double()[None, :]
+            return scores[0].numpy()
+
+        return ann_top_k(
+            self._ann, u, k, len(self.item_emb),
+            self.history.items_of if exclude_seen else None,
+            vectors, query_of, score_of,
+        )
+
     # -- checkpoints -----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {
@@ -369,6 +438,7 @@ class BPR(Recommender):
         self._gen.set_state(torch.from_numpy(np.asarray(arrays["rng"], dtype=np.uint8).copy()))
         self._step = int(meta["step"])
         self.last_loss = float("nan") if meta["last_loss"] is None else float(meta["last_loss"])
+        self._ann.invalidate()
         if self._sampler is not None:
             self._sampler.load_state_dict(
                 {k[len("sampler.") :]: v for k, v in arrays.items() if k.startswith("sampler.")}

@@ -353,6 +353,14 @@ class NMRNNetwork(nn.Module):
                 assert r is not None
                 out[row] = self.distance(s[row : row + 1] + r, items[None])[0].double()
             return out if self.bias is None else out + self.bias.double()[None, :]
+        return self.distances_from(s, items, item_sq_norms)
+
+    @torch.no_grad()
+    def distances_from(
+        self, s: Tensor, items: Tensor, item_sq_norms: Tensor | None = None
+    ) -> Tensor:
+        """:meth:`score_all`'s distances from interests ``s [n, d]`` (already read) to
+        ``items [N, d]``, without the item-level memory: ``[n, N]`` float64."""
         if item_sq_norms is None:
             item_sq_norms = (items.double() ** 2).sum(dim=-1)
         dots = torch.mm(items, s.T).T.double()  # [n, N]; items row-major: a plain gemv for n=1

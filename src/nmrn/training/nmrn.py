@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nmrn.config import NMRNConfig
+from nmrn.config import NMRNConfig, RetrievalConfig
 from nmrn.errors import CheckpointError, ModelFitError
 from nmrn.model.losses import rank_weighted_hinge
 from nmrn.model.memory import evolve
@@ -56,6 +56,7 @@ from nmrn.model.tables import grow_like, grow_rows, saved_tensor
 from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
+from nmrn.training.retrieval import CandidateIndex, ann_top_k, check_retrieval, faiss_module
 from nmrn.training.schedule import fit_schedule
 
 _ADAGRAD_EPS = 1e-10
@@ -165,6 +166,9 @@ class NMRN(Recommender):
         self._dirty_items: list[Tensor] | None = None
         self._n_dirty = 0
         self._fresh_from: int | None = None  # first user index not yet seen by _learn
+        # approximate candidates for recommend (config.retrieval; never saved, rebuilt on need)
+        check_retrieval(self._retrieval_config, self._ann_unsupported(), "NMRN")
+        self._ann = CandidateIndex(self._retrieval_config)
 
     # -- parameters and optimizer state ------------------------------------------------------------
     def _parameters_by_name(self) -> dict[str, Tensor]:
@@ -207,6 +211,7 @@ class NMRN(Recommender):
 
         fit_schedule(epochs, self._sampler, run_epoch,
                      lambda: self._pretrain_generator(users, items, ctx))
+        self._ann.invalidate()  # fit moves most items: build afresh on the next read
 
     def _learn(
         self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, weights: Any
@@ -477,6 +482,8 @@ class NMRN(Recommender):
         will recompute those rows' norms only, or everything once a quarter of the table is
         dirty."""
         self._version += 1
+        if rows is not None:  # None comes from growth, which keeps every existing row
+            self._ann.changed(rows.cpu().numpy())
         if rows is None:
             self._dirty_items, self._n_dirty = None, 0
         elif self._dirty_items is not None:
@@ -553,6 +560,17 @@ class NMRN(Recommender):
         cost this guarantee.
         """
         net = self.network
+        sq_norms = self._item_sq_norms()
+        out = np.empty((len(users), net.n_items), dtype=np.float64)
+        for row, user in enumerate(np.asarray(users, dtype=np.int64).tolist()):
+            u, values, context = self._read_inputs(user)
+            dist = net.score_all(u, values, item_sq_norms=sq_norms, context=context)  # [1, N]
+            out[row] = dist[0].neg_().cpu().numpy()
+        return out
+
+    def _item_sq_norms(self) -> Tensor:
+        """``||v||^2`` of every item row, float64 ``[N]``, cached until the table changes."""
+        net = self.network
         cache = self._score_cache
         if cache is None or cache[0] != self._version:
             table = net.item_emb.detach()
@@ -566,24 +584,90 @@ class NMRN(Recommender):
                 sq_norms = (table.double() ** 2).sum(dim=-1)  # [N]
             self._score_cache = (self._version, sq_norms)
             self._dirty_items, self._n_dirty = [], 0
-        sq_norms = self._score_cache[1]
-        out = np.empty((len(users), net.n_items), dtype=np.float64)
+        return self._score_cache[1]
+
+    def _read_inputs(self, user: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(u [1, d], values, context [1, L, d] or None)``: what a read of ``user`` needs."""
+        net = self.network
+        u = net.user_emb[user : user + 1]  # [1, d]
+        context = None
         length = self._context_len()
-        for row, user in enumerate(np.asarray(users, dtype=np.int64).tolist()):
-            u = net.user_emb[user : user + 1]  # [1, d]
-            context = None
-            if length:  # the user's last L items, now
-                recent = torch.from_numpy(self.history.recent([user], length))
-                context = self._context_vectors(recent, leaf=False)[0]  # [1, L, d]
-            if not self.config.model.per_user_memory:
-                values = net.init_values if self._memory is None else self._memory  # [H, d]
-            elif self._memory is not None and bool(self._has_memory[user]):
-                values = self._memory[user]
-            else:
-                values = net.init_values
-            dist = net.score_all(u, values, item_sq_norms=sq_norms, context=context)  # [1, N]
-            out[row] = dist[0].neg_().cpu().numpy()
-        return out
+        if length:  # the user's last L items, now
+            recent = torch.from_numpy(self.history.recent([user], length))
+            context = self._context_vectors(recent, leaf=False)[0]  # [1, L, d]
+        if not self.config.model.per_user_memory:
+            values = net.init_values if self._memory is None else self._memory  # [H, d]
+        elif self._memory is not None and bool(self._has_memory[user]):
+            values = self._memory[user]
+        else:
+            values = net.init_values
+        return u, values, context
+
+    # -- approximate retrieval -------------------------------------------------------------------
+    @property
+    def _retrieval_config(self) -> RetrievalConfig:
+        return self.config.retrieval or RetrievalConfig()
+
+    def _ann_unsupported(self) -> str | None:
+        """Why the score is not a distance to one query vector per user (``None``: it is).
+
+        With the paper's model and every option except these two, the score is
+        ``-||s - v||`` (or its square) for the user's read ``s``, whatever the memory (shared
+        or per user), the context query or the personal offset: an L2 search for ``s``.
+        """
+        model = self.config.model
+        if model.item_bias:
+            return "item_bias adds a per-item term to the distance"
+        if model.item_memory_len:
+            return "the item-level memory (item_memory_len) reads a different vector per item"
+        return None
+
+    def uses_ann(self) -> bool:
+        """Whether ``recommend`` answers from the ANN index now (``config.retrieval``)."""
+        cfg = self._retrieval_config
+        if cfg.mode == "exact" or self._ann_unsupported() is not None:
+            return False
+        if faiss_module() is None:
+            return False  # "auto" without faiss: exact ("ann" was refused at construction)
+        return cfg.mode == "ann" or self.network.n_items >= cfg.min_items
+
+    @property
+    def retrieval_index(self) -> CandidateIndex:
+        """The ANN index and delta set behind ``recommend`` (built on the first read that
+        needs it)."""
+        return self._ann
+
+    @torch.no_grad()
+    def _candidate_top_k(
+        self, u: np.ndarray, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-k from the index's candidates and the delta set, scored exactly as
+        :meth:`_score_all` scores them (``nmrn.training.retrieval``); ``None`` (score every
+        item) when ANN is off, for unknown users, or when too few candidates survive."""
+        if (u < 0).any() or not self.uses_ann():
+            return None
+        net = self.network
+        sq_norms = self._item_sq_norms()
+        table = net.item_emb.detach()
+        reads: dict[int, Tensor] = {}
+
+        def query_of(user: int) -> np.ndarray:
+            u_vec, values, context = self._read_inputs(user)
+            q = net.query(u_vec, context)  # as score_all reads it
+            reads[user] = s = net.interest(q, net.address(q), values)  # [1, d]
+            return s[0].cpu().numpy()
+
+        def score_of(user: int, cand: np.ndarray) -> np.ndarray:
+            rows = torch.from_numpy(cand).to(self._device)
+            dist = net.distances_from(reads.pop(user), table[rows], sq_norms[rows])  # [1, C']
+            return dist[0].neg_().cpu().numpy()
+
+        return ann_top_k(
+            self._ann, u, k, net.n_items,
+            self.history.items_of if exclude_seen else None,
+            lambda: table.cpu().numpy().astype(np.float32, copy=True),
+            query_of, score_of,
+        )
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _architecture(self) -> dict[str, Any]:
@@ -640,6 +724,7 @@ class NMRN(Recommender):
         self._fresh_from = meta.get("fresh_from")
         self._version += 1
         self._score_cache = None
+        self._ann.invalidate()
 
     # -- introspection -----------------------------------------------------------------------------
     @property

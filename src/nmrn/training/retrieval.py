@@ -1,0 +1,336 @@
+"""Approximate candidate retrieval behind ``recommend``, re-ranked exactly (issue 13.1).
+
+An embedding model whose score is a distance (NMRN: ``||s - v||``) or an inner product (BPR:
+``p . q + b``) to one query vector per user can find its top-k without scoring every item: an
+HNSW graph (faiss ``IndexHNSWFlat``) over the item vectors returns ``C`` candidates, and the
+model scores them, *exactly*, with its current vectors and its own score function.
+
+The index is a snapshot: the item vectors at its build. Streaming ``learn`` moves some of them
+and adds new items, so :class:`CandidateIndex` keeps the **delta set**, every item changed
+since the snapshot was taken plus every item added after it; the delta joins the candidates of
+every read and is scored exactly like them. An item moved by ``learn`` is therefore found at its
+new place at once, and a new item is recommendable at once; what the index can miss is only an
+unchanged item that HNSW's search does not reach (recall, measured in BENCHMARKS.md).
+
+Once the delta exceeds ``rebuild_fraction`` of the catalogue, the next read copies the vectors
+(on the reader's thread: the tables are not safe to read while ``learn`` runs) and builds a new
+index from the copy on a background thread, off the write path; reads go on with the old index
+and a delta that keeps growing until the new one is swapped in, by the first read after the
+build is done. Items changed after the copy are the new index's delta. A delta larger than
+``MAX_DELTA_SHARE`` of the catalogue makes the read exact (scoring it would cost about a full
+pass).
+
+Inner product (BPR) uses the Euclidean transform of Bachrach et al. (RecSys 2014, "Speeding up
+the Xbox recommender system using a Euclidean transformation for inner-product spaces"): item
+``x = (q, b)``, ``x' = (x, sqrt(phi^2 - ||x||^2))`` with ``phi = max ||x||`` at the build; query
+``(p, 1, 0)``. Then ``||y' - x'||^2 = ||p||^2 + 1 + phi^2 - 2 (p . q + b)``: the L2 nearest items
+are exactly the highest-scoring ones, and the index is an ordinary L2 HNSW graph. We chose this
+over faiss's ``METRIC_INNER_PRODUCT`` because HNSW's graph construction (nearest-neighbour links,
+the pruning heuristic) assumes a metric, which the inner product is not (an item need not be its
+own best match, and large-norm items become hubs). Measured on 100,000 items, d=32, M=32,
+efConstruction=80, 100 candidates, efSearch=128 (recall of the exact top-10 among them): on
+clustered vectors (bench_ann.py's) the transform 0.9993, native inner product 0.9953; on
+structureless random directions with norms in [0.2, 1] the transform is worse, 0.415 against
+0.853 (both far from usable: such a catalogue needs larger C or efSearch whatever the metric).
+Learned embeddings are clustered, so the transform is the default. An item whose norm later
+exceeds ``phi`` is in the delta (changed), so it is scored exactly until the next build
+recomputes ``phi``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from nmrn.config import RetrievalConfig
+from nmrn.errors import ConfigError
+
+__all__ = ["CandidateIndex", "ann_top_k", "faiss_module", "l2_from_inner_product"]
+
+log = logging.getLogger(__name__)
+
+MAX_DELTA_SHARE = 0.1
+"""A read whose delta exceeds this share of the catalogue is answered exactly: scoring a delta
+item (a gathered row) costs ~10x what an item of the full pass costs (BENCHMARKS.md, "ANN
+retrieval": 110,000 changed items of 1M took longer than the exact read)."""
+
+_FAISS: list[Any] = []  # the imported module, or None when it is missing (imported once)
+
+
+def faiss_module() -> Any | None:
+    """The ``faiss`` module, or ``None`` when it is not installed (``pip install 'nmrn[ann]'``)."""
+    if not _FAISS:
+        try:
+            _FAISS.append(importlib.import_module("faiss"))
+        except ImportError:
+            _FAISS.append(None)
+    return _FAISS[0]
+
+
+def check_retrieval(config: RetrievalConfig, why_not: str | None, model: str) -> None:
+    """Refuse ``mode="ann"`` where it cannot run: faiss missing, or a score that is not a
+    distance to one query vector (``why_not`` says why)."""
+    if config.mode != "ann":
+        return
+    if why_not is not None:
+        raise ConfigError(
+            f"{model}: retrieval mode 'ann' needs a score that is a distance (or inner product) "
+            f"to one query vector per user, but {why_not}; use mode 'exact' or 'auto'"
+        )
+    if faiss_module() is None:
+        raise ConfigError(
+            f"{model}: retrieval mode 'ann' needs faiss, which is not installed: "
+            "pip install 'nmrn[ann]' (or use mode 'exact' or 'auto')"
+        )
+
+
+def l2_from_inner_product(items: np.ndarray) -> tuple[np.ndarray, float]:
+    """``([N, D + 1] float32, phi)``: items ``x`` as ``(x, sqrt(phi^2 - ||x||^2))`` (the module's
+    docstring), so that the L2 nearest neighbours of ``(y, 0)`` maximise ``y . x``."""
+    x = np.asarray(items, dtype=np.float64)
+    sq = (x * x).sum(axis=1)
+    phi2 = float(sq.max()) if len(sq) else 0.0
+    extra = np.sqrt(np.maximum(phi2 - sq, 0.0))
+    return np.hstack([x, extra[:, None]]).astype(np.float32), float(np.sqrt(phi2))
+
+
+class _Delta:
+    """The items changed since one snapshot: a mask and the list of their indices."""
+
+    def __init__(self, n: int) -> None:
+        self.mask = np.zeros(n, dtype=bool)
+        self.idx = np.empty(0, dtype=np.int64)
+        self._parts: list[np.ndarray] = []
+
+    def mark(self, rows: np.ndarray) -> None:
+        rows = rows[rows < len(self.mask)]  # items past the snapshot are in the delta anyway
+        new = np.unique(rows[~self.mask[rows]])
+        if len(new):
+            self.mask[new] = True
+            self._parts.append(new)
+
+    def indices(self) -> np.ndarray:
+        if self._parts:
+            self.idx = np.concatenate([self.idx, *self._parts])
+            self._parts = []
+        return self.idx
+
+    def __len__(self) -> int:
+        return len(self.idx) + sum(len(p) for p in self._parts)
+
+
+class _Build:
+    """A background build: the thread, its result, and the delta since its snapshot."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.delta = _Delta(n)
+        self.index: Any = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.thread: threading.Thread | None = None
+
+
+class CandidateIndex:
+    """An HNSW index over a snapshot of an item table, the delta set since, and the rebuilds.
+
+    Parameters
+    ----------
+    config
+        The :class:`~nmrn.config.RetrievalConfig`.
+
+    The model tells it which item rows change (:meth:`changed`) and asks it for candidates
+    (:meth:`candidates`) with a function that returns a fresh float32 copy of the vectors to
+    index (``[n_items, D]``, L2). :meth:`invalidate` drops everything (after ``fit``, a load).
+    The index is never saved: a loaded model builds it again on its first read.
+    """
+
+    def __init__(self, config: RetrievalConfig) -> None:
+        self.config = config
+        self._index: Any = None
+        self._n_built = 0
+        self._delta = _Delta(0)
+        self._build: _Build | None = None
+        self.builds = 0  # completed builds (for tests and benchmarks)
+        self.last_build_seconds = 0.0
+        self.broken = False  # a build failed: reads stay exact (logged once)
+        self.answered = 0  # calls answered from candidates, and calls sent to the exact path
+        self.fell_back = 0
+        self._scratch = np.zeros(0, dtype=bool)  # all False between calls (see hits)
+
+    # -- writes ------------------------------------------------------------------------------------
+    def changed(self, rows: np.ndarray) -> None:
+        """Item rows whose vectors changed (dense indices)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._index is not None:
+            self._delta.mark(rows)
+        if self._build is not None:
+            self._build.delta.mark(rows)
+
+    def invalidate(self) -> None:
+        """Forget the index and any build in flight (its result is dropped)."""
+        self._index, self._n_built, self._delta, self._build = None, 0, _Delta(0), None
+
+    # -- reads -------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._index is not None
+
+    def delta_size(self, n_items: int) -> int:
+        """Items scored exactly on every read besides the candidates (changed or new)."""
+        return len(self._delta) + max(n_items - self._n_built, 0) if self.ready else n_items
+
+    def prepare(self, vectors: Callable[[], np.ndarray], n_items: int) -> bool:
+        """Swap in a finished build and start one if the delta is too large; ``True`` when an
+        index can answer now."""
+        build = self._build
+        if build is not None and (build.thread is None or not build.thread.is_alive()):
+            self._build = None
+            if build.error is not None:
+                # not retried on every read (each try copies the table): exact from now on
+                log.error("building the retrieval index failed, reads stay exact: %r",
+                          build.error)
+                self.broken = True
+                self.invalidate()
+            else:
+                self._index, self._n_built, self._delta = build.index, build.n, build.delta
+                self.builds += 1
+                self.last_build_seconds = build.seconds
+        if self._build is None and not self.broken and (
+            not self.ready or self.delta_size(n_items) > self.config.rebuild_fraction * n_items
+        ):
+            self._start_build(vectors())
+        return self.ready and self.delta_size(n_items) <= MAX_DELTA_SHARE * n_items
+
+    def _start_build(self, snapshot: np.ndarray) -> None:
+        build = self._build = _Build(len(snapshot))
+        if self.config.background:
+            build.thread = threading.Thread(
+                target=self._run_build, args=(build, snapshot), name="nmrn-ann-build", daemon=True
+            )
+            build.thread.start()
+        else:
+            self._run_build(build, snapshot)
+            if build.error is not None:
+                self._build = None
+                raise build.error
+            self.prepare(lambda: snapshot, len(snapshot))  # swap it in now
+
+    def _run_build(self, build: _Build, snapshot: np.ndarray) -> None:
+        try:
+            faiss = faiss_module()
+            if faiss is None:
+                raise ImportError("faiss is not installed: pip install 'nmrn[ann]'")
+            start = time.perf_counter()
+            cfg = self.config
+            index = faiss.IndexHNSWFlat(snapshot.shape[1], cfg.hnsw_m)  # L2
+            index.hnsw.efConstruction = cfg.ef_construction
+            if len(snapshot):
+                index.add(np.ascontiguousarray(snapshot, dtype=np.float32))
+            build.index = index
+            build.seconds = time.perf_counter() - start
+        except BaseException as err:  # noqa: BLE001 - reported by the read that swaps
+            build.error = err
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for a build in flight (tests, benchmarks); the next read swaps it in."""
+        build = self._build
+        if build is not None and build.thread is not None:
+            build.thread.join(timeout)
+
+    def candidates(self, query: np.ndarray, n: int, n_items: int) -> np.ndarray:
+        """Item indices to score exactly for one query ``[D]``: the index's ``n`` nearest that
+        are unchanged since its build, every changed item and every item added since (no
+        duplicates, in no particular order). Call :meth:`prepare` first."""
+        faiss = faiss_module()
+        assert self._index is not None and faiss is not None
+        want = min(n, self._n_built)
+        parts = []
+        if want:
+            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, want))
+            _, labels = self._index.search(
+                np.ascontiguousarray(query, dtype=np.float32)[None, :], want, params=params
+            )
+            found = labels[0]
+            found = found[found >= 0]
+            parts.append(found[~self._delta.mask[found]])  # changed ones come from the delta
+        parts.append(self._delta.indices())
+        if n_items > self._n_built:
+            parts.append(np.arange(self._n_built, n_items, dtype=np.int64))
+        return np.concatenate(parts)
+
+    def hits(self, cand: np.ndarray, seen: np.ndarray, n_items: int) -> np.ndarray:
+        """``np.isin(cand, seen)`` for item indices, in ``O(len(cand) + len(seen))`` with a
+        scratch mask (``np.isin`` sorts: ~40 us for 120 candidates)."""
+        if len(self._scratch) < n_items:
+            self._scratch = np.zeros(max(n_items, 2 * len(self._scratch)), dtype=bool)
+        self._scratch[seen] = True
+        found = self._scratch[cand]
+        self._scratch[seen] = False
+        return found
+
+    def nbytes(self) -> int:
+        """Bytes the index holds (faiss's serialised size: vectors and graph)."""
+        faiss = faiss_module()
+        if self._index is None or faiss is None:
+            return 0
+        return int(faiss.serialize_index(self._index).size)
+
+
+def ann_top_k(
+    index: CandidateIndex,
+    users: np.ndarray,
+    k: int,
+    n_items: int,
+    seen_of: Callable[[int], np.ndarray] | None,
+    vectors: Callable[[], np.ndarray],
+    query_of: Callable[[int], np.ndarray],
+    score_of: Callable[[int, np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``top_k`` of known users from ANN candidates scored exactly, or ``None`` (score every
+    item) when no index is ready or fewer than ``min(k, n_items)`` candidates survive the
+    exclusions.
+
+    ``seen_of(user)`` gives the items to exclude (``None``: exclude nothing); the index is asked
+    for ``C`` plus that many candidates, so that ``C`` remain after the exclusions.
+    ``query_of(user)`` is the user's query in the index's space, ``score_of(user, items)``
+    the model's exact scores of ``items`` (float64). Ties go to the lower item index, as in
+    :func:`nmrn.training.ranking.top_k`.
+    """
+    if not index.prepare(vectors, n_items):
+        index.fell_back += 1
+        return None
+    width = min(k, n_items)
+    idx = np.zeros((len(users), width), dtype=np.int64)
+    vals = np.zeros((len(users), width))
+    for row, user in enumerate(users.tolist()):
+        seen = seen_of(user) if seen_of is not None else None
+        n_seen = 0 if seen is None else len(seen)
+        cand = index.candidates(query_of(user), index.config.candidates + n_seen, n_items)
+        scores = score_of(user, cand)
+        if n_seen:
+            assert seen is not None
+            scores[index.hits(cand, seen, n_items)] = -np.inf
+        best = _best(cand, scores, width)
+        if len(best) < width or not scores[best[-1]] > -np.inf:
+            index.fell_back += 1
+            return None  # too few left after the exclusions: the exact path pads with -inf
+        idx[row], vals[row] = cand[best], scores[best]
+    index.answered += 1
+    return idx, vals
+
+
+def _best(cand: np.ndarray, scores: np.ndarray, width: int) -> np.ndarray:
+    """Positions of the ``width`` best ``scores``, best first, ties to the lower item index
+    (``cand``); a partition first, so that a large delta set is not sorted whole."""
+    if len(scores) > 4 * width:
+        kth = -np.partition(-scores, width - 1)[width - 1]  # the width-th best score
+        keep = np.flatnonzero(scores >= kth)  # every item tied with it too
+        return keep[np.lexsort((cand[keep], -scores[keep]))[:width]]
+    return np.lexsort((cand, -scores))[:width]
