@@ -397,3 +397,85 @@ def test_a_checkpoint_from_another_device_loads_with_a_device_override(tmp_path)
     assert loaded.config.device == "cpu"
     np.testing.assert_array_equal(loaded.score([0, 1], rec.known_items),
                                   rec.score([0, 1], rec.known_items))
+
+
+# -- the per-step fast paths (issue 14) ------------------------------------------------------------
+def _clip_reference(table: torch.Tensor, rows, max_norm: float) -> None:
+    """_clip_rows as it was before it skipped rows already inside the ball."""
+    block = table if rows is None else table[rows]
+    norms = torch.linalg.vector_norm(block, dim=-1, keepdim=True)
+    scale = (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
+    scale = torch.where(torch.isfinite(norms), scale, torch.full_like(scale, float("nan")))
+    if rows is None:
+        table.mul_(scale)
+    else:
+        table[rows] = block * scale
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    st.lists(st.floats(-2.0, 2.0, width=32), min_size=12, max_size=12),
+    st.sampled_from([0.5, 1.0, 3.0]),
+    st.sampled_from([None, [0, 2], [1], [0, 1, 2]]),
+    st.sampled_from([None, float("inf"), float("nan")]),
+)
+def test_clip_rows_equals_the_unconditional_rescale(values, max_norm, rows, poison) -> None:
+    """Skipping the rescale when every row is inside the ball must change no bit, and a row
+    with an infinite or NaN norm must still become NaN (divergence is reported, not hidden)."""
+    from nmrn.training.nmrn import _clip_rows
+
+    table = torch.tensor(values, dtype=torch.float32).view(3, 4)
+    if poison is not None:
+        table[1, 2] = poison
+    ours, ref = table.clone(), table.clone()
+    index = None if rows is None else torch.tensor(rows)
+    _clip_rows(ours, index, max_norm)
+    _clip_reference(ref, index, max_norm)
+    assert torch.equal(ours.isnan(), ref.isnan())
+    assert torch.equal(torch.nan_to_num(ours), torch.nan_to_num(ref))
+    assert torch.equal(ours.view(torch.int32)[~ours.isnan()], ref.view(torch.int32)[~ref.isnan()])
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "sgd"])
+def test_dense_steps_at_once_equal_one_parameter_at_a_time(optimizer: str) -> None:
+    """The _foreach dense step must give, bit for bit, the per-parameter loop it replaced."""
+    model = _model(optimizer=optimizer).fit(_stream(64))
+    g = torch.Generator().manual_seed(3)
+    params = dict(model._dense)
+    grads = {n: torch.randn(p.shape, generator=g) for n, p in params.items()}
+    first = next(iter(params))  # a zero gradient on a zero accumulator: only eps keeps it finite
+    model._accumulators[first].zero_()
+    grads[first].view(-1)[:3] = 0.0
+    expected_params = {n: p.detach().clone() for n, p in params.items()}
+    expected_accs = {n: model._accumulators[n].clone() for n in params}
+    lr = model.config.train.lr
+    for n in params:  # the loop before issue 14
+        if optimizer == "sgd":
+            expected_params[n].add_(grads[n], alpha=-lr)
+            continue
+        acc = expected_accs[n]
+        acc.addcmul_(grads[n], grads[n])
+        expected_params[n].addcdiv_(grads[n], acc.sqrt().add_(1e-10), value=-lr)
+    model._update_dense_all([(n, p, grads[n]) for n, p in params.items()])
+    for n, p in params.items():
+        assert torch.equal(p.detach(), expected_params[n]), n
+        assert torch.equal(model._accumulators[n], expected_accs[n]), n
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"timestamp": [1.0, float("nan")]}, "NMRN.learn: row 1: timestamp nan is missing"),
+        ({"user": [1.5, 2.0]}, "NMRN.learn: row 0: user id 1.5 is not an int or a string"),
+        ({"item": [3, None]}, "NMRN.learn: row 1: item id is missing"),
+    ],
+)
+def test_bad_input_to_learn_is_refused_before_anything_changes(bad: dict, message: str) -> None:
+    from nmrn.errors import DataError
+
+    model = _model().fit(_stream(64))
+    before = (model.n_events, len(model.users), len(model.items), model._step)
+    frame = pd.DataFrame({"user": [1, 2], "item": [3, 4], "timestamp": [100.0, 101.0], **bad})
+    with pytest.raises(DataError, match=message):
+        model.learn(frame)
+    assert (model.n_events, len(model.users), len(model.items), model._step) == before

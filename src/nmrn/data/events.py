@@ -111,8 +111,18 @@ def empty_batch() -> EventBatch:
     return EventBatch(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64), None)
 
 
+def _numpy_kind(column: Any) -> str:
+    """The numpy kind of a column held as a plain numpy dtype ("" for pandas' own dtypes:
+    nullable, categorical, Arrow-backed, which may hold missing values)."""
+    dtype = getattr(column, "dtype", None)
+    return dtype.kind if isinstance(dtype, np.dtype) else ""
+
+
 def _timestamps(values: Any, where: str) -> np.ndarray:
-    ts = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
+    if _numpy_kind(values) in ("i", "u", "f"):  # what to_numeric would return, without pandas
+        ts = values.astype(np.float64)
+    else:
+        ts = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(ts)
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
@@ -122,6 +132,8 @@ def _timestamps(values: Any, where: str) -> np.ndarray:
 
 
 def _ids(values: Any, what: str, where: str) -> np.ndarray:
+    if _numpy_kind(values) in ("i", "u"):  # a numpy int column has no missing values: the
+        return np.asarray(values).astype(np.int64, copy=False)  # answer as_id_array gives it
     s = pd.Series(values)
     if s.isna().any():
         j = int(np.flatnonzero(s.isna().to_numpy())[0])
@@ -201,7 +213,11 @@ def as_events(
         )
     weights = None
     if mapping["weight"] in frame.columns:
-        w = pd.to_numeric(frame[mapping["weight"]], errors="coerce").to_numpy(np.float64)
+        column = frame[mapping["weight"]]
+        if _numpy_kind(column) in ("i", "u", "f"):
+            w = column.to_numpy().astype(np.float64)
+        else:
+            w = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
         if not np.all(np.isfinite(w)):
             j = int(np.flatnonzero(~np.isfinite(w))[0])
             raise DataError(f"{where}: row {j}: weight is missing or not a finite number")

@@ -69,7 +69,11 @@ class History:
         self._ensure_users(int(users.max()) + 1)
         order = np.argsort(users, kind="stable")  # each user's events together, in order
         su, si = users[order], items[order]
-        uniq, first, counts = np.unique(su, return_index=True, return_counts=True)
+        # each user's run in the sorted users: what np.unique(return_index, return_counts)
+        # gives, without its own sort (a third of the call for a batch of 10)
+        first = np.flatnonzero(np.concatenate(([True], su[1:] != su[:-1])))
+        uniq = su[first]
+        counts = np.diff(np.append(first, len(su)))
         old = self._lens[uniq]
         need = old + counts
         full = need > self._cap[uniq]
