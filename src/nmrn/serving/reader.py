@@ -34,15 +34,16 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from nmrn.errors import ConfigError
 from nmrn.serving.metrics import ServiceMetrics
+from nmrn.serving.reads import ReadPath
 from nmrn.serving.service import ServiceUnavailable
 from nmrn.serving.snapshots import Manifest, SnapshotFollower
-from nmrn.training.contract import Recommendations, Recommender
+from nmrn.training.contract import Recommender
 
 log = logging.getLogger("nmrn.serving")
 
@@ -53,7 +54,7 @@ _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgr
                b"proxy-connection", b"host", b"content-length", b"date", b"server"}
 
 
-class SnapshotService:
+class SnapshotService(ReadPath):
     """What the HTTP routes read on a reader: the model of the loaded snapshot, swapped whole.
 
     It offers the read side of :class:`~nmrn.serving.service.LiveService` (``recommend``,
@@ -71,10 +72,7 @@ class SnapshotService:
         self.quality = None
         self.replayed = 0
         self.parent_alive = True
-        self._lock = threading.Lock()
-        self._free_lock = threading.Lock()
-        self._free_callbacks: list[Callable[[], None]] = []
-        self._read_seconds: deque[float] = deque(maxlen=2048)
+        self._init_reads()
         # seconds from a snapshot's state being taken to this reader serving it
         self.lag_seconds: deque[float] = deque(maxlen=256)
         self.metrics = ServiceMetrics(self)
@@ -109,64 +107,17 @@ class SnapshotService:
     # -- the snapshot ---------------------------------------------------------------------------
     def swap(self, model: Recommender, manifest: Manifest) -> None:
         """Serve ``model`` (the snapshot ``manifest`` names) from now on."""
-        self._lock.acquire()
+        self._model_lock.acquire()
         try:
             self.model, self.manifest = model, manifest
         finally:
-            self._release()
+            self._release_model()
         self.lag_seconds.append(max(0.0, time.time() - manifest.taken_at))
 
     def age(self) -> float:
         """Seconds since the writer's state was last known to equal this snapshot."""
         manifest = self.follower.manifest or self.manifest
         return max(0.0, time.time() - manifest.as_of)
-
-    # -- reads ----------------------------------------------------------------------------------
-    def recommend(self, users: Sequence[int | str], k: int = 10, exclude_seen: bool = True,
-                  *, text_ids: bool = False) -> tuple[list[int | str], Recommendations]:
-        self._lock.acquire()
-        try:
-            return self._recommend_locked(users, k, exclude_seen, text_ids)
-        finally:
-            self._release()
-
-    def try_recommend(self, users: Sequence[int | str], k: int = 10, exclude_seen: bool = True,
-                      *, text_ids: bool = False
-                      ) -> tuple[list[int | str], Recommendations] | None:
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            return self._recommend_locked(users, k, exclude_seen, text_ids)
-        finally:
-            self._release()
-
-    def notify_when_free(self, callback: Callable[[], None]) -> bool:
-        with self._free_lock:
-            if not self._lock.locked():
-                return False
-            self._free_callbacks.append(callback)
-            return True
-
-    def _release(self) -> None:
-        self._lock.release()
-        with self._free_lock:
-            callbacks, self._free_callbacks = self._free_callbacks, []
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # noqa: BLE001 - a waiter's problem must not stop the reader
-                log.exception("a model-free callback failed")
-
-    def _recommend_locked(self, users: Sequence[int | str], k: int, exclude_seen: bool,
-                          text_ids: bool) -> tuple[list[int | str], Recommendations]:
-        start = time.perf_counter()
-        if text_ids:
-            users = [self.model.users.resolve_text(u) for u in users]
-        recs = self.model.recommend(list(users), k=k, exclude_seen=exclude_seen)
-        elapsed = time.perf_counter() - start
-        self.metrics.recommend_seconds.observe(elapsed)
-        self._read_seconds.append(elapsed)
-        return list(users), recs
 
 
 class _SnapshotCollector:

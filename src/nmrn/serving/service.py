@@ -36,7 +36,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,8 @@ from nmrn.models import load_model
 from nmrn.serving.journal import Journal, JournalError
 from nmrn.serving.metrics import ServiceMetrics
 from nmrn.serving.quality import LiveQuality
-from nmrn.training.contract import Recommendations, Recommender
+from nmrn.serving.reads import ReadPath
+from nmrn.training.contract import Recommender
 
 log = logging.getLogger("nmrn.serving")
 
@@ -99,7 +100,7 @@ def default_journal_path(checkpoint: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".journal")
 
 
-class LiveService:
+class LiveService(ReadPath):
     """One model, served live: ordered single-writer updates, durable ingest, checkpoints.
 
     The service is running once constructed (journal replayed, writer thread started); call
@@ -193,10 +194,7 @@ class LiveService:
         self.apply_wait = float(apply_wait)
         self.max_pending = max_pending
 
-        self._model_lock = threading.Lock()
-        # callbacks to run once the model lock is next released (see notify_when_free)
-        self._free_lock = threading.Lock()
-        self._free_callbacks: list[Callable[[], None]] = []
+        self._init_reads()  # the model lock, its wake-ups, the last reads' durations
         self._submit_lock = threading.Lock()
         self._save_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -220,10 +218,9 @@ class LiveService:
         # checkpoints (model.extra) and the journal (entries record their key)
         self._keys: OrderedDict[str, _Accepted] = OrderedDict()
         self._load_keys(model.extra.get(KEYS_KEY))
-        # (time.monotonic(), applied_seq) after each run, and the last reads' durations: the
-        # status page's events/s and read latency percentiles
+        # (time.monotonic(), applied_seq) after each run: the status page's events/s (its read
+        # latency percentiles come from ReadPath's _read_seconds)
         self._progress: deque[tuple[float, int]] = deque(maxlen=4096)
-        self._read_seconds: deque[float] = deque(maxlen=2048)
         self.metrics = ServiceMetrics(self)
         self.checkpoints = 0
         self.last_checkpoint_time = time.time()
@@ -450,78 +447,7 @@ class LiveService:
                 self._cond.wait(min(left, 0.05))
         return True
 
-    # -- reads -----------------------------------------------------------------------------------
-    def recommend(
-        self, users: Sequence[int | str], k: int = 10, exclude_seen: bool = True,
-        *, text_ids: bool = False,
-    ) -> tuple[list[int | str], Recommendations]:
-        """Top-``k`` for ``users`` from a consistent state; returns ``(users as looked up, recs)``.
-
-        With ``text_ids`` (ids that arrived as text, e.g. in a URL path), an id the model does
-        not know as text but knows as an int (``"196"`` -> ``196``) is looked up as the int.
-        ``recs.items``/``recs.scores`` are ``[n, k']``, ``recs.cold`` is ``[n]``.
-        """
-        self._model_lock.acquire()
-        try:
-            return self._recommend_locked(users, k, exclude_seen, text_ids)
-        finally:
-            self._release_model()
-
-    def try_recommend(
-        self, users: Sequence[int | str], k: int = 10, exclude_seen: bool = True,
-        *, text_ids: bool = False,
-    ) -> tuple[list[int | str], Recommendations] | None:
-        """:meth:`recommend` if the model is free now, else ``None`` at once (never waits).
-
-        The HTTP layer calls this on its event loop, where a read of a millisecond is cheaper
-        than a hop to a worker thread; when the writer is inside a batch, the loop asks
-        :meth:`notify_when_free` to wake it when the batch ends, serves other requests
-        meanwhile, and tries again.
-        """
-        if not self._model_lock.acquire(blocking=False):
-            return None
-        try:
-            return self._recommend_locked(users, k, exclude_seen, text_ids)
-        finally:
-            self._release_model()
-
-    def notify_when_free(self, callback: Callable[[], None]) -> bool:
-        """Call ``callback()`` (from the releasing thread) when the model lock is next released.
-
-        Returns ``False``, registering nothing, if the lock is free now (try again at once).
-        The check and the registration are one step with respect to a release, so a wake-up is
-        never missed. ``callback`` must be quick and must not raise, e.g.
-        ``loop.call_soon_threadsafe(...)``.
-        """
-        with self._free_lock:
-            if not self._model_lock.locked():
-                return False
-            self._free_callbacks.append(callback)
-            return True
-
-    def _release_model(self) -> int:
-        """Release the model lock and run the waiting callbacks; returns how many ran."""
-        self._model_lock.release()
-        with self._free_lock:
-            callbacks, self._free_callbacks = self._free_callbacks, []
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # noqa: BLE001 - a waiter's problem must not stop the writer
-                log.exception("a model-free callback failed")
-        return len(callbacks)
-
-    def _recommend_locked(
-        self, users: Sequence[int | str], k: int, exclude_seen: bool, text_ids: bool
-    ) -> tuple[list[int | str], Recommendations]:
-        start = time.perf_counter()
-        if text_ids:
-            users = [self.model.users.resolve_text(u) for u in users]
-        recs = self.model.recommend(list(users), k=k, exclude_seen=exclude_seen)
-        elapsed = time.perf_counter() - start
-        self.metrics.recommend_seconds.observe(elapsed)
-        self._read_seconds.append(elapsed)
-        return list(users), recs
+    # -- reads: ReadPath (recommend, try_recommend, notify_when_free) ---------------------------
 
     # -- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self, timeout: float = 120.0) -> dict[str, Any]:
