@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nmrn.baselines.bpr import BPR
-from nmrn.models import make_model
+from nmrn.models import load_model, make_model
 from nmrn.training import distributed
 
 # small and fast: 3,000 events, batches of 256, 2 fit epochs, 1 learn pass
@@ -135,3 +135,34 @@ def test_launch_rejects_bad_nproc() -> None:
     with pytest.raises(ValueError, match="nproc must be at least 1"):
         distributed.launch(dist_workers.train, 0)
     assert BPR.data_parallel
+
+
+def _csv(path: Path) -> Path:
+    rows = ["user,item,timestamp"] + [f"{u},{i},{t}" for u, i, t in dist_workers.stream()]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_cli_nproc_two_matches_one_process(tmp_path: Path, capsys) -> None:
+    from nmrn.cli import main
+
+    log = _csv(tmp_path / "log.csv")
+    params = ["--param", "bpr.epochs=2", "--param", "bpr.batch_size=256"]
+    common = ["train", "--data", str(log), "--model", "bpr", "--quiet", *params]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--nproc", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = (load_model(tmp_path / name) for name in ("one", "two"))
+    np.testing.assert_allclose(two.item_emb.numpy(), one.item_emb.numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(two.user_emb.numpy(), one.user_emb.numpy(), rtol=0, atol=ATOL)
+    assert not np.array_equal(two.item_emb.numpy(), one.item_emb.numpy())  # really 2 ranks
+
+
+def test_cli_nproc_refuses_a_model_without_data_parallel(tmp_path: Path, capsys) -> None:
+    from nmrn.cli import main
+
+    log = _csv(tmp_path / "log.csv")
+    code = main(["train", "--data", str(log), "--model", "item-knn", "--nproc", "2",
+                 "--out", str(tmp_path / "m")])
+    assert code == 2
+    assert "item-knn does not train data-parallel yet" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -20,6 +20,7 @@ import math
 import multiprocessing
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -227,3 +228,18 @@ def launch(
                 p.kill()
             p.join()
     return [int(p.exitcode) if p.exitcode is not None else -9 for p in procs]
+
+
+def run_ranks(main: Callable[[list[str]], int], argv: Sequence[str], nproc: int) -> int:
+    """Run the command line ``main(argv)`` on ``nproc`` local ranks (``nmrn train --nproc``).
+
+    Each rank sees the group's environment and so runs as one rank of it; the ranks print their
+    own errors. Returns 0, or the first failing rank's exit status (1 for a signal).
+    """
+    codes = launch(main, nproc, (list(argv),))
+    for rank, code in enumerate(codes):
+        if code != 0:
+            print(f"nmrn: error: rank {rank} of {nproc} exited with status {code}",
+                  file=sys.stderr)
+            return code if code > 0 else 1
+    return 0
