@@ -358,8 +358,10 @@ class BPR(Recommender):
         loss, grad_u, items, grad_items, grad_bias = self._gradients(u[lo:hi], i[lo:hi], j[lo:hi])
         users_r, summed_u = _sum_rows(u[lo:hi], grad_u)
         items_r, summed_i = _sum_rows(items, torch.cat([grad_items, grad_bias[:, None]], dim=1))
+        most = -(-len(u) // ctx.world_size)  # the largest slice: at most its users, 2x items
         losses, [(users_all, gu_all), (items_all, gi_all)] = distributed.exchange(
-            ctx, float(loss), [(users_r, summed_u), (items_r, summed_i)], "BPR row gradients"
+            ctx, float(loss), [(users_r, summed_u), (items_r, summed_i)], [most, 2 * most],
+            "BPR row gradients",
         )
         bad = distributed.non_finite_ranks(losses)
         if bad:  # every rank sees the same losses, so every rank stops here, before updating

@@ -116,38 +116,47 @@ def exchange(
     ctx: Context,
     loss: float,
     parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    capacities: Sequence[int],
     what: str = "gradients",
 ) -> tuple[list[float], list[tuple[torch.Tensor, torch.Tensor]]]:
     """All-gather each rank's loss and sparse ``(rows [n], values [n, k])`` parts.
 
     Returns the losses in rank order and, per part, every rank's rows and values concatenated
-    in rank order (the same tensors on every rank). Three collectives whatever the number of
-    parts: a header (loss and row counts), the row indices (int64) and the values (float32),
-    the last two padded to the longest rank's length since gloo gathers equal sizes.
+    in rank order (the same tensors on every rank). ``capacities[p]`` bounds part ``p``'s rows on
+    any rank (every rank passes the same, e.g. from the largest slice of the batch), so that
+    one all-gather of a fixed-size byte buffer carries everything: the row counts and indices
+    (int64), then the loss and the values (float32; the loss is a float32 sum, so exact).
+    gloo gathers equal sizes only; one padded collective measured faster than a header
+    collective plus two exact-size ones (a round trip costs more than the padding's bytes).
     """
-    counts = [len(rows) for rows, _ in parts]
     widths = [values.shape[1] for _, values in parts]
-    header = torch.tensor([loss, *counts], dtype=torch.float64)  # counts are exact in float64
-    headers = _all_gather(ctx, header, f"{what} (header)")
-    losses = [float(h[0]) for h in headers]
-    per_rank = [[int(c) for c in h[1:].tolist()] for h in headers]
-    n_rows = max(sum(c) for c in per_rank)
-    n_vals = max(sum(c * w for c, w in zip(cs, widths, strict=True)) for cs in per_rank)
-    rows = torch.zeros(n_rows, dtype=torch.int64)
-    vals = torch.zeros(n_vals, dtype=torch.float32)
-    if counts and sum(counts):
-        rows[: sum(counts)] = torch.cat([r for r, _ in parts])
-        flat = torch.cat([v.reshape(-1) for _, v in parts])
-        vals[: len(flat)] = flat
-    all_rows = _all_gather(ctx, rows, f"{what} (row indices)")
-    all_vals = _all_gather(ctx, vals, f"{what} (row gradients)")
+    n_int = len(parts) + sum(capacities)
+    n_flt = 1 + sum(c * w for c, w in zip(capacities, widths, strict=True))
+    ints = torch.zeros(n_int, dtype=torch.int64)
+    flts = torch.zeros(n_flt, dtype=torch.float32)
+    flts[0] = loss
+    i_at, f_at = len(parts), 1
+    for p, ((rows, values), cap, w) in enumerate(zip(parts, capacities, widths, strict=True)):
+        if len(rows) > cap:
+            raise ValueError(f"exchange: part {p} has {len(rows)} rows, capacity {cap}")
+        ints[p] = len(rows)
+        ints[i_at : i_at + len(rows)] = rows
+        flts[f_at : f_at + values.numel()] = values.reshape(-1)
+        i_at, f_at = i_at + cap, f_at + cap * w
+    buf = torch.cat([ints.view(torch.uint8), flts.view(torch.uint8)])
+    gathered = _all_gather(ctx, buf, what)
+    losses: list[float] = []
     out: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], []) for _ in parts]
-    for cs, r_buf, v_buf in zip(per_rank, all_rows, all_vals, strict=True):
-        r_at = v_at = 0
-        for p, (c, w) in enumerate(zip(cs, widths, strict=True)):
-            out[p][0].append(r_buf[r_at : r_at + c])
-            out[p][1].append(v_buf[v_at : v_at + c * w].view(c, w))
-            r_at, v_at = r_at + c, v_at + c * w
+    for g in gathered:
+        g_ints = g[: n_int * 8].view(torch.int64)
+        g_flts = g[n_int * 8 :].view(torch.float32)
+        losses.append(float(g_flts[0]))
+        i_at, f_at = len(parts), 1
+        for p, (cap, w) in enumerate(zip(capacities, widths, strict=True)):
+            c = int(g_ints[p])
+            out[p][0].append(g_ints[i_at : i_at + c])
+            out[p][1].append(g_flts[f_at : f_at + c * w].view(c, w))
+            i_at, f_at = i_at + cap, f_at + cap * w
     return losses, [(torch.cat(r), torch.cat(v)) for r, v in out]
 
 
