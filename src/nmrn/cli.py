@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--param", type=_param, action="append", default=[], metavar="MODEL.KEY=VALUE",
                     help="override a model parameter (repeatable), e.g. item-knn.alpha=0.5")
     tr.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    tr.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                    help="data-parallel ranks on this machine (gloo on loopback; docs/scaling.md); "
+                    "rank 0 writes the checkpoint. Under torchrun, its ranks are used instead")
     add_progress(tr)
 
     rc = command("recommend", "top-k items for users from a checkpoint")
@@ -459,18 +462,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from nmrn.io import is_checkpoint
     from nmrn.models import make_model
+    from nmrn.training import distributed
 
     overrides = _overrides(args, [args.model])
     model = make_model(args.model, seed=args.seed, **overrides[args.model])
+    as_rank = "WORLD_SIZE" in os.environ  # started by torchrun or by --nproc below
+    ranks = int(os.environ["WORLD_SIZE"]) if as_rank else args.nproc
+    if ranks > 1 and not getattr(model, "data_parallel", False):
+        raise _UsageError(f"{args.model} does not train data-parallel yet (built: bpr; "
+                          "docs/scaling.md): run it with --nproc 1")
     if args.out.exists() and not is_checkpoint(args.out):  # before minutes of training
         raise _UsageError(f"--out {args.out} exists and is not an nmrn checkpoint; it would "
                           "not be replaced: choose another path or remove it")
+    if not as_rank and args.nproc > 1:
+        return distributed.run_ranks(main, args.argv, args.nproc)
+    distributed.init_from_env()  # a no-op in one process
     source, events = _load_events(args)
-    if _progress_on(args):
+    if _progress_on(args) and distributed.is_writer():
         print(f"training {args.model} on {len(events):,} events of {source} ...",
               file=sys.stderr, flush=True)
     model.fit(events)
+    if not distributed.is_writer():  # the replicas are identical: rank 0 writes
+        distributed.shutdown()
+        return 0
     path = model.save(args.out)
+    distributed.shutdown()
     print(
         f"trained {args.model} on {len(events)} events of {source} in {model.fit_seconds:.1f} s; "
         f"saved {path}"
@@ -552,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
             format="%(levelname)s %(name)s: %(message)s",

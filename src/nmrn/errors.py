@@ -37,3 +37,7 @@ class ModelFitError(NMRNError, RuntimeError):
 
 class ConfigError(NMRNError, ValueError):
     """An invalid hyper-parameter or an unknown configuration key."""
+
+
+class DistributedError(NMRNError, RuntimeError):
+    """A collective of data-parallel training failed (a rank exited or timed out)."""

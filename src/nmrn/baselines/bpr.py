@@ -50,9 +50,10 @@ from nmrn.config import (
     option,
 )
 from nmrn.data.history import SeenPairs
-from nmrn.errors import ModelFitError
+from nmrn.errors import ConfigError, ModelFitError
 from nmrn.model.tables import grow_like, grow_rows, normal_rows, saved_tensor
 from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
+from nmrn.training import distributed
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
 from nmrn.training.retrieval import (
@@ -145,6 +146,8 @@ class BPR(Recommender):
     """
 
     config_class = BPRConfig
+    #: fit and learn split each mini-batch across the ranks of a process group (docs/scaling.md)
+    data_parallel = True
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, dict[str, Any]]:
@@ -306,6 +309,22 @@ class BPR(Recommender):
 
     def _step_on(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, lr: float) -> float:
         """One gradient step on examples ``(u, i, j)`` (each ``[B]``); returns the summed loss."""
+        ctx = distributed.context()
+        if ctx is not None:
+            return self._step_on_ranks(ctx, u, i, j, lr)
+        loss, grad_u, items, grad_items, grad_bias = self._gradients(u, i, j)
+        self._step += 1
+        self._apply("user", self.user_emb, u, grad_u, lr)
+        self._apply("item", self.item_emb, items, grad_items, lr)
+        self._apply("bias", self.item_bias, items, grad_bias, lr)
+        self._ann.changed(items.numpy())
+        return float(loss)
+
+    def _gradients(
+        self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed loss, per-example ``dL/dp_u [B, d]``, item rows ``[2B]`` (positives then
+        negatives), their ``dL/dq [2B, d]`` and ``dL/db [2B]``."""
         reg = self.config.reg
         pu, qi, qj = self.user_emb[u], self.item_emb[i], self.item_emb[j]  # [B, d]
         bi, bj = self.item_bias[i], self.item_bias[j]  # [B]
@@ -320,20 +339,58 @@ class BPR(Recommender):
         items = torch.cat([i, j])
         grad_items = torch.cat([grad_i, grad_j])
         grad_bias = torch.cat([g[:, 0] + reg * bi, -g[:, 0] + reg * bj])
+        return loss, grad_u, items, grad_items, grad_bias
+
+    def _step_on_ranks(
+        self, ctx: distributed.Context, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+        lr: float,
+    ) -> float:
+        """The data-parallel step (``docs/scaling.md`` §2): this rank's contiguous slice of the
+        global batch, its rows' gradients summed locally, all-gathered as (row, gradient) pairs
+        and summed per row *before* the optimizer step (Adagrad squares the sum), then the same
+        update on every rank. Returns the global summed loss (the ranks' sums in rank order)."""
+        if self._sampler is not None:
+            raise ConfigError(
+                f"BPR: sampler={self.config.sampler!r} does not train data-parallel yet "
+                f"({ctx.world_size} ranks); use the default sampler=None or one process"
+            )
+        lo, hi = distributed.shard(len(u), ctx)
+        loss, grad_u, items, grad_items, grad_bias = self._gradients(u[lo:hi], i[lo:hi], j[lo:hi])
+        users_r, summed_u = _sum_rows(u[lo:hi], grad_u)
+        items_r, summed_i = _sum_rows(items, torch.cat([grad_items, grad_bias[:, None]], dim=1))
+        most = -(-len(u) // ctx.world_size)  # the largest slice: at most its users, 2x items
+        losses, [(users_all, gu_all), (items_all, gi_all)] = distributed.exchange(
+            ctx, float(loss), [(users_r, summed_u), (items_r, summed_i)], [most, 2 * most],
+            "BPR row gradients",
+        )
+        bad = distributed.non_finite_ranks(losses)
+        if bad:  # every rank sees the same losses, so every rank stops here, before updating
+            raise ModelFitError(
+                f"BPR: loss is {[losses[r] for r in bad]} on rank(s) {bad} of "
+                f"{ctx.world_size} at step {self._step + 1}; every rank stopped before the "
+                f"update; lower lr (now {lr}) or raise reg"
+            )
+        # a row touched on several ranks: its partial sums added here, in rank order
+        users_g, summed_u = _sum_rows(users_all, gu_all)
+        items_g, summed_i = _sum_rows(items_all, gi_all)
         self._step += 1
-        self._apply("user", self.user_emb, u, grad_u, lr)
-        self._apply("item", self.item_emb, items, grad_items, lr)
-        self._apply("bias", self.item_bias, items, grad_bias, lr)
-        self._ann.changed(items.numpy())
-        return float(loss)
+        self._apply_summed("user", self.user_emb, users_g, summed_u, lr)
+        self._apply_summed("item", self.item_emb, items_g, summed_i[:, :-1], lr)
+        self._apply_summed("bias", self.item_bias, items_g, summed_i[:, -1], lr)
+        self._ann.changed(items_g.numpy())
+        return sum(losses)
 
     def _apply(
         self, key: str, table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float
     ) -> None:
         """Optimiser update of ``table[rows]`` with per-example gradients (duplicates summed)."""
-        uniq, inv = torch.unique(rows, return_inverse=True)
-        summed = torch.zeros((len(uniq), *grad.shape[1:]), dtype=grad.dtype)
-        summed.index_add_(0, inv, grad)
+        uniq, summed = _sum_rows(rows, grad)
+        self._apply_summed(key, table, uniq, summed, lr)
+
+    def _apply_summed(
+        self, key: str, table: torch.Tensor, uniq: torch.Tensor, summed: torch.Tensor, lr: float
+    ) -> None:
+        """Optimiser update of ``table[uniq]`` (distinct rows) with their summed gradients."""
         v = self._v[key]
         if self.config.optimizer == "adagrad":
             acc = v[uniq] + summed * summed
@@ -443,3 +500,11 @@ class BPR(Recommender):
             self._sampler.load_state_dict(
                 {k[len("sampler.") :]: v for k, v in arrays.items() if k.startswith("sampler.")}
             )
+
+
+def _sum_rows(rows: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct ``rows`` (sorted) and the sum of ``grad``'s entries of each."""
+    uniq, inv = torch.unique(rows, return_inverse=True)
+    summed = torch.zeros((len(uniq), *grad.shape[1:]), dtype=grad.dtype)
+    summed.index_add_(0, inv, grad)
+    return uniq, summed
