@@ -469,6 +469,7 @@ class SamplerConfig(Config):
 
 
 RETRIEVAL_MODES = ("auto", "exact", "ann")
+RETRIEVAL_INDEXES = ("hnsw", "ivf")
 
 
 @dataclass(frozen=True)
@@ -491,6 +492,16 @@ class RetrievalConfig(Config):
     min_items
         ``"auto"`` uses the index from this many items on: the measured break-even of
         BENCHMARKS.md, "ANN retrieval" (below it scoring every item is as fast).
+    index
+        The faiss index: ``"hnsw"`` (a graph, ``IndexHNSWFlat``) or ``"ivf"`` (an inverted file
+        of k-means cells, ``IndexIVFFlat``, searched in its ``nprobe`` nearest cells). HNSW's
+        greedy search misses items when a read lies between clusters, far from every item (the
+        shared-memory read of ``nmrn-faithful``), where IVF scans whole cells (BENCHMARKS.md,
+        "ANN candidates").
+    nlist
+        IVF: the number of cells (``0``: ``4 sqrt(n_items)``).
+    nprobe
+        IVF: the cells searched per read.
     hnsw_m
         M of the HNSW graph (links per node; memory ``~8 M`` bytes per item on top of the
         vectors).
@@ -512,6 +523,9 @@ class RetrievalConfig(Config):
     mode: str = option("auto", OneOf(RETRIEVAL_MODES))
     candidates: int = option(100, Int(low=1, high=100_000))
     min_items: int = option(50_000, Int(low=1))
+    index: str = option("ivf", OneOf(RETRIEVAL_INDEXES))
+    nlist: int = option(0, Int(low=0, high=1_000_000))
+    nprobe: int = option(128, Int(low=1, high=1_000_000))
     hnsw_m: int = option(32, Int(low=2, high=256))
     ef_construction: int = option(80, Int(low=1, high=4096))
     ef_search: int = option(256, Int(low=1, high=100_000))
