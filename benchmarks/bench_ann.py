@@ -18,6 +18,11 @@ of them (with keys of norm 5 the read is a blend near the origin, ||s|| ~ 0.2, w
 is about as far as every other: BENCHMARKS.md shows what recall does there).
 BPR's user and item vectors are drawn the same way (biases N(0, 0.1)).
 
+The index is the ``RetrievalConfig`` default (IVF since 2026-12-07) unless ``--retrieval``
+says otherwise (e.g. ``'{"index": "hnsw"}'``); ``--sweep`` also times other search settings
+on the same built index (ANN reads only), and each NMRN row reports its reads' median norm and
+relative contrast (mean item distance over the 10th-nearest one: near 1, a hard query).
+
     OMP_NUM_THREADS=1 python benchmarks/bench_ann.py --json benchmarks/results/ann.json
     OMP_NUM_THREADS=1 python benchmarks/bench_ann.py --break-even \
         --json benchmarks/results/ann_break_even.json

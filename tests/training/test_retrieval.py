@@ -421,7 +421,7 @@ def test_bpr_ivf_keeps_an_item_past_phi_in_the_delta() -> None:
     assert index._delta.indices().tolist() == [big] and index.refreshed == 1
 
 
-# -- a reader's next snapshot keeps the index -------------------------------------------------------
+# -- a reader's next snapshot keeps the index ----------------------------------------------------
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_handover_keeps_the_index_and_puts_the_changed_items_in_its_delta(tmp_path, kind) -> None:
     model = _catalogue_model(4_000, 16, 20, index=kind, candidates=50, rebuild_fraction=1.0)

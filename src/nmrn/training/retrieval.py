@@ -1,11 +1,14 @@
 """Approximate candidate retrieval behind ``recommend``, re-ranked exactly (issue 13.1).
 
 An embedding model whose score is a distance (NMRN: ``||s - v||``) or an inner product (BPR:
-``p . q + b``) to one query vector per user can find its top-k without scoring every item: an
-HNSW graph (faiss ``IndexHNSWFlat``) over the item vectors returns ``C`` candidates, and the
-model scores them, *exactly*, with its current vectors and its own score function.
+``p . q + b``) to one query vector per user can find its top-k without scoring every item: a
+faiss index over the item vectors (``index``: ``"ivf"``, the default, ``IndexIVFFlat`` searched
+in its ``nprobe`` nearest cells; or ``"hnsw"``, ``IndexHNSWFlat``) returns ``C`` candidates,
+and the model scores them, *exactly*, with its current vectors and its own score function.
 
-The index is a snapshot: the item vectors at its build. Streaming ``learn`` moves some of them
+The index is a snapshot: the item vectors at its build (an IVF index is then moved in place by
+the reads, :meth:`CandidateIndex.prepare`; what follows is how HNSW's delta works, and IVF's
+for the rows it cannot move). Streaming ``learn`` moves some of them
 and adds new items, so :class:`CandidateIndex` keeps the **delta set**, every item changed
 since the snapshot was taken plus every item added after it; the delta joins the candidates of
 every read and is scored exactly like them. An item moved by ``learn`` is therefore found at its
