@@ -18,6 +18,11 @@ of them (with keys of norm 5 the read is a blend near the origin, ||s|| ~ 0.2, w
 is about as far as every other: BENCHMARKS.md shows what recall does there).
 BPR's user and item vectors are drawn the same way (biases N(0, 0.1)).
 
+The index is the ``RetrievalConfig`` default (IVF since 2026-12-07) unless ``--retrieval``
+says otherwise (e.g. ``'{"index": "hnsw"}'``); ``--sweep`` also times other search settings
+on the same built index (ANN reads only), and each NMRN row reports its reads' median norm and
+relative contrast (mean item distance over the 10th-nearest one: near 1, a hard query).
+
     OMP_NUM_THREADS=1 python benchmarks/bench_ann.py --json benchmarks/results/ann.json
     OMP_NUM_THREADS=1 python benchmarks/bench_ann.py --break-even \
         --json benchmarks/results/ann_break_even.json
@@ -126,6 +131,59 @@ def time_reads(model: Any, users: np.ndarray, k: int = 10) -> dict[str, Any]:
     }
 
 
+def sweep(model: Any, users: np.ndarray, settings: list[dict[str, int]],
+          k: int = 10) -> list[dict[str, Any]]:
+    """Recall@10 and ANN latency per search setting (``ef_search``, ``nprobe``, ``candidates``)
+    on one built index (the index does not depend on them); only ANN reads, so no full pass
+    over the table evicts the index from the caches between them."""
+    model._candidate_top_k = lambda *a: None
+    exact = {u: model.recommend(u, k=k).items.tolist() for u in users.tolist()}
+    del model._candidate_top_k
+    index = model.retrieval_index
+    base = index.config
+    rows = []
+    for setting in settings:
+        index.config = base.replace(**setting)
+        ts, recall = [], []
+        for user in users.tolist():
+            t = time.perf_counter()
+            got = model.recommend(user, k=k).items.tolist()
+            ts.append(time.perf_counter() - t)
+            recall.append(len(set(got) & set(exact[user])) / k)
+        rows.append({**setting,
+                     "ann_p50_ms": 1e3 * float(np.median(ts)),
+                     "ann_p99_ms": 1e3 * float(np.percentile(ts, 99)),
+                     "recall_at_10": float(np.mean(recall)),
+                     "recall_at_10_min": float(np.min(recall))})
+        print(f"   {setting}: p50 {rows[-1]['ann_p50_ms']:.3f} p99 "
+              f"{rows[-1]['ann_p99_ms']:.3f} ms recall@10 {rows[-1]['recall_at_10']:.4f} "
+              f"(min {rows[-1]['recall_at_10_min']:.1f})", flush=True)
+    index.config = base
+    return rows
+
+
+def contrast(model: Any, users: np.ndarray, k: int = 10) -> dict[str, float]:
+    """The queries' relative contrast (mean item distance / 10th-nearest distance) and norm,
+    for an NMRN model (what makes its nearest-neighbour search hard or easy)."""
+    net = model.network
+    table = net.item_emb.detach().cpu().numpy().astype(np.float64)
+    rc, norms, d1 = [], [], []
+    with torch.no_grad():
+        for user in users.tolist()[:50]:
+            row = int(model.users.encode(np.array([user]))[0])
+            u_vec, values, context = model._read_inputs(row)
+            q = net.query(u_vec, context)
+            s = net.interest(q, net.address(q), values)[0].cpu().numpy().astype(np.float64)
+            dist = np.sqrt(((table - s) ** 2).sum(axis=1))
+            part = np.partition(dist, k)
+            rc.append(float(dist.mean() / part[k - 1]))
+            d1.append(float(part[0]))
+            norms.append(float(np.linalg.norm(s)))
+    return {"query_norm_median": float(np.median(norms)),
+            "relative_contrast_median": float(np.median(rc)),
+            "nearest_distance_median": float(np.median(d1))}
+
+
 def delta_reads(model: Any, users: np.ndarray, sizes: list[int], seed: int = 1) -> list[dict]:
     """ANN read latency with ``D`` items changed since the build (their vectors moved)."""
     rng = np.random.default_rng(seed)
@@ -160,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time reads with this many changed items (largest size only)")
     p.add_argument("--retrieval", type=json.loads, default={},
                    help="RetrievalConfig fields, as JSON, on top of mode=ann")
+    p.add_argument("--sweep", nargs="*", default=[], metavar="K=V,K=V",
+                   help="after each build, also measure these search settings, e.g. "
+                   "ef_search=512,candidates=100 or nprobe=128")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.break_even:
@@ -178,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['ann_p99_ms']:.3f} ms  recall@10 {row['recall_at_10']:.4f} (min "
                   f"{row['recall_at_10_min']:.1f})  build {row['build_s']:.1f} s  "
                   f"{row['index_bytes_per_item']:.0f} B/item", flush=True)
+            if preset != "bpr":
+                row.update(contrast(model, users))
+                print(f"   query norm {row['query_norm_median']:.3f}, relative contrast "
+                      f"{row['relative_contrast_median']:.3f}, nearest item at "
+                      f"{row['nearest_distance_median']:.3f}", flush=True)
+            if args.sweep:
+                row["sweep"] = sweep(model, users, [
+                    {k: int(v) for k, v in (kv.split("=") for kv in x.split(","))}
+                    for x in args.sweep])
             if args.delta and size == max(args.sizes):
                 row["delta"] = delta_reads(model, users[:100], args.delta)
             rows.append(row)

@@ -26,7 +26,10 @@ of the machine each took is visible next to the throughput.
 
 Catalogues: ML-100K (nmrn's own cached copy, ``nmrn data fetch ml-100k``, or ``--data``; 943
 users, 1,682 items) and a synthetic 100,000-item catalogue (Zipf item popularity, 20,000 users,
-300,000 events).
+300,000 events); ``--million`` adds a synthetic 1,000,000-item one (1.3M events, nmrn-faithful
+fitted one epoch). ``--retrieval '{"mode": "ann"}'`` fits the embedding models (NMRN, BPR) with
+that retrieval option (it travels in the checkpoint), waits until their index answers, and
+reports the share of reads answered from it per phase.
 """
 
 from __future__ import annotations
@@ -283,7 +286,7 @@ def start_server(ckpt: Path, port: int, extra: list[str]) -> subprocess.Popen[by
          "--log-level", "warning", *extra],
         env=dict(os.environ, NMRN_TOKEN=TOKEN),
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a 10^6-item checkpoint loads in tens of seconds
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -316,6 +319,29 @@ def _staleness(port: int, writer_port: int) -> dict[str, float]:
             "lag_max_ms": 1000 * _metric(port, "nmrn_snapshot_lag_max_seconds")}
 
 
+EMBEDDING = ("nmrn-faithful", "nmrn-memory", "nmrn", "bpr")  # models with config.retrieval
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def _retrieval_counters(port: int) -> dict[str, float]:
+    return {name: _metric(port, f"nmrn_retrieval_{name}")
+            for name in ("ready", "answered_total", "exact_total", "delta_items")}
+
+
+def _wait_for_index(proc: subprocess.Popen[bytes], port: int, common: dict[str, Any],
+                    timeout: float) -> float:
+    """Read (1 s closed-loop phases) until the ANN index answers on ``port`` in 3 scrapes in a
+    row (with readers, each scrape may reach another reader); seconds waited."""
+    start, ready = time.monotonic(), 0
+    while time.monotonic() - start < timeout and ready < 3:
+        run_phase(proc, port, seconds=1.0, ingest_rate=0.0, **common)
+        ready = ready + 1 if _metric(port, "nmrn_retrieval_ready") == 1.0 else 0
+    return time.monotonic() - start
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from nmrn.models import make_model
 
@@ -330,63 +356,87 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         # the memory model on a large catalogue; the hybrid (preset nmrn) scores every item with
         # each of its components per read, which is issue 13's subject, not measured here
         setups += [("100k items", "item-knn", big), ("100k items", "nmrn-memory", big),
-                   ("100k items", "nmrn-faithful", big)]
+                   ("100k items", "nmrn-faithful", big), ("100k items", "bpr", big)]
+    if args.million:  # synthetic, 1,000,000 items (every one seen once), fitted one epoch
+        huge = synthetic(n_items=1_000_000, n_users=20_000, n_events=1_300_000)
+        setups += [("1M items", "nmrn-faithful", huge)]
     if args.only:
         setups = [s for s in setups if f"{s[0]}/{s[1]}" in args.only or s[1] in args.only]
     phases = [("closed", 0.0), ("closed", args.ingest_rate), ("open", args.ingest_rate)]
     results = []
-    for (catalogue, model_name, frame), workers in (
-        (setup, w) for setup in setups for w in args.workers
-    ):
-        with tempfile.TemporaryDirectory() as tmp:
+    for catalogue, model_name, frame in setups:
+        with tempfile.TemporaryDirectory() as tmp:  # one fit for every --workers
             ckpt = Path(tmp) / "model.ckpt"
-            model = make_model(model_name).fit(frame)
+            options: dict[str, Any] = {}
+            if args.retrieval and model_name in EMBEDDING:
+                options["retrieval"] = args.retrieval
+            if catalogue == "1M items":
+                options["epochs"] = 1
+            model = make_model(model_name, **options).fit(frame)
             model.save(ckpt)
             users = model.known_users.tolist()
             items = model.known_items.tolist()
-            port = free_port()
-            writer_port = port
-            extra = list(args.server_arg)
-            if workers:
-                writer_port = free_port()
-                extra += ["--workers", str(workers), "--writer-port", str(writer_port)]
-            proc = start_server(ckpt, port, extra)
-            if workers:  # every reader up before measuring
-                deadline = time.monotonic() + 120
-                while len(server_pids(proc.pid)) < workers + 1 and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                time.sleep(2.0)
-            common = {"users": users, "items": items, "max_requests": args.max_requests,
-                      "concurrency": args.concurrency, "ingest_batch": args.ingest_batch,
-                      "ingest_connections": args.ingest_connections}
-            try:
-                run_phase(proc, port, seconds=1.0, ingest_rate=0.0, **common)  # warm-up
-                for mode, ingest in phases:
-                    runs = []
-                    paced = {"read_rate": args.read_rate,
-                             "concurrency": args.open_connections} if mode == "open" else {}
-                    for _ in range(args.repeats):
-                        res = run_phase(proc, port, seconds=args.seconds, ingest_rate=ingest,
-                                        **{**common, **paced})
-                        res["apply_lag_at_end"] = _apply_lag(writer_port)
-                        if workers:
-                            res.update(_staleness(port, writer_port))
-                        runs.append(res)
-                        print(json.dumps({"catalogue": catalogue, "model": model_name,
-                                          "mode": mode, **res}), flush=True)
-                    row = {"catalogue": catalogue, "model": model_name, "items": len(items),
-                           "workers": workers,
-                           "mode": mode if mode == "closed" else f"open@{args.read_rate:g}",
-                           "ingest": ingest > 0, "repeats": len(runs),
-                           **{key: float(np.median([r[key] for r in runs])) for key in runs[0]}}
-                    row["p99_ms_max"] = max(r["p99_ms"] for r in runs)
-                    results.append(row)
-            finally:
-                proc.send_signal(signal.SIGTERM)
+            del model
+            for workers in args.workers:
+                retrieval_on = bool(args.retrieval) and model_name in EMBEDDING
+                port = free_port()
+                writer_port = port
+                extra = list(args.server_arg)
+                if workers:
+                    writer_port = free_port()
+                    extra += ["--workers", str(workers), "--writer-port", str(writer_port)]
+                proc = start_server(ckpt, port, extra)
+                if workers:  # every reader up before measuring
+                    deadline = time.monotonic() + 120
+                    while len(server_pids(proc.pid)) < workers + 1 and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    time.sleep(2.0)
+                common = {"users": users, "items": items, "max_requests": args.max_requests,
+                          "concurrency": args.concurrency, "ingest_batch": args.ingest_batch,
+                          "ingest_connections": args.ingest_connections}
                 try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                    run_phase(proc, port, seconds=1.0, ingest_rate=0.0, **common)  # warm-up
+                    waited = (_wait_for_index(proc, port, common, args.index_timeout)
+                              if retrieval_on else 0.0)
+                    for mode, ingest in phases:
+                        runs = []
+                        paced = {"read_rate": args.read_rate,
+                                 "concurrency": args.open_connections} if mode == "open" else {}
+                        for _ in range(args.repeats):
+                            before = _retrieval_counters(port) if retrieval_on else {}
+                            res = run_phase(proc, port, seconds=args.seconds, ingest_rate=ingest,
+                                            **{**common, **paced})
+                            res["apply_lag_at_end"] = _apply_lag(writer_port)
+                            res["uptime"] = _uptime()
+                            if retrieval_on:  # one process's counters (a reader's, with readers)
+                                after = _retrieval_counters(port)
+                                done = after["answered_total"] - before["answered_total"]
+                                exact = after["exact_total"] - before["exact_total"]
+                                res["ann_share"] = done / (done + exact) if done + exact else 0.0
+                                res["delta_items"] = after["delta_items"]
+                                res["index_wait_s"] = waited
+                            if workers:
+                                res.update(_staleness(port, writer_port))
+                            runs.append(res)
+                            print(json.dumps({"catalogue": catalogue, "model": model_name,
+                                              "workers": workers, "mode": mode, **res}),
+                                  flush=True)
+                        row = {"catalogue": catalogue, "model": model_name, "items": len(items),
+                               "workers": workers,
+                               "mode": mode if mode == "closed" else f"open@{args.read_rate:g}",
+                               "ingest": ingest > 0, "repeats": len(runs),
+                               "retrieval": args.retrieval if retrieval_on else None,
+                               "uptime": runs[-1]["uptime"],
+                               **{key: float(np.median([r[key] for r in runs])) for key in runs[0]
+                                  if key != "uptime"}}
+                        row["p99_ms_max"] = max(r["p99_ms"] for r in runs)
+                        results.append(row)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
     return results
 
 
@@ -395,8 +445,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         "| catalogue | model | workers | readers | ingest | events/s | req/s | p50 ms "
         "| p99 ms (max) | ingest p99 ms | server CPU | server CPU µs/req | client CPU | load1 "
-        "| publish ms | load ms | lag max ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| publish ms | load ms | lag max ms | ANN share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         events = f"{r['events_per_s']:.0f}" if r["ingest"] else "-"
@@ -409,7 +459,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"{'yes' if r['ingest'] else 'no'} | {events} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
             f"{r['p99_ms']:.1f} ({r['p99_ms_max']:.1f}) | {ingest_p99} | "
             f"{r['server_cpu']:.0f}% | {10_000 * r['server_cpu'] / r['rps']:.0f} | "
-            f"{r['client_cpu']:.0f}% | {r['load1']:.1f} | {snap} |"
+            f"{r['client_cpu']:.0f}% | {r['load1']:.1f} | {snap} | "
+            + (f"{r['ann_share']:.2f} |" if "ann_share" in r else "- |")
         )
     return "\n".join(lines)
 
@@ -439,6 +490,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0],
                         help="nmrn serve --workers values to measure, e.g. 0 1 2 (0: one "
                         "process)")
+    parser.add_argument("--retrieval", type=json.loads, default=None,
+                        help="RetrievalConfig fields as JSON for the embedding models (NMRN, "
+                        "BPR), e.g. '{\"mode\": \"ann\"}'; the table then gives the share of "
+                        "reads answered from the index")
+    parser.add_argument("--index-timeout", type=float, default=120.0,
+                        help="seconds to wait for the ANN index before measuring")
+    parser.add_argument("--million", action="store_true",
+                        help="also a synthetic 1,000,000-item catalogue (nmrn-faithful, 1 epoch)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     if args.data is None:

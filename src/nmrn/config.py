@@ -469,6 +469,7 @@ class SamplerConfig(Config):
 
 
 RETRIEVAL_MODES = ("auto", "exact", "ann")
+RETRIEVAL_INDEXES = ("hnsw", "ivf")
 
 
 @dataclass(frozen=True)
@@ -489,8 +490,20 @@ class RetrievalConfig(Config):
         C, how many items the index returns per read (plus the user's seen items when they are
         excluded); they, and every item changed since the index was built, are scored exactly.
     min_items
-        ``"auto"`` uses the index from this many items on: the measured break-even of
-        BENCHMARKS.md, "ANN retrieval" (below it scoring every item is as fast).
+        ``"auto"`` uses the index from this many items on. Below ~50,000 items scoring every
+        item is as fast (BENCHMARKS.md, "ANN candidates"); between 10,000 and 50,000 the IVF
+        defaults measured recall@10 0.96-0.99 for ``nmrn-faithful``'s read (cells coarser than
+        the item clusters), so ``auto`` starts at 100,000, where they measured >= 0.995.
+    index
+        The faiss index: ``"hnsw"`` (a graph, ``IndexHNSWFlat``) or ``"ivf"`` (an inverted file
+        of k-means cells, ``IndexIVFFlat``, searched in its ``nprobe`` nearest cells). HNSW's
+        greedy search misses items when a read lies between clusters, far from every item (the
+        shared-memory read of ``nmrn-faithful``), where IVF scans whole cells (BENCHMARKS.md,
+        "ANN candidates").
+    nlist
+        IVF: the number of cells (``0``: ``4 sqrt(n_items)``).
+    nprobe
+        IVF: the cells searched per read.
     hnsw_m
         M of the HNSW graph (links per node; memory ``~8 M`` bytes per item on top of the
         vectors).
@@ -511,7 +524,10 @@ class RetrievalConfig(Config):
 
     mode: str = option("auto", OneOf(RETRIEVAL_MODES))
     candidates: int = option(100, Int(low=1, high=100_000))
-    min_items: int = option(50_000, Int(low=1))
+    min_items: int = option(100_000, Int(low=1))
+    index: str = option("ivf", OneOf(RETRIEVAL_INDEXES))
+    nlist: int = option(0, Int(low=0, high=1_000_000))
+    nprobe: int = option(128, Int(low=1, high=1_000_000))
     hnsw_m: int = option(32, Int(low=2, high=256))
     ef_construction: int = option(80, Int(low=1, high=4096))
     ef_search: int = option(256, Int(low=1, high=100_000))

@@ -190,7 +190,7 @@ def test_a_new_item_is_recommendable_at_once() -> None:
 
 
 def test_the_index_is_rebuilt_once_the_delta_passes_its_threshold() -> None:
-    model = _catalogue_model(2_000, 8, 10, candidates=10, rebuild_fraction=0.01)
+    model = _catalogue_model(2_000, 8, 10, index="hnsw", candidates=10, rebuild_fraction=0.01)
     model.recommend(0, k=10)
     model.retrieval_index.changed(np.arange(15))  # 0.75 % of the catalogue: kept as delta
     model.recommend(0, k=10)
@@ -211,13 +211,14 @@ def test_background_build_answers_exactly_until_the_index_is_ready() -> None:
     np.testing.assert_array_equal(first.items, second.items)
 
 
-def test_a_failed_background_build_leaves_reads_exact(monkeypatch, caplog) -> None:
-    model = _catalogue_model(3_000, 8, 10, candidates=10, background=True)
+@pytest.mark.parametrize(("kind", "cls"), [("hnsw", "IndexHNSWFlat"), ("ivf", "IndexIVFFlat")])
+def test_a_failed_background_build_leaves_reads_exact(monkeypatch, caplog, kind, cls) -> None:
+    model = _catalogue_model(3_000, 8, 10, index=kind, candidates=10, background=True)
 
     def broken(*args):
         raise RuntimeError("no memory for the graph")
 
-    monkeypatch.setattr(faiss, "IndexHNSWFlat", broken)
+    monkeypatch.setattr(faiss, cls, broken)
     model.recommend(1, k=10)
     model.retrieval_index.wait(timeout=60)
     with caplog.at_level(logging.ERROR, logger="nmrn.training.retrieval"):
@@ -335,3 +336,122 @@ def test_auto_switches_at_min_items() -> None:
     assert not NMRN(**SMALL, retrieval={"min_items": 51}).fit(events).uses_ann()
     assert NMRN(**SMALL, retrieval={"min_items": 50}).fit(events).uses_ann()
     assert not NMRN(**SMALL, retrieval={"mode": "exact", "min_items": 1}).fit(events).uses_ann()
+
+
+# -- IVF: cells searched, items moved in place -----------------------------------------------------
+IVF = {"index": "ivf", "candidates": 10, "rebuild_fraction": 1.0}
+
+
+def test_ivf_probing_every_cell_equals_exact() -> None:
+    model = _catalogue_model(4_000, 16, 30, index="ivf", nlist=40, nprobe=40, candidates=10)
+    for user in range(30):
+        np.testing.assert_array_equal(model.recommend(user, k=10).items,
+                                      _exact(model, user).items)
+    index = model.retrieval_index
+    assert isinstance(index._index, faiss.IndexIVFFlat) and index._index.nlist == 40
+    assert index.answered == 30 and index.fell_back == 0
+
+
+def test_ivf_moves_a_learned_item_in_place_and_empties_the_delta() -> None:
+    model = _catalogue_model(5_000, 16, 20, **IVF)
+    item, user = 123, 7
+    _far_then_learned(model, item, user)
+    assert item not in model.recommend(user, k=10).items.tolist()  # built with it far away
+    index = model.retrieval_index
+    row = int(model.items.encode([item])[0])
+    target = _read(model, user)
+    with torch.no_grad():
+        model.network.item_emb.data[row] = torch.from_numpy(target)
+    model._items_changed(torch.tensor([row]))
+    assert index.delta_size(5_000) == 1
+    got = model.recommend(user, k=10)
+    assert index.builds == 1 and index.delta_size(5_000) == 0 and index.refreshed == 1
+    np.testing.assert_array_equal(index._index.reconstruct(row), target)  # moved in the index
+    assert got.items[0] == item
+    # and it is found by the search itself now, not as a delta item
+    assert row in index.candidates(target, 10, 5_000).tolist()
+
+
+def test_ivf_adds_new_items_to_the_index() -> None:
+    model = _catalogue_model(5_000, 16, 20, **IVF)
+    user = 5
+    model.recommend(user, k=10)
+    model.learn(pd.DataFrame({"user": [2], "item": ["brand-new"], "timestamp": [10**7]}))
+    row = int(model.items.encode(["brand-new"])[0])
+    with torch.no_grad():
+        model.network.item_emb.data[row] = torch.from_numpy(_read(model, user))
+    model._items_changed(torch.tensor([row]))
+    got = model.recommend(user, k=10)
+    index = model.retrieval_index
+    assert got.items[0] == "brand-new" and index.builds == 1
+    assert index._index.ntotal == 5_001 and index.delta_size(5_001) == 0
+
+
+def test_ivf_under_learn_keeps_the_delta_empty_and_recall() -> None:
+    model = _catalogue_model(5_000, 16, 40, **{**IVF, "candidates": 100})
+    model.recommend(0, k=10)
+    rng = np.random.default_rng(2)
+    for step in range(5):  # 500 learned events: hundreds of items moved
+        model.learn(pd.DataFrame({"user": rng.integers(0, 40, 100),
+                                  "item": rng.integers(0, 5_000, 100),
+                                  "timestamp": 10**7 + step * 100 + np.arange(100)}))
+        hits = [len(set(model.recommend(u, k=10).items.tolist())
+                    & set(_exact(model, u).items.tolist())) / 10 for u in range(40)]
+        assert model.retrieval_index.delta_size(5_000) == 0
+        assert np.mean(hits) >= 0.99
+    assert model.retrieval_index.refreshed > 100 and model.retrieval_index.builds == 1
+
+
+def test_bpr_ivf_keeps_an_item_past_phi_in_the_delta() -> None:
+    events = _stream()
+    model = BPR(dim=8, epochs=2, seed=1, retrieval={**EXACT_WHOLE, **IVF, "nprobe": 1000,
+                                                     "nlist": 4}).fit(events)
+    model.recommend(0, k=10)
+    index = model.retrieval_index
+    phi = index._phi
+    norms = np.sqrt((model.item_emb.numpy() ** 2).sum(1) + model.item_bias.numpy() ** 2)
+    assert phi == pytest.approx(norms.max(), rel=1e-5)
+    small, big = 3, 4
+    model.item_emb[big] *= 2 * phi / float(norms[big])  # past phi: not placeable
+    model.item_emb[small] *= 0.5
+    index.changed(np.array([small, big]))
+    for user in range(40):
+        np.testing.assert_array_equal(model.recommend(user, k=10).items,
+                                      _exact(model, user).items)
+    assert index._delta.indices().tolist() == [big] and index.refreshed == 1
+
+
+# -- a reader's next snapshot keeps the index ----------------------------------------------------
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_handover_keeps_the_index_and_puts_the_changed_items_in_its_delta(tmp_path, kind) -> None:
+    model = _catalogue_model(4_000, 16, 20, index=kind, candidates=50, rebuild_fraction=1.0)
+    model.recommend(0, k=10)
+    model.save(tmp_path / "a.ckpt")
+    old = NMRN.load(tmp_path / "a.ckpt")
+    old.recommend(0, k=10)
+    assert old.retrieval_index.builds == 1
+    model.learn(pd.DataFrame({"user": [1, 2], "item": [10, 20], "timestamp": [10**7] * 2}))
+    model.save(tmp_path / "b.ckpt")
+    new = NMRN.load(tmp_path / "b.ckpt")
+    moved = np.flatnonzero((old.network.item_emb != new.network.item_emb).any(dim=1).numpy())
+    assert len(moved) >= 2
+    handover = new._retrieval_handover(old)
+    assert handover is not None
+    built = old.retrieval_index._index
+    handover()
+    index = new.retrieval_index
+    assert index._index is built and index.builds == 1
+    assert set(index._delta.indices().tolist()) == set(moved.tolist())
+    answered = index.answered
+    for user in range(20):
+        np.testing.assert_array_equal(new.recommend(user, k=10).items, _exact(new, user).items)
+    assert index.builds == 1 and index.answered == answered + 20
+
+
+def test_no_handover_between_different_retrieval_options(tmp_path) -> None:
+    model = _catalogue_model(2_000, 8, 10, candidates=10)
+    model.recommend(0, k=10)
+    other = _catalogue_model(2_000, 8, 10, candidates=20)
+    assert other._retrieval_handover(model) is None
+    fresh = _catalogue_model(2_000, 8, 10, candidates=10)
+    assert model._retrieval_handover(fresh) is None  # fresh has no index to give

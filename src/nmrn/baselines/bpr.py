@@ -61,7 +61,6 @@ from nmrn.training.retrieval import (
     ann_top_k,
     check_retrieval,
     faiss_module,
-    l2_from_inner_product,
 )
 from nmrn.training.schedule import fit_schedule
 
@@ -178,7 +177,8 @@ class BPR(Recommender):
         self.last_loss = float("nan")
         self._retrieval = c.retrieval or RetrievalConfig()
         check_retrieval(self._retrieval, None, "BPR")
-        self._ann = CandidateIndex(self._retrieval)  # never saved; built on the first read
+        # never saved; built on the first read
+        self._ann = CandidateIndex(self._retrieval, inner_product=True)
 
     # -- tables ----------------------------------------------------------------------------------
     def _grow(self, n_users: int, n_items: int) -> None:
@@ -444,9 +444,12 @@ class BPR(Recommender):
         if (u < 0).any() or not self.uses_ann():
             return None
 
-        def vectors() -> np.ndarray:
-            items = torch.cat([self.item_emb, self.item_bias[:, None]], dim=1).numpy()
-            return l2_from_inner_product(items)[0]  # (q, b, sqrt(phi^2 - ||(q, b)||^2))
+        def vectors() -> np.ndarray:  # (q, b); the index makes it (q, b, sqrt(phi^2 - ...))
+            return torch.cat([self.item_emb, self.item_bias[:, None]], dim=1).numpy()
+
+        def rows_of(rows: np.ndarray) -> np.ndarray:
+            r = torch.from_numpy(rows)
+            return torch.cat([self.item_emb[r], self.item_bias[r, None]], dim=1).numpy()
 
         def query_of(user: int) -> np.ndarray:
             p = self.user_emb[user].numpy()
@@ -461,8 +464,21 @@ class BPR(Recommender):
         return ann_top_k(
             self._ann, u, k, len(self.item_emb),
             self.history.items_of if exclude_seen else None,
-            vectors, query_of, score_of,
+            vectors, query_of, score_of, rows_of,
         )
+
+    def _retrieval_handover(self, old: Recommender) -> Callable[[], None] | None:
+        """See :meth:`Recommender._retrieval_handover`: items whose vector or bias differ from
+        ``old``'s are the adopted index's delta."""
+        if (not isinstance(old, BPR) or not old._ann.ready or old._ann.config != self._ann.config
+                or len(old.item_emb) > len(self.item_emb)):
+            return None
+        n = len(old.item_emb)
+        changed = np.flatnonzero(
+            (old.item_emb.numpy() != self.item_emb[:n].numpy()).any(axis=1)
+            | (old.item_bias.numpy() != self.item_bias[:n].numpy())
+        )
+        return lambda: self._ann.adopt(old._ann, changed)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

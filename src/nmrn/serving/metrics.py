@@ -128,6 +128,21 @@ class _Progress(Collector):
         )
         yield GaugeMetricFamily("nmrn_known_users", "Users the model knows.", len(s.model.users))
         yield GaugeMetricFamily("nmrn_known_items", "Items the model knows.", len(s.model.items))
+        index = getattr(s.model, "retrieval_index", None)
+        if index is not None:  # NMRN, BPR: the ANN candidates (config.retrieval)
+            yield GaugeMetricFamily("nmrn_retrieval_ready", "1 when an ANN index answers reads.",
+                                    float(index.ready))
+            yield CounterMetricFamily("nmrn_retrieval_answered", "Reads answered from ANN "
+                                      "candidates re-scored exactly.", index.answered)
+            yield CounterMetricFamily("nmrn_retrieval_exact", "Reads that took the exact path "
+                                      "with ANN on (no index yet, delta too large, too few "
+                                      "candidates left).", index.fell_back)
+            yield CounterMetricFamily("nmrn_retrieval_builds", "ANN index builds swapped in.",
+                                      index.builds)
+            yield GaugeMetricFamily("nmrn_retrieval_delta_items", "Items scored exactly on "
+                                    "every read besides the candidates (changed since the "
+                                    "index, not moved in place yet).",
+                                    index.delta_size(len(s.model.items)))
         quality = getattr(s, "quality", None)
         if quality is not None:
             live = quality.snapshot()

@@ -106,9 +106,17 @@ class SnapshotService(ReadPath):
 
     # -- the snapshot ---------------------------------------------------------------------------
     def swap(self, model: Recommender, manifest: Manifest) -> None:
-        """Serve ``model`` (the snapshot ``manifest`` names) from now on."""
+        """Serve ``model`` (the snapshot ``manifest`` names) from now on; it keeps the current
+        model's retrieval index where it can (compared outside the lock, moved under it)."""
+        try:
+            handover = model._retrieval_handover(self.model)
+        except Exception:  # noqa: BLE001 - the new model then builds its own index
+            log.exception("keeping the retrieval index failed")
+            handover = None
         self._model_lock.acquire()
         try:
+            if handover is not None:
+                handover()
             self.model, self.manifest = model, manifest
         finally:
             self._release_model()

@@ -26,7 +26,7 @@ import copy
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -297,6 +297,13 @@ class Recommender(ABC):
             n = len(found[0])
             idx[row, :n], vals[row, :n] = found
         return idx, vals
+
+    def _retrieval_handover(self, old: Recommender) -> Callable[[], None] | None:
+        """A reader replacing ``old`` by this model (its next snapshot) may keep ``old``'s
+        retrieval index instead of building one: this compares the two models (it may be
+        called while ``old`` serves reads) and returns the function that moves the index over
+        (to call while neither model is read), or ``None`` (nothing to keep)."""
+        return None
 
     def _candidate_top_k(
         self, u: np.ndarray, k: int, exclude_seen: bool

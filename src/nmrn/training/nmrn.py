@@ -40,7 +40,7 @@ Threads: the library never calls ``torch.set_num_threads``; on a small, shared C
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -684,7 +684,20 @@ class NMRN(Recommender):
             self.history.items_of if exclude_seen else None,
             lambda: table.cpu().numpy().astype(np.float32, copy=True),
             query_of, score_of,
+            lambda rows: table[torch.from_numpy(rows).to(self._device)].cpu().numpy(),
         )
+
+    def _retrieval_handover(self, old: Recommender) -> Callable[[], None] | None:
+        """See :meth:`Recommender._retrieval_handover`: the rows of the item table that differ
+        from ``old``'s are the adopted index's delta."""
+        if (not isinstance(old, NMRN) or type(old) is not type(self) or not old._ann.ready
+                or old._ann.config != self._ann.config
+                or old.network.n_items > self.network.n_items):
+            return None
+        before = old.network.item_emb.detach().cpu().numpy()
+        now = self.network.item_emb.detach().cpu().numpy()[: len(before)]
+        changed = np.flatnonzero((before != now).any(axis=1))
+        return lambda: self._ann.adopt(old._ann, changed)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _architecture(self) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """Approximate candidate retrieval behind ``recommend``, re-ranked exactly (issue 13.1).
 
 An embedding model whose score is a distance (NMRN: ``||s - v||``) or an inner product (BPR:
-``p . q + b``) to one query vector per user can find its top-k without scoring every item: an
-HNSW graph (faiss ``IndexHNSWFlat``) over the item vectors returns ``C`` candidates, and the
-model scores them, *exactly*, with its current vectors and its own score function.
+``p . q + b``) to one query vector per user can find its top-k without scoring every item: a
+faiss index over the item vectors (``index``: ``"ivf"``, the default, ``IndexIVFFlat`` searched
+in its ``nprobe`` nearest cells; or ``"hnsw"``, ``IndexHNSWFlat``) returns ``C`` candidates,
+and the model scores them, *exactly*, with its current vectors and its own score function.
 
-The index is a snapshot: the item vectors at its build. Streaming ``learn`` moves some of them
+The index is a snapshot: the item vectors at its build (an IVF index is then moved in place by
+the reads, :meth:`CandidateIndex.prepare`; what follows is how HNSW's delta works, and IVF's
+for the rows it cannot move). Streaming ``learn`` moves some of them
 and adds new items, so :class:`CandidateIndex` keeps the **delta set**, every item changed
 since the snapshot was taken plus every item added after it; the delta joins the candidates of
 every read and is scored exactly like them. An item moved by ``learn`` is therefore found at its
@@ -130,6 +133,7 @@ class _Build:
 
     def __init__(self, n: int) -> None:
         self.n = n
+        self.phi = 0.0
         self.delta = _Delta(n)
         self.index: Any = None
         self.error: BaseException | None = None
@@ -144,15 +148,26 @@ class CandidateIndex:
     ----------
     config
         The :class:`~nmrn.config.RetrievalConfig`.
+    inner_product
+        The model's score is ``y . x`` (BPR): the index applies the Euclidean transform
+        (:func:`l2_from_inner_product`) to the vectors it is given, with the ``phi`` of its
+        build; ``False``: the vectors are indexed as they are (L2).
 
     The model tells it which item rows change (:meth:`changed`) and asks it for candidates
     (:meth:`candidates`) with a function that returns a fresh float32 copy of the vectors to
-    index (``[n_items, D]``, L2). :meth:`invalidate` drops everything (after ``fit``, a load).
-    The index is never saved: a loaded model builds it again on its first read.
+    index (``[n_items, D]``) and, optionally, one that returns the current vectors of some rows
+    (``rows_of``): with it, an IVF index moves the changed items to their new vectors in place
+    on the next read (:meth:`prepare`) instead of scoring them exactly until a rebuild.
+    :meth:`invalidate` drops everything (after ``fit``, a load). The index is never saved: a
+    loaded model builds it again on its first read, or takes over the index of the model it
+    replaces (:meth:`adopt`, a reader's next snapshot).
     """
 
-    def __init__(self, config: RetrievalConfig) -> None:
+    def __init__(self, config: RetrievalConfig, inner_product: bool = False) -> None:
         self.config = config
+        self.inner_product = inner_product
+        self._phi = 0.0
+        self.refreshed = 0  # items moved in place since the build (IVF)
         self._index: Any = None
         self._n_built = 0
         self._delta = _Delta(0)
@@ -176,6 +191,15 @@ class CandidateIndex:
     def invalidate(self) -> None:
         """Forget the index and any build in flight (its result is dropped)."""
         self._index, self._n_built, self._delta, self._build = None, 0, _Delta(0), None
+        self.refreshed = 0
+
+    def adopt(self, old: CandidateIndex, changed: np.ndarray) -> None:
+        """Take over ``old``'s index (built for the model this one's replaces: a reader's
+        previous snapshot), with ``changed``, the rows whose vectors differ between the two
+        models, in its delta (items past the old catalogue are new anyway). ``old`` must not
+        be used afterwards."""
+        self.__dict__.update({k: v for k, v in old.__dict__.items() if k != "config"})
+        self.changed(changed)
 
     # -- reads -------------------------------------------------------------------------------------
     @property
@@ -186,9 +210,10 @@ class CandidateIndex:
         """Items scored exactly on every read besides the candidates (changed or new)."""
         return len(self._delta) + max(n_items - self._n_built, 0) if self.ready else n_items
 
-    def prepare(self, vectors: Callable[[], np.ndarray], n_items: int) -> bool:
-        """Swap in a finished build and start one if the delta is too large; ``True`` when an
-        index can answer now."""
+    def prepare(self, vectors: Callable[[], np.ndarray], n_items: int,
+                rows_of: Callable[[np.ndarray], np.ndarray] | None = None) -> bool:
+        """Swap in a finished build, move changed items in place (IVF, with ``rows_of``), and
+        start a build if the delta is too large; ``True`` when an index can answer now."""
         build = self._build
         if build is not None and (build.thread is None or not build.thread.is_alive()):
             self._build = None
@@ -200,13 +225,50 @@ class CandidateIndex:
                 self.invalidate()
             else:
                 self._index, self._n_built, self._delta = build.index, build.n, build.delta
+                self._phi, self.refreshed = build.phi, 0
                 self.builds += 1
                 self.last_build_seconds = build.seconds
+        if (rows_of is not None and self._build is None and self.ready
+                and isinstance(self._index, faiss_module().IndexIVF)):
+            self._refresh(rows_of, n_items)
         if self._build is None and not self.broken and (
             not self.ready or self.delta_size(n_items) > self.config.rebuild_fraction * n_items
+            or self.refreshed > IVF_REBUILD_AFTER * n_items
         ):
             self._start_build(vectors())
         return self.ready and self.delta_size(n_items) <= MAX_DELTA_SHARE * n_items
+
+    def _refresh(self, rows_of: Callable[[np.ndarray], np.ndarray], n_items: int) -> None:
+        """IVF: move the changed items to their current vectors (``update_vectors``: each is
+        reassigned to its nearest cell) and add the items new since the build, so that the
+        delta is empty again; an item the inner-product transform cannot place (its norm grew
+        past the build's ``phi``) stays in the delta, scored exactly."""
+        changed = self._delta.indices()
+        if not len(changed) and n_items <= self._n_built:
+            return
+        delta = _Delta(n_items)
+        if len(changed):
+            vec, ok = self._to_index_space(rows_of(changed))
+            if ok.any():
+                self._index.update_vectors(np.ascontiguousarray(changed[ok]), vec[ok])
+            delta.mark(changed[~ok])
+            self.refreshed += int(ok.sum())
+        if n_items > self._n_built:
+            new = np.arange(self._n_built, n_items, dtype=np.int64)
+            vec, ok = self._to_index_space(rows_of(new))
+            self._index.add(vec)  # ids n_built.. in order (the direct map needs them so)
+            delta.mark(new[~ok])
+        self._delta, self._n_built = delta, n_items
+
+    def _to_index_space(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(float32 vectors as indexed, which rows are placed exactly)``."""
+        raw = np.asarray(raw, dtype=np.float64)
+        if not self.inner_product:
+            return np.ascontiguousarray(raw, dtype=np.float32), np.ones(len(raw), dtype=bool)
+        sq = (raw * raw).sum(axis=1)
+        extra = np.sqrt(np.maximum(self._phi**2 - sq, 0.0))
+        vec = np.ascontiguousarray(np.hstack([raw, extra[:, None]]), dtype=np.float32)
+        return vec, sq <= self._phi**2
 
     def _start_build(self, snapshot: np.ndarray) -> None:
         build = self._build = _Build(len(snapshot))
@@ -229,10 +291,18 @@ class CandidateIndex:
                 raise ImportError("faiss is not installed: pip install 'nmrn[ann]'")
             start = time.perf_counter()
             cfg = self.config
-            index = faiss.IndexHNSWFlat(snapshot.shape[1], cfg.hnsw_m)  # L2
-            index.hnsw.efConstruction = cfg.ef_construction
+            if self.inner_product:
+                snapshot, build.phi = l2_from_inner_product(snapshot)
+            snapshot = np.ascontiguousarray(snapshot, dtype=np.float32)
+            if cfg.index == "ivf":
+                index = _ivf(faiss, snapshot, cfg.nlist)
+            else:
+                index = faiss.IndexHNSWFlat(snapshot.shape[1], cfg.hnsw_m)  # L2
+                index.hnsw.efConstruction = cfg.ef_construction
             if len(snapshot):
-                index.add(np.ascontiguousarray(snapshot, dtype=np.float32))
+                index.add(snapshot)
+            if cfg.index == "ivf":
+                index.set_direct_map_type(faiss.DirectMap.Array)  # for update_vectors
             build.index = index
             build.seconds = time.perf_counter() - start
         except BaseException as err:  # noqa: BLE001 - reported by the read that swaps
@@ -253,7 +323,11 @@ class CandidateIndex:
         want = min(n, self._n_built)
         parts = []
         if want:
-            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, want))
+            if isinstance(self._index, faiss.IndexIVF):
+                params = faiss.SearchParametersIVF(nprobe=min(self.config.nprobe,
+                                                               self._index.nlist))
+            else:
+                params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, want))
             _, labels = self._index.search(
                 np.ascontiguousarray(query, dtype=np.float32)[None, :], want, params=params
             )
@@ -283,6 +357,31 @@ class CandidateIndex:
         return int(faiss.serialize_index(self._index).size)
 
 
+IVF_REBUILD_AFTER = 1.0
+"""An IVF index moved in place (its cells stay those of its build's k-means) is rebuilt in the
+background once it has moved this many items per item of the catalogue."""
+
+IVF_TRAIN_PER_CELL = 64
+"""k-means of an IVF index trains on at most this many items per cell (a seeded sample): faiss
+needs >= 39 and gains little past ~64; training on all 10^6 items would cost minutes."""
+
+
+def _ivf(faiss: Any, snapshot: np.ndarray, nlist: int) -> Any:
+    """An untrained-then-trained, empty ``IndexIVFFlat`` (L2) for ``snapshot``."""
+    n, dim = snapshot.shape
+    cells = nlist or int(4 * np.sqrt(max(n, 1)))
+    cells = max(1, min(cells, n // 39 if n >= 39 else 1))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, cells)  # keeps its quantizer alive
+    index.cp.seed = 1234
+    train = snapshot
+    if n > IVF_TRAIN_PER_CELL * cells:
+        pick = np.random.default_rng(0).choice(n, IVF_TRAIN_PER_CELL * cells, replace=False)
+        train = snapshot[np.sort(pick)]
+    if len(train):
+        index.train(train)
+    return index
+
+
 def ann_top_k(
     index: CandidateIndex,
     users: np.ndarray,
@@ -292,6 +391,7 @@ def ann_top_k(
     vectors: Callable[[], np.ndarray],
     query_of: Callable[[int], np.ndarray],
     score_of: Callable[[int, np.ndarray], np.ndarray],
+    rows_of: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """``top_k`` of known users from ANN candidates scored exactly, or ``None`` (score every
     item) when no index is ready or fewer than ``min(k, n_items)`` candidates survive the
@@ -300,10 +400,11 @@ def ann_top_k(
     ``seen_of(user)`` gives the items to exclude (``None``: exclude nothing); the index is asked
     for ``C`` plus that many candidates, so that ``C`` remain after the exclusions.
     ``query_of(user)`` is the user's query in the index's space, ``score_of(user, items)``
-    the model's exact scores of ``items`` (float64). Ties go to the lower item index, as in
-    :func:`nmrn.training.ranking.top_k`.
+    the model's exact scores of ``items`` (float64), ``rows_of(rows)`` the current vectors of
+    ``rows`` as ``vectors()`` gives them (for :meth:`CandidateIndex.prepare`). Ties go to the
+    lower item index, as in :func:`nmrn.training.ranking.top_k`.
     """
-    if not index.prepare(vectors, n_items):
+    if not index.prepare(vectors, n_items, rows_of):
         index.fell_back += 1
         return None
     width = min(k, n_items)
