@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from streams.conftest import OrderModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streams.conftest import OrderModel
 
 from nmrn.baselines.bpr import BPR
 from nmrn.errors import ConfigError
@@ -337,3 +337,33 @@ def test_kill_one_rank_then_restart_with_any_r_equals_an_uninterrupted_run(
     with redis.Redis.from_url(redis_url) as client:
         for p in range(P):
             assert client.xpending(stream_key(PREFIX, p), "crash")["pending"] == 0
+
+
+def test_applied_but_unacknowledged_entries_are_skipped_on_restart(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank killed after the checkpoint is durable but before its ack: the entries at or
+    below each partition's id are pending again, and must be skipped, not applied twice."""
+    import redis
+
+    events = _log(400)
+    PartitionedProducer(redis_url, PREFIX, P).send(events)
+    reference = OrderModel()
+    _consume(reference, redis_url, tmp_path / "ref", group="ref")
+
+    with monkeypatch.context() as m:  # the acks are lost
+        m.setattr(RedisStreamSource, "ack", lambda self, position: None)
+        first = _consume(OrderModel(), redis_url, tmp_path / "c", max_events=160)
+    assert first.total_applied == 160
+    with redis.Redis.from_url(redis_url) as client:
+        pending = sum(client.xpending(stream_key(PREFIX, p), "g")["pending"] for p in range(P))
+    assert pending >= 160  # the applied ones, and the read-ahead
+    model, _ = load_checkpoint(tmp_path / "c")
+    consumer = PartitionedConsumer(model, redis_url, PREFIX, "g", P, tmp_path / "c",
+                                   batch_size=16, checkpoint_every=64, poll_timeout=0.05)
+    stats = consumer.run(idle_timeout=0.2)
+    skipped = sum(src.n_skipped for src in consumer.sources.values())
+    consumer.close()
+    assert stats.total_applied == 400 and skipped == 160
+    np.testing.assert_array_equal(model.w, reference.w)
+    assert model.batch_sizes == reference.batch_sizes
