@@ -35,7 +35,7 @@ from nmrn.streams.partitioned import (
     stream_key,
 )
 from nmrn.streams.position import load_checkpoint, save_checkpoint
-from nmrn.streams.redis_source import RedisStreamSource
+from nmrn.streams.redis_source import RedisStreamSource, parse_stream_id
 
 P = 4
 PREFIX = "ev"
@@ -367,3 +367,37 @@ def test_applied_but_unacknowledged_entries_are_skipped_on_restart(
     assert stats.total_applied == 400 and skipped == 160
     np.testing.assert_array_equal(model.w, reference.w)
     assert model.batch_sizes == reference.batch_sizes
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_at_a_cut(redis_url: str, tmp_path: Path) -> None:
+    import redis
+
+    events = _log(N_KILL, users=400)
+    PartitionedProducer(redis_url, PREFIX, P).send(events)
+    ckpt = tmp_path / "crash.ckpt"
+    save_checkpoint(_bpr(), ckpt, position=None)
+    proc = _launch(redis_url, ckpt, 2)
+    try:
+        deadline = time.monotonic() + 120
+        while _events_in(ckpt) < 600 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the consumer made no progress"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        for pid in [*_children(proc.pid), proc.pid]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, err.decode()
+    stats = json.loads(out.decode().strip().splitlines()[-1])
+    assert stats["stopped"] == "stop" and stats["total_applied"] < N_KILL
+    _, position = load_checkpoint(ckpt)
+    assert position is not None and position["events"] == stats["total_applied"]
+    with redis.Redis.from_url(redis_url) as client:
+        for p in range(P):  # acknowledged: everything the final cut covers, nothing after
+            cut = parse_stream_id(position["ids"][str(p)])
+            pending = client.xpending_range(stream_key(PREFIX, p), "crash", min="-", max="+",
+                                            count=10_000)
+            assert all(parse_stream_id(row["message_id"].decode()) > cut for row in pending)
+            acked = client.xrange(stream_key(PREFIX, p), max=position["ids"][str(p)])
+            assert not {i for i, _ in acked} & {row["message_id"] for row in pending}

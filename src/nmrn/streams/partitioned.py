@@ -209,8 +209,8 @@ class _Group:
         self.dist.all_gather(sizes, size)
         longest = max(int(s.item()) for s in sizes)
         mine = torch.zeros(longest, dtype=torch.uint8)
-        mine[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8) \
-            if payload else mine[:0]
+        if payload:
+            mine[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
         bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world)]
         self.dist.all_gather(bufs, mine)
         return [bytes(b[: int(s.item())].numpy()) for b, s in zip(bufs, sizes, strict=True)]
