@@ -103,8 +103,10 @@ def add_produce_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                    help="one JSON object per line, or CSV with a header (default %(default)s)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="redis://HOST:PORT/DB")
-    p.add_argument("--stream", required=True, help="the stream prefix")
-    p.add_argument("--partitions", type=positive_int, required=True, metavar="P")
+    p.add_argument("--stream", required=True,
+                   help="the stream prefix: events go to <prefix>:0 .. <prefix>:P-1")
+    p.add_argument("--partitions", type=positive_int, required=True, metavar="P",
+                   help="P, the number of partitions (fixed for the prefix once recorded)")
     p.set_defaults(handler=run_produce)
     return p
 
@@ -168,28 +170,6 @@ def make_source(args: argparse.Namespace) -> EventSource:
         return FileSource(path, format=args.format, follow=args.follow, sentinel=args.sentinel)
     raise ConfigError(
         f"--source {spec!r} is not understood; use redis://HOST:PORT/DB, file:PATH, or -"
-    )
-
-
-def _load_or_make(args: argparse.Namespace) -> Any:
-    from nmrn.io import checkpoint_exists
-    from nmrn.streams.position import load_checkpoint
-
-    if checkpoint_exists(args.checkpoint):
-        model, _ = load_checkpoint(args.checkpoint)
-        if args.model and args.model != model.preset:
-            held = repr(model.preset) if model.preset else f"{type(model).__name__} (no preset)"
-            raise ConfigError(
-                f"{args.checkpoint} holds a {held} model but --model {args.model} was "
-                "given; drop --model to resume it, or use another --checkpoint path"
-            )
-        return model
-    if args.model:
-        from nmrn.models import make_model
-
-        return make_model(args.model, seed=args.seed)
-    raise ConfigError(
-        f"{args.checkpoint} does not exist; pass --model NAME to start a fresh model"
     )
 
 

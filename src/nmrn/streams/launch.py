@@ -101,10 +101,31 @@ def launch(argv: list[str], nproc: int, *, grace: float = GRACE_S) -> int:
     return 0
 
 
+def _load_or_make(args: argparse.Namespace) -> Any:
+    from nmrn.io import checkpoint_exists
+    from nmrn.streams.position import load_checkpoint
+
+    if checkpoint_exists(args.checkpoint):
+        model, _ = load_checkpoint(args.checkpoint)
+        if args.model and args.model != model.preset:
+            held = repr(model.preset) if model.preset else f"{type(model).__name__} (no preset)"
+            raise ConfigError(
+                f"{args.checkpoint} holds a {held} model but --model {args.model} was "
+                "given; drop --model to resume it, or use another --checkpoint path"
+            )
+        return model
+    if args.model:
+        from nmrn.models import make_model
+
+        return make_model(args.model, seed=args.seed)
+    raise ConfigError(
+        f"{args.checkpoint} does not exist; pass --model NAME to start a fresh model"
+    )
+
+
 def _run_rank(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from nmrn.streams.commands import _load_or_make
     from nmrn.streams.partitioned import PartitionedConsumer, init_distributed
 
     try:
