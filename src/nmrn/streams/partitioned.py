@@ -89,7 +89,7 @@ def partition_of(user: int | str, partitions: int) -> int:
     Examples
     --------
     >>> partition_of(196, 4), partition_of("196", 4), partition_of("u9", 4)
-    (2, 2, 3)
+    (2, 2, 0)
     """
     if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
         raise ValueError(f"partitions must be an int >= 1, got {partitions!r}")
