@@ -269,9 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also re-draw hits10_<setting>.png next to the results")
 
     from nmrn.serving.commands import add_serve_command
-    from nmrn.streams.commands import add_consume_command
+    from nmrn.streams.commands import add_consume_command, add_produce_command
 
-    for add in (add_serve_command, add_consume_command):
+    for add in (add_serve_command, add_consume_command, add_produce_command):
         p = add(sub)
         p.formatter_class = _Formatter
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -558,9 +558,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_consume(args: argparse.Namespace) -> int:
-    from nmrn.streams.commands import run_consume
-
-    return run_consume(args)
+    return int(args.handler(args))  # run_consume or run_produce (nmrn.streams.commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -568,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # a launcher reruns it
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
             format="%(levelname)s %(name)s: %(message)s",
@@ -585,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "report": _cmd_report,
             "serve": _cmd_serve,
             "consume": _cmd_consume,
+            "produce": _cmd_consume,  # both dispatch on args.handler
         }[args.command]
         return command(args)
     except (_UsageError, ConfigError) as err:

@@ -18,8 +18,11 @@ __all__ = [
     "EventSource",
     "FileSource",
     "InvalidEvent",
+    "PartitionedConsumer",
+    "PartitionedProducer",
     "RedisStreamSource",
     "SourceError",
+    "partition_of",
 ]
 
 
@@ -28,4 +31,8 @@ def __getattr__(name: str) -> Any:
         from nmrn.streams.redis_source import RedisStreamSource
 
         return RedisStreamSource
+    if name in ("PartitionedConsumer", "PartitionedProducer", "partition_of"):
+        from nmrn.streams import partitioned
+
+        return getattr(partitioned, name)
     raise AttributeError(f"module 'nmrn.streams' has no attribute {name!r}")

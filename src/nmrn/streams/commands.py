@@ -26,7 +26,8 @@ from nmrn.errors import ConfigError
 from nmrn.streams.consumer import Consumer
 from nmrn.streams.sources import EventSource, FileSource
 
-__all__ = ["add_consume_command", "make_source", "run_consume"]
+__all__ = ["add_consume_command", "add_produce_command", "make_source", "run_consume",
+           "run_produce"]
 
 
 def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -73,8 +74,74 @@ def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout", type=positive_seconds, metavar="S", help="stop after S idle seconds"
     )
+    part = p.add_argument_group("partitioned Redis (see docs/scaling.md section 5)")
+    part.add_argument("--partitions", type=positive_int, metavar="P",
+                      help="read the P streams <--stream>:0 .. :P-1 that 'nmrn produce' wrote, "
+                      "merged into one time order (--group applies to each)")
+    part.add_argument("--nproc", type=positive_int, default=1, metavar="R",
+                      help="reader processes (torch.distributed, gloo on loopback); rank r "
+                      "reads the partitions p with p mod R = r (default 1). Under torchrun "
+                      "(RANK/WORLD_SIZE set) this process is one rank and --nproc is ignored")
+    part.add_argument("--dist-timeout", type=positive_seconds, default=60.0, metavar="S",
+                      help="a rank that waits longer than S on a lost peer exits with an error "
+                      "(default %(default)s)")
     p.set_defaults(handler=run_consume)
     return p
+
+
+def add_produce_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``produce`` sub-command (partitioned Redis producer); returns it."""
+    p = subparsers.add_parser(
+        "produce",
+        help="write events (file or stdin) to P partitioned Redis streams",
+        description=(
+            "Append each event to the stream <prefix>:p, p = crc32(str(user)) mod P, and record "
+            "P in <prefix>:partitions (a producer or consumer with another P is refused)."
+        ),
+    )
+    p.add_argument("--source", default="-", help="file:PATH or - for stdin (default -)")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="one JSON object per line, or CSV with a header (default %(default)s)")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="redis://HOST:PORT/DB")
+    p.add_argument("--stream", required=True,
+                   help="the stream prefix: events go to <prefix>:0 .. <prefix>:P-1")
+    p.add_argument("--partitions", type=positive_int, required=True, metavar="P",
+                   help="P, the number of partitions (fixed for the prefix once recorded)")
+    p.set_defaults(handler=run_produce)
+    return p
+
+
+def run_produce(args: argparse.Namespace) -> int:
+    """Run ``nmrn produce``: prints ``{"sent", "invalid", "per_partition"}`` as JSON."""
+    import logging
+
+    from nmrn.streams.partitioned import PartitionedProducer
+
+    spec = args.source
+    if spec != "-" and not spec.startswith("file:"):
+        raise ConfigError(f"--source {spec!r}: use file:PATH or - for stdin")
+    source = FileSource("-" if spec == "-" else spec[len("file:"):], format=args.format)
+    producer = PartitionedProducer(args.redis, args.stream, args.partitions)
+    invalid = 0
+
+    def valid() -> Any:
+        nonlocal invalid
+        for entry in source:
+            if entry.ok:
+                yield entry.value
+            else:
+                invalid += 1
+                logging.getLogger(__name__).warning(
+                    "skipping malformed record at %s: %s", entry.position, entry.value.reason)
+
+    try:
+        sent = producer.send(valid())
+    finally:
+        producer.close()
+        source.close()
+    print(json.dumps({"sent": sent, "invalid": invalid, "per_partition": producer.sent}),
+          flush=True)
+    return 0
 
 
 def make_source(args: argparse.Namespace) -> EventSource:
@@ -108,6 +175,12 @@ def make_source(args: argparse.Namespace) -> EventSource:
 
 def run_consume(args: argparse.Namespace) -> int:
     """Run ``nmrn consume``; returns the exit status (errors raise :class:`NMRNError`)."""
+    if getattr(args, "partitions", None):
+        from nmrn.streams.launch import run_partitioned
+
+        return run_partitioned(args)
+    if args.nproc != 1:
+        raise ConfigError("--nproc needs --partitions P (a single stream has one reader)")
     from nmrn.io import checkpoint_exists
     from nmrn.streams.position import load_checkpoint
 
