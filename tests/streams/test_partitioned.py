@@ -3,7 +3,9 @@
 The producer's partitioning, the merge order (against the single-stream consumer), malformed
 entries, a wrong P, and the proof of the consistent cut: one rank of a 2-process consumer is
 killed with SIGKILL at seeded moments, the survivors must exit with an error within bounded
-time, and restarts with R = 2, 3, 1 must end bit-identical to an uninterrupted run.
+time, and restarts with R = 2, 3, 1 must end in the state of an uninterrupted run: the same
+applied prefix of every partition, every history and count exact, and the floats equal up to the
+rounding of BPR's data-parallel step (bit-identical when R = 1).
 """
 
 from __future__ import annotations
@@ -333,7 +335,15 @@ def test_kill_one_rank_then_restart_with_any_r_equals_an_uninterrupted_run(
     ref_state, got_state = _state(reference), _state(model)
     assert ref_state.keys() == got_state.keys()
     for key in ref_state:
-        np.testing.assert_array_equal(got_state[key], ref_state[key], err_msg=key)
+        got, want = got_state[key], ref_state[key]
+        if np.issubdtype(want.dtype, np.floating):
+            # BPR's step is data-parallel under the consumer's process group: with R > 1 its
+            # row gradients are summed in another order, so floats agree up to rounding (the
+            # bound tests/training/test_distributed.py justifies; relative for the Adagrad sums,
+            # which grow into the hundreds). Events lost or applied twice move them far more.
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=key)
+        else:  # ids, counts, generator state, history: exact
+            np.testing.assert_array_equal(got, want, err_msg=key)
     with redis.Redis.from_url(redis_url) as client:
         for p in range(P):
             assert client.xpending(stream_key(PREFIX, p), "crash")["pending"] == 0
