@@ -181,25 +181,9 @@ def run_consume(args: argparse.Namespace) -> int:
         return run_partitioned(args)
     if args.nproc != 1:
         raise ConfigError("--nproc needs --partitions P (a single stream has one reader)")
-    from nmrn.io import checkpoint_exists
-    from nmrn.streams.position import load_checkpoint
+    from nmrn.streams.launch import load_or_make
 
-    if checkpoint_exists(args.checkpoint):
-        model, _ = load_checkpoint(args.checkpoint)
-        if args.model and args.model != model.preset:
-            held = repr(model.preset) if model.preset else f"{type(model).__name__} (no preset)"
-            raise ConfigError(
-                f"{args.checkpoint} holds a {held} model but --model {args.model} was "
-                "given; drop --model to resume it, or use another --checkpoint path"
-            )
-    elif args.model:
-        from nmrn.models import make_model
-
-        model = make_model(args.model, seed=args.seed)
-    else:
-        raise ConfigError(
-            f"{args.checkpoint} does not exist; pass --model NAME to start a fresh model"
-        )
+    model = load_or_make(args)
     source = make_source(args)
     try:
         consumer = Consumer(

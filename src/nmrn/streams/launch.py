@@ -101,7 +101,8 @@ def launch(argv: list[str], nproc: int, *, grace: float = GRACE_S) -> int:
     return 0
 
 
-def _load_or_make(args: argparse.Namespace) -> Any:
+def load_or_make(args: argparse.Namespace) -> Any:
+    """The model of ``nmrn consume``: resumed from ``--checkpoint``, else a fresh ``--model``."""
     from nmrn.io import checkpoint_exists
     from nmrn.streams.position import load_checkpoint
 
@@ -136,11 +137,11 @@ def _run_rank(args: argparse.Namespace) -> int:
     try:
         # rank 0 loads first (and repairs an interrupted save); the others after it
         if rank == 0:
-            model = _load_or_make(args)
+            model = load_or_make(args)
         if world > 1:
             dist.barrier()
         if rank != 0:
-            model = _load_or_make(args)
+            model = load_or_make(args)
         consumer = PartitionedConsumer(
             model, args.source, args.stream, args.group, args.partitions, args.checkpoint,
             checkpoint_every=args.checkpoint_every, batch_size=args.batch_size,
