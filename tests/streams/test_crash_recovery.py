@@ -27,6 +27,7 @@ from nmrn.io import read_checkpoint
 from nmrn.streams.consumer import Consumer
 from nmrn.streams.position import load_checkpoint, save_checkpoint
 from nmrn.streams.redis_source import RedisStreamSource
+from tests.streams.progress import events_in
 
 N_EVENTS = 20_000
 CHECKPOINT_EVERY = 400
@@ -54,15 +55,6 @@ def _make_stream(url: str, n: int = N_EVENTS, seed: int = 7) -> list[tuple[int, 
                 pipe.xadd(STREAM, {"user": u, "item": i, "timestamp": t})
             pipe.execute()
     return events
-
-
-def _events_in(path: Path) -> int:
-    """Applied events recorded in the checkpoint at ``path`` (0 if absent or being replaced)."""
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return int((meta.get("extra", {}).get("stream") or {}).get("events", 0))
 
 
 def _start(url: str, ckpt: Path, group: str) -> subprocess.Popen[bytes]:
@@ -111,14 +103,14 @@ def test_sigkill_restarts_equal_an_uninterrupted_run(redis_url: str, tmp_path: P
         if len(kills) < len(targets):
             target = targets[len(kills)]
             deadline = time.monotonic() + 60
-            while _events_in(ckpt) < target and proc.poll() is None:
+            while events_in(ckpt) < target and proc.poll() is None:
                 assert time.monotonic() < deadline, "the consumer made no progress"
                 time.sleep(0.002)
             time.sleep(rng.uniform(0.0, 0.05))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                kills.append(_events_in(ckpt))
+                kills.append(events_in(ckpt))
                 continue
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
@@ -273,8 +265,8 @@ def test_counts_of_dead_letters_and_retries_are_exact_across_sigkills(
                 # kill right after a dead letter written since the last checkpoint: the case
                 # where the count used to be lost
                 deadline = time.monotonic() + 60
-                start_events = _events_in(ckpt)
-                while _events_in(ckpt) < start_events + 200 and proc.poll() is None:
+                start_events = events_in(ckpt)
+                while events_in(ckpt) < start_events + 200 and proc.poll() is None:
                     assert time.monotonic() < deadline, "the consumer made no progress"
                     time.sleep(0.002)
                 seen = client.xlen(dead_key)

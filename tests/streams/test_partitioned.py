@@ -38,6 +38,7 @@ from nmrn.streams.partitioned import (
 )
 from nmrn.streams.position import load_checkpoint, save_checkpoint
 from nmrn.streams.redis_source import RedisStreamSource, parse_stream_id
+from tests.streams.progress import events_in
 
 P = 4
 PREFIX = "ev"
@@ -231,14 +232,6 @@ def _state(model: Any) -> dict[str, np.ndarray]:
             "item_counts": model.item_counts}
 
 
-def _events_in(path: Path) -> int:
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return int((meta.get("extra", {}).get("stream") or {}).get("events", 0))
-
-
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -294,7 +287,7 @@ def test_kill_one_rank_then_restart_with_any_r_equals_an_uninterrupted_run(
             started.append(proc.pid)
             if len(kills) < len(targets):
                 deadline = time.monotonic() + 120
-                while _events_in(ckpt) < targets[len(kills)] and proc.poll() is None:
+                while events_in(ckpt) < targets[len(kills)] and proc.poll() is None:
                     assert time.monotonic() < deadline, "the consumer made no progress"
                     time.sleep(0.005)
                 time.sleep(rng.uniform(0.0, 0.1))
@@ -303,7 +296,7 @@ def test_kill_one_rank_then_restart_with_any_r_equals_an_uninterrupted_run(
                 started.extend(ranks)
                 victim = ranks[rng.randrange(nproc)]
                 os.kill(victim, signal.SIGKILL)
-                kills.append(_events_in(ckpt))
+                kills.append(events_in(ckpt))
                 # the launcher notices, stops the survivors, and fails: bounded, never a hang
                 _, err = proc.communicate(timeout=45)
                 assert proc.returncode == 1, err.decode()
@@ -389,7 +382,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_a_cut(redis_url: str, tmp_p
     proc = _launch(redis_url, ckpt, 2)
     try:
         deadline = time.monotonic() + 120
-        while _events_in(ckpt) < 600 and proc.poll() is None:
+        while events_in(ckpt) < 600 and proc.poll() is None:
             assert time.monotonic() < deadline, "the consumer made no progress"
             time.sleep(0.005)
         proc.send_signal(signal.SIGTERM)
