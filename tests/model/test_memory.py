@@ -185,3 +185,76 @@ def test_device_kernels_equal_sequential(monkeypatch: pytest.MonkeyPatch, per_us
     g2 = torch.autograd.grad(want[0].sum() + want[1].sum(), inputs)
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b)
+
+
+# -- the batch cut across ranks (docs/scaling.md §2.4, §2.6) ------------------------------------
+class _ThreadGather:
+    """An all-gather between threads standing for ranks: the composition's algebra is tested
+    here without processes; tests/training/test_distributed_nmrn.py runs it on real gloo ranks."""
+
+    def __init__(self, world: int) -> None:
+        import threading
+
+        self.world, self.barrier = world, threading.Barrier(world, timeout=30)
+        self.slots: list = [None] * world
+
+    def for_rank(self, rank: int):
+        def gather(t: torch.Tensor) -> list[torch.Tensor]:
+            self.slots[rank] = t.clone()
+            self.barrier.wait()
+            out = list(self.slots)
+            self.barrier.wait()  # nobody overwrites a slot before every rank has read them all
+            return out
+
+        return gather
+
+
+def _across_ranks(inputs, probe_r, probe_f, world: int):
+    """Per rank: (reads of its slice, final, gradients of (values0, w, erase, add) of the slice)."""
+    import threading
+
+    values0, w, erase, add = inputs
+    n = w.shape[0]
+    comm, out = _ThreadGather(world), [None] * world
+
+    def run(rank: int) -> None:
+        lo, hi = rank * n // world, (rank + 1) * n // world
+        leaves = [values0.detach().clone().requires_grad_()] + [
+            t[lo:hi].detach().clone().requires_grad_() for t in (w, erase, add)
+        ]
+        reads, final = memory.evolve_across_ranks(*leaves, rank, world, comm.for_rank(rank))
+        loss = (reads * probe_r[lo:hi]).sum() + (final * probe_f).sum()  # final: once
+        out[rank] = (reads.detach(), final.detach(), torch.autograd.grad(loss, leaves))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+@pytest.mark.parametrize(("world", "n", "sharpness"), [(2, 23, 1.0), (3, 70, 1.0), (3, 70, 60.0),
+                                                       (4, 3, 1.0)])
+def test_across_ranks_equals_one_process(world: int, n: int, sharpness: float) -> None:
+    inputs = [t.requires_grad_() for t in _batch(5, n, 3, 4, sharpness)]
+    g = torch.Generator().manual_seed(11)
+    probe_r = torch.randn(n, 4, generator=g, dtype=D64)
+    probe_f = torch.randn(3, 4, generator=g, dtype=D64)
+    reads, final = evolve(*inputs)
+    want = torch.autograd.grad((reads * probe_r).sum() + (final * probe_f).sum(), inputs)
+    got = _across_ranks(inputs, probe_r, probe_f, world)
+    torch.testing.assert_close(torch.cat([r for r, _, _ in got]), reads.detach(),
+                               rtol=1e-10, atol=1e-12)
+    for _, fin, _ in got:  # every rank ends with the same memory, bit for bit
+        assert torch.equal(fin, got[0][1])
+    torch.testing.assert_close(got[0][1], final.detach(), rtol=1e-10, atol=1e-12)
+    # the gradient of values0 sums over ranks (rank 0 carries it all); the slices' concatenate
+    torch.testing.assert_close(sum(gr[0] for _, _, gr in got), want[0], rtol=1e-10, atol=1e-12)
+    for k in (1, 2, 3):
+        torch.testing.assert_close(torch.cat([gr[k] for _, _, gr in got]), want[k],
+                                   rtol=1e-10, atol=1e-12)
+    # rank 0 ran the single process's own scan from the known start: its reads are bitwise
+    values0, w, erase, add = (x.detach() for x in inputs)
+    first = n // world
+    assert torch.equal(got[0][0], evolve(values0, w[:first], erase[:first], add[:first])[0])

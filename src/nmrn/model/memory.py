@@ -34,6 +34,7 @@ chunk start states are carried across chunks (a loop over ``B/c`` chunks), and e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -224,6 +225,50 @@ def evolve_sequential(
     return out, final[0] if index is None else final
 
 
+def evolve_across_ranks(
+    values0: Tensor,
+    w: Tensor,
+    erase: Tensor,
+    add: Tensor,
+    rank: int,
+    world: int,
+    gather: Callable[[Tensor], list[Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """:func:`evolve` of one shared memory when the batch is cut across ``world`` processes.
+
+    This process holds the contiguous slice ``rank`` of a time-ordered batch (``w``, ``erase``,
+    ``add`` are the slice's rows); ``values0 [H, d]`` is the memory before the *whole* batch,
+    the same on every rank; ``gather(t)`` all-gathers a tensor of the same shape from every rank
+    in rank order (a collective: every rank calls it at the same point). A slice acts on the
+    memory as one affine map ``M_end = P * M_start + Q`` (``P`` the product of its factors,
+    ``Q`` its scan from a zero state), so each rank sends ``(P, Q)`` and composes the maps of
+    the ranks before it, in rank order, to get its own start state; then it runs its slice's
+    reads and writes from there (docs/scaling.md §2.4). Rank 0 knows its start and sends
+    ``(0, its end state)``. The backward pass is the same thing against time: the last rank
+    sends ``(0, D_start)``, ranks in between ``(P, their backward scan from zero)`` (rank 0's
+    map is nobody's to compose: it sends zeros), and each rank runs its slice's backward from
+    the composed gradient of the state after its slice (§2.6).
+
+    Cost: a rank after the first runs its slice's scan twice (the map, then the reads), and it
+    cannot start the second before the slices before it are composed, so the recurrence's
+    critical path is about two slices' scans: ``R`` ranks cut it by about ``R / 2`` (nothing at
+    ``R = 2``; BENCHMARKS.md "Data-parallel NMRN" has the measured figures).
+    Every rank composes the same gathered maps in the same order, so ``final`` is bitwise the
+    same on every rank; rank 0's reads are bitwise the single process's, the others' agree up
+    to float rounding. The gradient of ``values0`` is rank 0's (zero on the others), so that
+    the ranks' gradients sum to the single process's. ``final`` is replicated: its gradient
+    must be the same on every rank, and it counts once (the last rank's).
+
+    Returns ``(reads [slice, d], final [H, d])`` (the memory after the whole batch). CPU
+    float32/float64 only (the fused kernels).
+    """
+    if values0.dim() != 2:
+        raise ValueError(f"values0 must be [H, d], got {tuple(values0.shape)}")
+    if not _numpy_ok(values0, w, erase, add):
+        raise ValueError("evolve_across_ranks runs the fused CPU kernels: float32/64 on CPU")
+    return _EvolveReadRanks.apply(values0, w, erase, add, (rank, world, gather))
+
+
 # -- the scan -----------------------------------------------------------------------------------
 class _EvolveRead(torch.autograd.Function):
     """Reads and writes of a batch, ``M_t = F_t * M_{t-1} + G_t``, with an exact backward."""
@@ -279,6 +324,67 @@ class _EvolveRead(torch.autograd.Function):
         grad_w += (before * grad_reads[:, None, :]).sum(dim=-1)
         grad_add = torch.bmm(w[:, None, :], grad_after).squeeze(1)  # [B, d]
         grad_erase = torch.bmm(w[:, None, :], grad_factor).squeeze(1).neg_()  # [B, d]
+        return grad_m0, grad_w, grad_erase, grad_add, None
+
+
+class _EvolveReadRanks(torch.autograd.Function):
+    """:func:`evolve_across_ranks`: the fused kernels on a slice, composed across ranks."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, m0: Tensor, w: Tensor, erase: Tensor, add: Tensor,
+        group: tuple[int, int, Callable[[Tensor], list[Tensor]]],
+    ) -> tuple[Tensor, Tensor]:
+        rank, world, gather = group
+        arrays = [_np(t) for t in (w, erase, add)]
+        start = m0.detach().numpy()
+        if rank == 0:  # rank 0 starts from the known state: its own scan is the real one
+            reads, before, end = _fused_forward(start, *arrays)
+            mine = np.stack([np.zeros_like(end), end])
+        else:
+            mine = np.stack(_fused_affine(*arrays))
+        maps = [g.numpy() for g in gather(torch.from_numpy(mine))]  # [2, H, d] per rank
+        state = start.copy()
+        for r, (p, q) in enumerate(maps):  # in rank order, the same on every rank
+            if r == rank:
+                start = state.copy()
+            state = p * state + q
+        if rank > 0:
+            reads, before, _ = _fused_forward(start, *arrays)
+        ctx.group = group
+        ctx.products = [p for p, _ in maps]
+        ctx.save_for_backward(w, erase, add, torch.from_numpy(before))
+        return torch.from_numpy(reads), torch.from_numpy(state)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_reads: Tensor | None, grad_final: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        rank, world, gather = ctx.group
+        w, erase, add, before = ctx.saved_tensors
+        if grad_reads is None:
+            grad_reads = before.new_zeros(before.shape[0], before.shape[2])
+        if grad_final is None:
+            grad_final = before.new_zeros(before.shape[1:])
+        arrays = [_np(t) for t in (w, erase, add, before, grad_reads)]
+        carry = _np(grad_final)
+        if rank == world - 1:  # the gradient after the last slice is known: the real pass
+            grads = _fused_backward(*arrays, carry)
+            mine = np.stack([np.zeros_like(carry), grads[0]])
+        elif rank == 0:  # no slice comes before rank 0's: nobody composes its map
+            mine = np.zeros((2, *carry.shape), dtype=carry.dtype)
+        else:
+            mine = np.stack([ctx.products[rank], _fused_backward_from_zero(
+                arrays[0], arrays[1], arrays[4])])
+        maps = [g.numpy() for g in gather(torch.from_numpy(mine))]
+        for r in range(world - 1, rank, -1):  # against time, composing the later slices
+            p, q = maps[r]
+            carry = p * carry + q
+        if rank < world - 1:
+            grads = _fused_backward(*arrays, carry)
+        grad_m0, grad_w, grad_erase, grad_add = (torch.from_numpy(g) for g in grads)
+        if rank > 0:  # the dependence on values0 is all in rank 0's gradient
+            grad_m0 = torch.zeros_like(grad_m0)
         return grad_m0, grad_w, grad_erase, grad_add, None
 
 
@@ -368,6 +474,52 @@ def _fused_backward(
         gw += np.matmul(b, grad_reads[lo:hi, :, None])[..., 0]  # from the read s_t
         grad_w[lo:hi] = gw
     return carry, grad_w, grad_erase, grad_add
+
+
+def _fused_affine(
+    w: np.ndarray, erase: np.ndarray, add: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(P, Q)``, both ``[H, d]``: the batch's writes as one map ``M -> P * M + Q``."""
+    n, h = w.shape
+    d = erase.shape[1]
+    prod = np.ones((h, d), dtype=w.dtype)
+    state = np.zeros((h, d), dtype=w.dtype)
+    factor = np.empty((_CHUNK, h, d), dtype=w.dtype)
+    shift = np.empty((_CHUNK, h, d), dtype=w.dtype)
+    for lo in range(0, n, _CHUNK):
+        hi = min(n, lo + _CHUNK)
+        f, g = factor[: hi - lo], shift[: hi - lo]
+        np.multiply(w[lo:hi, :, None], erase[lo:hi, None, :], out=f)
+        np.subtract(1.0, f, out=f)
+        np.multiply(w[lo:hi, :, None], add[lo:hi, None, :], out=g)
+        for j in range(hi - lo):
+            np.multiply(f[j], state, out=state)
+            np.add(state, g[j], out=state)
+            np.multiply(prod, f[j], out=prod)
+    return prod, state
+
+
+def _fused_backward_from_zero(
+    w: np.ndarray, erase: np.ndarray, grad_reads: np.ndarray
+) -> np.ndarray:
+    """``[H, d]``: the gradient w.r.t. the state before the batch when the state after it has
+    none (the backward recurrence alone, without the parameters' gradients)."""
+    n, h = w.shape
+    d = erase.shape[1]
+    carry = np.zeros((h, d), dtype=w.dtype)
+    factor = np.empty((_CHUNK, h, d), dtype=w.dtype)
+    grad_before = np.empty((_CHUNK, h, d), dtype=w.dtype)
+    for hi in range(n, 0, -_CHUNK):
+        lo = max(0, hi - _CHUNK)
+        k = hi - lo
+        f, gb = factor[:k], grad_before[:k]
+        np.multiply(w[lo:hi, :, None], erase[lo:hi, None, :], out=f)
+        np.subtract(1.0, f, out=f)
+        np.multiply(w[lo:hi, :, None], grad_reads[lo:hi, None, :], out=gb)
+        for j in range(k - 1, -1, -1):
+            np.multiply(f[j], carry, out=carry)
+            np.add(carry, gb[j], out=carry)
+    return carry
 
 
 def _scan(

@@ -27,6 +27,7 @@ Adversarial Training", KDD 2018.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -295,6 +296,7 @@ class NMRNNetwork(nn.Module):
         values0: Tensor,
         index: Tensor | None = None,
         context: Tensor | None = None,
+        scan: Callable[..., tuple[Tensor, Tensor]] = evolve,
     ) -> tuple[Tensor, Tensor]:
         """Interests of a time-ordered mini-batch, and the memory after its writes.
 
@@ -302,12 +304,13 @@ class NMRNNetwork(nn.Module):
         [B]``), ``context [B, L, d]`` or None -> ``(s [B, d], final)``: event ``t``'s interest
         is read from the memory as left by events ``< t``, addressed by its query
         (:meth:`query`); its positive item then writes where the query points
-        (:func:`nmrn.model.memory.evolve`).
+        (:func:`nmrn.model.memory.evolve`, or ``scan(values0, w, erase, add, index)`` in its
+        place: the data-parallel step passes one that composes the slices of several ranks).
         """
         q = self.query(u, context)  # [B, d]
         w = self.address(q)  # [B, H]
         erase, add = self.gates(v_pos)  # [B, d] each
-        s, final = evolve(values0, w, erase, add, index)  # [B, d], like values0
+        s, final = scan(values0, w, erase, add, index)  # [B, d], like values0
         return (s + q if self.personal_offset else s), final
 
     @torch.no_grad()
