@@ -1,4 +1,7 @@
-"""Data-parallel BPR: fit and learn events/s with 1 and 2 ranks (docs/scaling.md, issue 14).
+"""Data-parallel training: fit and learn events/s with 1 and 2 ranks (docs/scaling.md, issue 14).
+
+``--model bpr`` (the default), ``nmrn-faithful`` (one shared memory: contiguous slices, the
+recurrence composed across ranks) or ``nmrn-memory`` (per-user memories: whole users per rank).
 
 Each configuration runs as real ranks started by ``nmrn.training.distributed.launch`` (gloo on
 loopback, one torch thread per rank). A rank times ``fit`` (``--epochs`` passes over ML-100K's
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 
-def rank_main(out: str, options: dict[str, Any], n_fit: int, n_stream: int) -> int:
+def rank_main(out: str, name: str, options: dict[str, Any], n_fit: int, n_stream: int) -> int:
     import torch
     import torch.distributed as dist
 
@@ -32,7 +35,7 @@ def rank_main(out: str, options: dict[str, Any], n_fit: int, n_stream: int) -> i
     torch.set_num_threads(1)
     data = load_dataset("ml-100k")
     head, tail = data[:n_fit], data[n_fit : n_fit + n_stream]
-    model = make_model("bpr", **options)
+    model = make_model(name, **options)
 
     def barrier() -> None:
         if dist.is_initialized():
@@ -50,7 +53,7 @@ def rank_main(out: str, options: dict[str, Any], n_fit: int, n_stream: int) -> i
     # the step's one collective alone: an all-gather of the padded buffer BPR sends at this size
     # (per rank: ceil(B/R) user rows and 2 ceil(B/R) item rows, int64 index + float32 values)
     gather_ms = float("nan")
-    if dist.is_initialized():
+    if dist.is_initialized() and name == "bpr":
         world = dist.get_world_size()
         most = -(-options["batch_size"] // world)
         dim = options["dim"]
@@ -74,6 +77,7 @@ def main() -> None:
     from nmrn.training.distributed import launch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="bpr", choices=["bpr", "nmrn-faithful", "nmrn-memory"])
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--fit", type=int, default=80_000)
@@ -89,13 +93,15 @@ def main() -> None:
         for rnd in range(args.rounds):
             for nproc in (1, 2):
                 out = Path(tmp, f"r{rnd}n{nproc}.json")
-                codes = launch(rank_main, nproc, (str(out), options, args.fit, args.stream),
+                codes = launch(rank_main, nproc,
+                               (str(out), args.model, options, args.fit, args.stream),
                                deadline_s=600)
                 if codes != [0] * nproc:
                     raise SystemExit(f"{nproc} ranks exited with {codes}")
                 runs[nproc].append(json.loads(out.read_text()))
                 loads.append(os.getloadavg()[0])
-    print(f"BPR dim {args.dim}, mini-batch {args.batch}, fit {args.epochs} x {args.fit:,} events,"
+    print(f"{args.model} dim {args.dim}, mini-batch {args.batch}, "
+          f"fit {args.epochs} x {args.fit:,} events,"
           f" learn {args.stream:,} events; {args.rounds} alternating rounds; 1 thread per rank")
     print("| ranks | fit events/s | learn events/s |")
     print("|---|---|---|")
@@ -108,8 +114,10 @@ def main() -> None:
     print(f"| 2 / 1 | {med[2][0] / med[1][0]:.2f}x | {med[2][1] / med[1][1]:.2f}x |")
     steps = args.fit / args.batch
     print(f"ms per fit step: 1 rank {1000 / med[1][0] * args.batch:.2f}, 2 ranks "
-          f"{1000 / med[2][0] * args.batch:.2f}; the all-gather alone at 2 ranks (median of 50): "
-          f"{statistics.median(r['gather_ms'] for r in runs[2]):.2f} ms ({steps:.0f} steps/epoch)")
+          f"{1000 / med[2][0] * args.batch:.2f} ({steps:.0f} steps/epoch)")
+    if args.model == "bpr":
+        print("the all-gather alone at 2 ranks (median of 50): "
+              f"{statistics.median(r['gather_ms'] for r in runs[2]):.2f} ms")
     print("1-minute load average after each run: " + ", ".join(f"{x:.2f}" for x in loads))
 
 

@@ -28,7 +28,8 @@ def model_arrays(model: Any) -> dict[str, np.ndarray]:
     arrays, meta = model._state()
     out = {k: np.asarray(v) for k, v in arrays.items()}
     out["step"] = np.asarray(meta["step"])
-    out["last_loss"] = np.asarray(model.last_loss)
+    if hasattr(model, "last_loss"):  # BPR's
+        out["last_loss"] = np.asarray(model.last_loss)
     return out
 
 
@@ -55,19 +56,27 @@ def train_world_of_one(out: str, model_name: str, options: dict[str, Any], n_fit
         dist.destroy_process_group()
 
 
-def nan_on_rank(out: str, options: dict[str, Any], bad_rank: int) -> int:
+def _item_table(model: Any) -> torch.Tensor:
+    return model.item_emb if hasattr(model, "item_emb") else model.network.item_emb.data
+
+
+def _user_table(model: Any) -> torch.Tensor:
+    return model.user_emb if hasattr(model, "user_emb") else model.network.user_emb.data
+
+
+def nan_on_rank(out: str, options: dict[str, Any], bad_rank: int, model_name: str = "bpr") -> int:
     """Fit, then poison this rank's user table (if ``bad_rank``) and learn: record the error."""
     from nmrn.models import make_model
 
     events = stream()
-    model = make_model("bpr", **options).fit(events[:2000])
-    before = model.item_emb.clone()
+    model = make_model(model_name, **options).fit(events[:2000])
+    before = _item_table(model).clone()
     if dist.get_rank() == bad_rank:
-        model.user_emb[:] = float("nan")
+        _user_table(model)[:] = float("nan")
     try:
         model.learn(events[2000:])
     except NMRNError as err:
-        unchanged = bool(torch.equal(model.item_emb[: len(before)], before))
+        unchanged = bool(torch.equal(_item_table(model)[: len(before)], before))
         Path(out, f"rank{dist.get_rank()}.txt").write_text(f"{unchanged}\n{err}")
         return 3
     return 0

@@ -469,7 +469,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     as_rank = "WORLD_SIZE" in os.environ  # started by torchrun or by --nproc below
     ranks = int(os.environ["WORLD_SIZE"]) if as_rank else args.nproc
     if ranks > 1 and not getattr(model, "data_parallel", False):
-        raise _UsageError(f"{args.model} does not train data-parallel yet (built: bpr; "
+        raise _UsageError(f"{args.model} does not train data-parallel yet (built: bpr, and "
+                          "NMRN on CPU with the uniform or popularity sampler; "
                           "docs/scaling.md): run it with --nproc 1")
     if args.out.exists() and not is_checkpoint(args.out):  # before minutes of training
         raise _UsageError(f"--out {args.out} exists and is not an nmrn checkpoint; it would "

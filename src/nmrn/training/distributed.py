@@ -99,7 +99,9 @@ def shard(n: int, ctx: Context) -> tuple[int, int]:
     return ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size
 
 
-def _all_gather(ctx: Context, tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
+def all_gather(ctx: Context, tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
+    """Every rank's ``tensor`` (the same shape and dtype on all), in rank order; a rank that
+    died or hangs fails this one with :class:`~nmrn.errors.DistributedError` naming ``what``."""
     out = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
     try:
         dist.all_gather(out, tensor)
@@ -144,7 +146,7 @@ def exchange(
         flts[f_at : f_at + values.numel()] = values.reshape(-1)
         i_at, f_at = i_at + cap, f_at + cap * w
     buf = torch.cat([ints.view(torch.uint8), flts.view(torch.uint8)])
-    gathered = _all_gather(ctx, buf, what)
+    gathered = all_gather(ctx, buf, what)
     losses: list[float] = []
     out: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], []) for _ in parts]
     for g in gathered:

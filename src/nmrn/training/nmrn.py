@@ -40,7 +40,9 @@ Threads: the library never calls ``torch.set_num_threads``; on a small, shared C
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,10 +52,11 @@ from torch import Tensor
 from nmrn.config import NMRNConfig, RetrievalConfig
 from nmrn.errors import CheckpointError, ModelFitError
 from nmrn.model.losses import rank_weighted_hinge
-from nmrn.model.memory import evolve
+from nmrn.model.memory import evolve, evolve_across_ranks
 from nmrn.model.network import NMRNNetwork
 from nmrn.model.tables import grow_like, grow_rows, saved_tensor
 from nmrn.sampling import AdversarialSampler, BaseSampler, make_sampler
+from nmrn.training import distributed
 from nmrn.training.contract import Recommender
 from nmrn.training.registry import register
 from nmrn.training.retrieval import CandidateIndex, ann_top_k, check_retrieval, faiss_module
@@ -338,11 +341,43 @@ class NMRN(Recommender):
             self._memory = final.detach()
 
     def _train_batch(self, users: Tensor, items: Tensor, ctx: Tensor | None, where: str) -> None:
-        net, dev = self.network, self._device
         n_cand = self.config.train.n_candidates
         proposal = self._sampler.propose(users, items, n_cand, generator=self._gen)
-        negatives = proposal.candidates  # [B, T]
-        users, items, negatives = users.to(dev), items.to(dev), negatives.to(dev)
+        group = self._data_parallel()
+        if group is not None:
+            self._train_batch_on_ranks(group, users, items, proposal.candidates, ctx, where)
+            return
+        dev = self._device
+        users, items, negatives = users.to(dev), items.to(dev), proposal.candidates.to(dev)
+        pick = None  # G's negative, or None: the hardest of the T candidates
+        if proposal.chosen is not None and proposal.use_chosen:
+            pick = proposal.chosen.to(dev)
+        step = self._forward(users, items, negatives, ctx, pick, evolve)
+        loss = step.losses.mean()
+        if not torch.isfinite(loss):
+            raise ModelFitError(
+                f"non-finite loss ({loss.item()}) at step {self._step + 1} ({where}, mini-batch "
+                f"of {users.shape[0]} events): lower lr (now {self.config.train.lr}), set "
+                "grad_clip, or check the model's weights for NaN/inf"
+            )
+        touched = self._apply_gradients(self._gradients(loss, step.leaves), step.rows)
+        self._store_memory(step.rows[0], step.final)
+        self._step += 1
+        self._items_changed(touched)
+        violating = self.config.train.margin + step.d_pos[:, None] - step.d_neg > 0  # [B, T]
+        self._sampler.update(
+            users, items, negatives, reward=-step.d_neg, chosen=proposal.chosen,
+            violating=violating,
+        )
+
+    def _forward(
+        self, users: Tensor, items: Tensor, negatives: Tensor, ctx: Tensor | None,
+        pick: Tensor | None, scan: Callable[..., tuple[Tensor, Tensor]],
+    ) -> _Pass:
+        """Steps 2-5 of the loop (module docstring) on the events ``users``/``items`` (``[n]``)
+        with candidates ``negatives [n, T]``: the loss of each event, and the leaves (touched
+        rows) its gradient goes to."""
+        net = self.network
         # Gather each touched row once, as a leaf: its gradient is the sparse row update.
         uniq_u, inv_u = torch.unique(users, return_inverse=True)  # [U], [B]
         uniq_p, inv_p = torch.unique(items, return_inverse=True)  # [P], [B]
@@ -352,7 +387,7 @@ class NMRN(Recommender):
         v_pos = p_rows.index_select(0, inv_p)  # [B, d]
         index = inv_u if self.config.model.per_user_memory else None
         context, uniq_c, c_rows = self._context_vectors(ctx, leaf=True)  # [B, L, d] or None
-        s, final = net.read_batch(u, v_pos, self._batch_memory(uniq_u), index, context)  # [B, d]
+        s, final = net.read_batch(u, v_pos, self._batch_memory(uniq_u), index, context, scan)
         # Only the hardest of the T candidates gets a gradient (the hinge takes their min), so
         # all T distances are computed without autograd and the hardest one again with it.
         with torch.no_grad():
@@ -361,75 +396,216 @@ class NMRN(Recommender):
             ctx_now = None if context is None else context.detach()
             s_neg = net.candidate_interest(s.detach(), v_neg, ctx_now)  # [B, d] or [B, T, d]
             d_neg = net.distance(s_neg, v_neg, neg_bias)  # [B, T]
-            if proposal.chosen is not None and proposal.use_chosen:  # G's negative
-                pick = proposal.chosen.to(dev)[:, None]  # [B, 1]
-            else:
-                pick = d_neg.argmin(dim=1, keepdim=True)  # [B, 1]
-            hard = negatives.gather(1, pick).squeeze(1)  # [B]
+            chosen = d_neg.argmin(dim=1, keepdim=True) if pick is None else pick[:, None]
+            hard = negatives.gather(1, chosen).squeeze(1)  # [B]
         uniq_h, inv_h = torch.unique(hard, return_inverse=True)  # [Q], [B]
         h_rows = net.item_emb.detach()[uniq_h].requires_grad_()  # [Q, d]
-        leaves = [u_rows, p_rows, h_rows]
+        leaves, rows = [u_rows, p_rows, h_rows], [uniq_u, uniq_p, uniq_h]
         pos_bias = hard_bias = None
         if net.bias is not None:
             pb_rows = net.bias.detach()[uniq_p].requires_grad_()  # [P]
             hb_rows = net.bias.detach()[uniq_h].requires_grad_()  # [Q]
             pos_bias, hard_bias = pb_rows[inv_p], hb_rows[inv_h]
             leaves += [pb_rows, hb_rows]
+            rows += [uniq_p, uniq_h]
         if c_rows is not None:
+            assert uniq_c is not None
             leaves.append(c_rows)  # last: the context items' rows [C, d]
+            rows.append(uniq_c)
         d_pos = net.distance(net.candidate_interest(s, v_pos, context), v_pos, pos_bias)  # [B]
         v_hard = h_rows.index_select(0, inv_h)  # [B, d]
         d_hard = net.distance(net.candidate_interest(s, v_hard, context), v_hard, hard_bias)
         margin = self.config.train.margin
-        loss = rank_weighted_hinge(d_pos, d_neg, margin, net.n_items, hardest=d_hard).mean()
-        if not torch.isfinite(loss):
-            raise ModelFitError(
-                f"non-finite loss ({loss.item()}) at step {self._step + 1} ({where}, mini-batch "
-                f"of {users.shape[0]} events): lower lr (now {self.config.train.lr}), set "
-                "grad_clip, or check the model's weights for NaN/inf"
-            )
+        losses = rank_weighted_hinge(d_pos, d_neg, margin, net.n_items, hardest=d_hard)
+        return _Pass(leaves, rows, losses, d_pos.detach(), d_neg, final)
+
+    def _gradients(self, loss: Tensor, leaves: list[Tensor]) -> list[Tensor | None]:
+        """The leaves' gradients (zeros where unused), then the dense parameters' (None where
+        unused), in ``self._dense``'s order."""
         dense = self._dense
         grads = list(torch.autograd.grad(loss, leaves + list(dense.values()), allow_unused=True))
-        grads = [_or_zeros(g, x) for g, x in zip(grads[: len(leaves)], leaves, strict=True)] + [
+        return [_or_zeros(g, x) for g, x in zip(grads[: len(leaves)], leaves, strict=True)] + [
             g for g in grads[len(leaves) :]
         ]
+
+    def _apply_gradients(self, grads: list[Tensor | None], rows: list[Tensor]) -> Tensor:
+        """Steps 6-8 of the loop: clip, then update the touched rows (``rows[k]`` are leaf
+        ``k``'s distinct table rows) and the dense parameters; returns the item rows whose
+        embedding changed."""
+        net = self.network
         if self.config.train.grad_clip:
             norms = torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])
             total = torch.linalg.vector_norm(norms) + 1e-12
             scale = (self.config.train.grad_clip / total).clamp(max=1.0)
             grads = [None if g is None else g * scale for g in grads]
+        n_leaves = len(rows)
+        g = [x for x in grads[:n_leaves] if x is not None]
+        uniq_u, uniq_p, uniq_h = rows[:3]
+        has_context = n_leaves > (5 if net.bias is not None else 3)
         with torch.no_grad():
             # A row can be a positive, a hardest negative and a context item: sum its gradients.
             uniq_i, inv_i = torch.unique(torch.cat([uniq_p, uniq_h]), return_inverse=True)
-            self._update_rows("user_emb", uniq_u, grads[0])
+            self._update_rows("user_emb", uniq_u, g[0])
             touched = uniq_i  # item rows whose embedding changes
-            if c_rows is None:
-                merged = _merge(len(uniq_i), inv_i, grads[1], grads[2])
+            if not has_context:
+                merged = _merge(len(uniq_i), inv_i, g[1], g[2])
                 self._update_rows("item_emb", uniq_i, merged)
             else:
-                assert uniq_c is not None
-                uniq_e, inv_e = torch.unique(torch.cat([uniq_p, uniq_h, uniq_c]),
+                uniq_e, inv_e = torch.unique(torch.cat([uniq_p, uniq_h, rows[-1]]),
                                              return_inverse=True)
-                merged = _merge(len(uniq_e), inv_e, grads[1], grads[2], grads[len(leaves) - 1])
+                merged = _merge(len(uniq_e), inv_e, g[1], g[2], g[n_leaves - 1])
                 self._update_rows("item_emb", uniq_e, merged)
                 touched = uniq_e
             if net.bias is not None:
-                self._update_rows("bias", uniq_i, _merge(len(uniq_i), inv_i, grads[3], grads[4]))
+                self._update_rows("bias", uniq_i, _merge(len(uniq_i), inv_i, g[3], g[4]))
             self._update_dense_all(
                 [(name, param, grad) for (name, param), grad
-                 in zip(dense.items(), grads[len(leaves) :], strict=True) if grad is not None]
+                 in zip(self._dense.items(), grads[n_leaves:], strict=True) if grad is not None]
             )
             _clip_rows(net.user_emb.data, uniq_u, self.config.train.max_norm)
             _clip_rows(net.item_emb.data, touched, self.config.train.max_norm)
             for name in ("keys", "init_values"):
                 _clip_rows(getattr(net, name).data, None, self.config.train.max_norm)
-        self._store_memory(uniq_u, final)
+        return touched
+
+    # -- data-parallel step (docs/scaling.md §2) -----------------------------------------------
+    def _data_parallel(self) -> distributed.Context | None:
+        """The group to split mini-batches across, or None: one process, or a configuration
+        the data-parallel step does not cover, which every rank then runs whole (replicated:
+        the same result, no speed-up), so the replicas stay identical either way. Covered:
+        the CPU (gloo; the fused memory kernels) and the samplers that learn nothing from the
+        step (uniform, popularity); G's REINFORCE step would need its own exchange."""
+        group = distributed.context()
+        if group is None or not self.data_parallel:
+            return None
+        return group
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether, under a process group of several ranks, this model's steps are split across
+        the ranks (True) or run whole on every rank (False; see :meth:`_data_parallel`)."""
+        return self._device.type == "cpu" and not isinstance(self._sampler, AdversarialSampler)
+
+    def _owners(self, users: Tensor, world: int) -> Tensor:
+        """``[B]`` the rank that trains each event. One shared memory: contiguous slices (the
+        recurrence is composed across them). Per-user memories: whole users, so that no memory
+        crosses ranks; users go to the least-loaded rank, most events first (ties: the lower
+        user, the lower rank), which every rank computes alike from the global batch."""
+        n = len(users)
+        if not self.config.model.per_user_memory:
+            owner = torch.empty(n, dtype=torch.int64)
+            for r in range(world):
+                lo, hi = distributed.shard(n, distributed.Context(r, world))
+                owner[lo:hi] = r
+            return owner
+        uniq, inv, counts = torch.unique(users, return_inverse=True, return_counts=True)
+        loads = [(0, r) for r in range(world)]  # a heap of (events, rank)
+        rank_of = [0] * len(uniq)
+        for k in sorted(range(len(uniq)), key=lambda k: (-int(counts[k]), int(uniq[k]))):
+            load, r = heapq.heappop(loads)
+            rank_of[k] = r
+            heapq.heappush(loads, (load + int(counts[k]), r))
+        return torch.tensor(rank_of, dtype=torch.int64)[inv]
+
+    def _train_batch_on_ranks(
+        self, group: distributed.Context, users: Tensor, items: Tensor, negatives: Tensor,
+        ctx: Tensor | None, where: str,
+    ) -> None:
+        """One mini-batch step split across the ranks (docs/scaling.md §2): every rank drew the
+        same candidates for the whole batch, trains its own events (:meth:`_owners`) with the
+        global mean's scale, then one all-gather carries every rank's summed row gradients,
+        dense gradients, per-event distances (the sampler's statistics) and, per-user, the
+        memories of its users; every rank sums a row's parts in rank order before the same
+        Adagrad step, so the replicas stay identical."""
+        n, world = len(users), group.world_size
+        owner = self._owners(users, world)
+        mine = torch.nonzero(owner == group.rank).squeeze(1)
+        per_user = self.config.model.per_user_memory
+        if per_user:
+            scan: Callable[..., tuple[Tensor, Tensor]] = evolve
+        else:
+            def scan(values0: Tensor, w: Tensor, erase: Tensor, add: Tensor,
+                     index: Tensor | None) -> tuple[Tensor, Tensor]:
+                return evolve_across_ranks(
+                    values0, w, erase, add, group.rank, world,
+                    lambda t: distributed.all_gather(group, t, "NMRN memory maps"),
+                )
+        step = self._forward(users[mine], items[mine], negatives[mine],
+                             None if ctx is None else ctx[mine], None, scan)
+        loss = step.losses.sum() / n  # this rank's share of the global mean
+        grads = self._gradients(loss, step.leaves)
+        n_leaves = len(step.leaves)
+        dense_grads = grads[n_leaves:]
+        flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                          for p, g in zip(self._dense.values(), dense_grads, strict=True)])
+        parts = [(r, x.detach().reshape(len(r), -1))
+                 for r, x in zip(step.rows, grads[:n_leaves], strict=True) if x is not None]
+        parts.append((torch.zeros(1, dtype=torch.int64), flat[None]))
+        parts.append((mine, torch.cat([step.d_pos[:, None], step.d_neg], dim=1)))
+        if per_user:
+            parts.append((step.rows[0], step.final.detach().reshape(len(step.rows[0]), -1)))
+        losses, got = distributed.exchange(
+            group, float(loss.detach()), parts, self._capacities(users, items, ctx, owner, world),
+            "NMRN gradients",
+        )
+        bad = distributed.non_finite_ranks(losses)
+        if bad:  # every rank sees the same losses, so every rank stops here, before updating
+            raise ModelFitError(
+                f"non-finite loss {[losses[r] for r in bad]} on rank(s) {bad} of {world} at "
+                f"step {self._step + 1} ({where}, mini-batch of {n} events); every rank stopped "
+                f"before the update: lower lr (now {self.config.train.lr}), set grad_clip, or "
+                "check the model's weights for NaN/inf"
+            )
+        rows, summed = [], []
+        for (r_all, v_all), leaf in zip(got[:n_leaves], step.leaves, strict=True):
+            uniq, total = _sum_rows(r_all, v_all)  # a row of several ranks: parts added here
+            rows.append(uniq)
+            summed.append(total.reshape((len(uniq), *leaf.shape[1:])))
+        dense_sum = got[n_leaves][1].sum(dim=0)  # [D], every rank's in rank order
+        at, global_dense = 0, []
+        for p, g in zip(self._dense.values(), dense_grads, strict=True):
+            size = p.numel()
+            global_dense.append(None if g is None else dense_sum[at : at + size].view_as(p))
+            at += size
+        positions, dist = got[n_leaves + 1]
+        d_all = torch.empty((n, dist.shape[1]), dtype=dist.dtype)
+        d_all[positions] = dist
+        touched = self._apply_gradients(summed + global_dense, rows)
+        if per_user:
+            users_all, mem_all = got[n_leaves + 2]
+            h, d = self.config.model.memory_slots, self.config.model.dim
+            self._store_memory(users_all, mem_all.view(-1, h, d))
+        else:
+            self._store_memory(rows[0], step.final)  # the composed memory, the same everywhere
         self._step += 1
         self._items_changed(touched)
-        violating = self.config.train.margin + d_pos.detach()[:, None] - d_neg > 0  # [B, T]
+        d_pos, d_neg = d_all[:, 0], d_all[:, 1:]
         self._sampler.update(
-            users, items, negatives, reward=-d_neg, chosen=proposal.chosen, violating=violating
+            users, items, negatives, reward=-d_neg, chosen=None,
+            violating=self.config.train.margin + d_pos[:, None] - d_neg > 0,
         )
+
+    def _capacities(
+        self, users: Tensor, items: Tensor, ctx: Tensor | None, owner: Tensor, world: int
+    ) -> list[int]:
+        """The most rows any rank sends in each part of :meth:`_train_batch_on_ranks`'s
+        exchange, from the global batch (so every rank computes the same): distinct users,
+        positives and context items are known; hardest negatives are at most one per event."""
+        def most(f: Callable[[Tensor], int]) -> int:
+            return max(f(torch.nonzero(owner == r).squeeze(1)) for r in range(world))
+
+        n_users = most(lambda k: len(torch.unique(users[k])))
+        n_pos = most(lambda k: len(torch.unique(items[k])))
+        n_events = most(len)
+        caps = [n_users, n_pos, n_events]
+        if self.network.bias is not None:
+            caps += [n_pos, n_events]
+        if ctx is not None:
+            caps.append(most(lambda k: len(torch.unique(ctx[k][ctx[k] >= 0]))))
+        caps += [1, n_events]  # the dense gradients (one row), the per-event distances
+        if self.config.model.per_user_memory:
+            caps.append(n_users)
+        return caps
 
     def _pretrain_generator(
         self, users: np.ndarray, items: np.ndarray, ctx: Tensor | None = None
@@ -785,6 +961,26 @@ class NMRN(Recommender):
     def to_config(self) -> NMRNConfig:
         """The effective configuration (an :class:`~nmrn.config.NMRNConfig`)."""
         return self.config
+
+
+@dataclass
+class _Pass:
+    """The forward pass of a step: the leaves (touched rows) and their distinct table rows
+    (users first; ``rows[0]`` also indexes the per-user memory ``final``), each event's loss,
+    and the distances (detached) the sampler's statistics use."""
+
+    leaves: list[Tensor]
+    rows: list[Tensor]
+    losses: Tensor  # [B]
+    d_pos: Tensor  # [B]
+    d_neg: Tensor  # [B, T]
+    final: Tensor  # the value memory after the batch ([H, d], or [U, H, d] per user)
+
+
+def _sum_rows(rows: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct ``rows`` (sorted) and the sum of ``values``' entries of each, in order."""
+    uniq, inv = torch.unique(rows, return_inverse=True)
+    return uniq, values.new_zeros((len(uniq), *values.shape[1:])).index_add_(0, inv, values)
 
 
 def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
