@@ -125,7 +125,7 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
         assert "on rank(s) [1] of 2" in message and "non-finite loss [nan]" in message
 
 
-def test_adversarial_sampler_runs_replicated(tmp_path: Path) -> None:
+def test_adversarial_sampler_runs_replicated(tmp_path: Path, capsys) -> None:
     """G learns from the step: not split, every rank runs it whole; the result is the single
     process's, bit for bit, and the CLI refuses it with --nproc 2 (no speed-up to offer)."""
     options = {**SMALL, "sampler": "adversarial", "epochs": 2,
@@ -137,6 +137,13 @@ def test_adversarial_sampler_runs_replicated(tmp_path: Path) -> None:
     for got in _ranks(tmp_path, 2):
         for key in ref:
             np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+    from nmrn.cli import main
+
+    log = _csv(tmp_path / "log.csv")
+    code = main(["train", "--data", str(log), "--model", "nmrn-faithful", "--nproc", "2",
+                 "--param", "nmrn-faithful.sampler=adversarial", "--out", str(tmp_path / "m")])
+    assert code == 2 and not (tmp_path / "m").exists()
+    assert "nmrn-faithful does not train data-parallel yet" in capsys.readouterr().err
 
 
 def _csv(path: Path) -> Path:
