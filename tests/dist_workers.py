@@ -46,6 +46,25 @@ def train(out: str, model_name: str, options: dict[str, Any], n_fit: int) -> int
     return 0
 
 
+def small_calls(events: list[Any], n_fit: int) -> list[list[Any]]:
+    """Learn calls smaller than the world: one event at a time, then three, then the rest."""
+    tail = events[n_fit:]
+    return [[e] for e in tail[:4]] + [tail[4:7], tail[7:]]
+
+
+def train_small_calls(out: str, model_name: str, options: dict[str, Any], n_fit: int) -> int:
+    """:func:`train`, with the stream learned in the calls of :func:`small_calls`."""
+    from nmrn.models import make_model
+
+    torch.set_num_threads(1)
+    events = stream(n=n_fit + 40)
+    model = make_model(model_name, **options).fit(events[:n_fit])
+    for call in small_calls(events, n_fit):
+        model.learn(call)
+    np.savez(Path(out) / f"rank{dist.get_rank()}.npz", **model_arrays(model))
+    return 0
+
+
 def train_world_of_one(out: str, model_name: str, options: dict[str, Any], n_fit: int) -> int:
     """:func:`train` inside an initialised gloo group of world size 1."""
     port = distributed.free_port()

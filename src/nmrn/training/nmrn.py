@@ -41,6 +41,7 @@ Threads: the library never calls ``torch.set_num_threads``; on a small, shared C
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -270,7 +271,8 @@ class NMRN(Recommender):
             rows.requires_grad_()
         b, length = ctx.shape
         flat = table.new_zeros(b * length, table.shape[1])
-        vectors = flat.index_copy(0, slots, rows.index_select(0, inverse)).view(b, length, -1)
+        picked = flat.index_copy(0, slots, rows.index_select(0, inverse))
+        vectors = picked.view(b, length, table.shape[1])  # also for b = 0 (a rank with no events)
         return vectors, uniq, rows
 
     def _run_batches(
@@ -538,12 +540,12 @@ class NMRN(Recommender):
         dense_grads = grads[n_leaves:]
         flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
                           for p, g in zip(self._dense.values(), dense_grads, strict=True)])
-        parts = [(r, x.detach().reshape(len(r), -1))
+        parts = [(r, _as_rows(x.detach(), len(r)))
                  for r, x in zip(step.rows, grads[:n_leaves], strict=True) if x is not None]
         parts.append((torch.zeros(1, dtype=torch.int64), flat[None]))
         parts.append((mine, torch.cat([step.d_pos[:, None], step.d_neg], dim=1)))
         if per_user:
-            parts.append((step.rows[0], step.final.detach().reshape(len(step.rows[0]), -1)))
+            parts.append((step.rows[0], _as_rows(step.final.detach(), len(step.rows[0]))))
         losses, got = distributed.exchange(
             group, float(loss.detach()), parts, self._capacities(users, items, ctx, owner, world),
             "NMRN gradients",
@@ -981,6 +983,12 @@ def _sum_rows(rows: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     """Distinct ``rows`` (sorted) and the sum of ``values``' entries of each, in order."""
     uniq, inv = torch.unique(rows, return_inverse=True)
     return uniq, values.new_zeros((len(uniq), *values.shape[1:])).index_add_(0, inv, values)
+
+
+def _as_rows(x: Tensor, n: int) -> Tensor:
+    """``x`` (``[n, ...]``) as ``[n, width]``; also when ``n`` is 0 (a rank with no context items
+    or, with fewer events than ranks, no events at all)."""
+    return x.reshape(n, math.prod(x.shape[1:]))
 
 
 def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
