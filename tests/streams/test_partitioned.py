@@ -342,6 +342,43 @@ def test_kill_one_rank_then_restart_with_any_r_equals_an_uninterrupted_run(
             assert client.xpending(stream_key(PREFIX, p), "crash")["pending"] == 0
 
 
+@pytest.mark.parametrize("memory", ["shared", "per-user"])
+def test_nmrn_learns_data_parallel_under_two_ranks(
+    redis_url: str, tmp_path: Path, memory: str
+) -> None:
+    """NMRN's learn step is split across the consumer's ranks too (docs/scaling.md §5): the
+    2-rank run ends where the one-process consumer does, floats up to summation order."""
+    from nmrn.training.nmrn import NMRN
+
+    def fresh() -> NMRN:
+        return NMRN(dim=8, memory_slots=4, learn_passes=1, epochs=1, batch_size=25, seed=3,
+                    per_user_memory=memory == "per-user", context_len=3 * (memory == "per-user"))
+
+    events = _log(1200, users=100)
+    PartitionedProducer(redis_url, PREFIX, P).send(events)
+    reference = fresh()
+    _consume(reference, redis_url, tmp_path / "ref", group="ref", batch_size=BATCH,
+             checkpoint_every=CKPT_EVERY)
+    ckpt = tmp_path / "two.ckpt"
+    save_checkpoint(fresh(), ckpt, position=None)
+    out = subprocess.run(
+        [sys.executable, "-m", "nmrn", "consume", "--checkpoint", str(ckpt), "--source",
+         redis_url, "--stream", PREFIX, "--group", "two", "--partitions", str(P), "--nproc", "2",
+         "--batch-size", str(BATCH), "--checkpoint-every", str(CKPT_EVERY),
+         "--idle-timeout", "0.5", "--dist-timeout", "20"],
+        capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    model, position = load_checkpoint(ckpt)
+    assert position is not None and position["events"] == 1200 == reference.n_events
+    want, got = _state(reference), _state(model)
+    assert not np.array_equal(got["net.item_emb"], want["net.item_emb"])  # really split
+    for key in want:
+        if np.issubdtype(want[key].dtype, np.floating):  # the bound of test_distributed_nmrn
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=2e-5, err_msg=key)
+        else:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
 def test_applied_but_unacknowledged_entries_are_skipped_on_restart(
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
