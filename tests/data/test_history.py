@@ -143,16 +143,26 @@ def test_appending_is_amortised() -> None:
 
 
 @settings(deadline=None, max_examples=100)
-@given(st.lists(events_strategy, max_size=5), events_strategy)
-def test_seen_pairs_is_a_set_of_pairs(batches, queries):
+@given(st.lists(events_strategy, max_size=5), events_strategy, st.sampled_from([0, 1, 3, 4096]))
+def test_seen_pairs_is_a_set_of_pairs(batches, queries, merge_floor):
+    # merge_floor: how many recently added keys are kept apart from the main sorted array
+    # (0: merged on every add; 4096, the default: never merged here until .keys is read)
     from nmrn.data.history import SeenPairs
 
-    seen, reference = SeenPairs(), set()
+    class Seen(SeenPairs):
+        MERGE_FLOOR = merge_floor
+
+    seen, reference = Seen(), set()
     for batch in batches:
         seen.add(np.array([u for u, _ in batch], np.int64),
                  np.array([i for _, i in batch], np.int64))
         reference |= set(batch)
+        assert len(seen) == len(reference)
     got = seen.contains(np.array([u for u, _ in queries], np.int64),
                         np.array([i for _, i in queries], np.int64))
     assert got.tolist() == [q in reference for q in queries]
     assert len(seen) == len(reference) and (np.diff(seen.keys) > 0).all()
+    again = Seen(seen.keys)  # a checkpoint's round trip
+    assert sorted(again.keys.tolist()) == sorted((u << 32) | i for u, i in reference)
+    assert again.contains(np.array([u for u, _ in queries], np.int64),
+                          np.array([i for _, i in queries], np.int64)).tolist() == got.tolist()
