@@ -197,3 +197,81 @@ def test_candidates_are_bounded() -> None:
 def test_rejects_bad_parameters(kwargs: dict) -> None:
     with pytest.raises(ConfigError, match="STAN"):
         STAN(**kwargs)
+
+
+def _old_candidates(rec: STAN, sid: int, current: np.ndarray) -> np.ndarray:
+    """The candidate sessions as the first vectorised STAN found them (``np.unique`` of the
+    sessions that added the current items): the reference for the marking kernel."""
+    m = rec.config.sample_size
+    out: set[int] = set()
+    for i in current.tolist():
+        added = list(rec._item_sessions[i][-(m + 1):])
+        if sid in added:
+            added.remove(sid)
+        out.update(added[-m:])
+    cand = np.array(sorted(out), dtype=np.int64)
+    order = np.lexsort((-cand, -rec._sess_time[cand]))
+    return cand[order[:m]]
+
+
+def _old_score_user(rec: STAN, user: int) -> np.ndarray:
+    """STAN's score of one user with the neighbours' items gathered by a Python loop over the
+    neighbours (the code before the vectorised gather), candidates from :func:`_old_candidates`."""
+    cfg = rec.config
+    scores = np.zeros(len(rec.items))
+    sid = int(rec._user_session[user])
+    current = rec.content(sid)
+    length = len(current)
+    cand = _old_candidates(rec, sid, current)
+    if length == 0 or len(cand) == 0:
+        return scores
+    w1 = rec._position_weights(length)
+    rank = np.zeros(len(rec.items), dtype=np.int64)
+    rank[current] = np.arange(1, length + 1)
+    lens = rec._sess_len[cand]
+    parts = zip(cand.tolist(), lens.tolist(), strict=True)
+    flat = np.concatenate([rec._sess_items[n][:ln] for n, ln in parts])
+    row = np.repeat(np.arange(len(cand)), lens)
+    r = rank[flat]
+    shared = r > 0
+    overlap = np.bincount(row[shared], weights=w1[r[shared] - 1], minlength=len(cand))
+    sim = overlap / np.sqrt(length * lens) if cfg.similarity == "cosine" else overlap
+    times = rec._sess_time[cand]
+    if cfg.lambda_time is not None:
+        ref = max(float(rec._sess_time[sid]), float(times.max()))
+        sim = sim * np.exp(-(ref - times) / cfg.lambda_time)
+    top = np.argsort(-sim, kind="stable")[: cfg.n_neighbours]
+    top = top[sim[top] > 0]
+    if len(top) == 0:
+        return scores
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    pick = np.concatenate([np.arange(starts[j], starts[j] + lens[j]) for j in top.tolist()])
+    local_row = np.repeat(np.arange(len(top)), lens[top])
+    weight = sim[top][local_row]
+    if cfg.lambda_neighbour is not None:
+        pos = pick - starts[row[pick]]
+        r_top = r[pick]
+        r_star = np.zeros(len(top), dtype=np.int64)
+        np.maximum.at(r_star, local_row, r_top)
+        is_star = (r_top == r_star[local_row]) & (r_top > 0)
+        p_star = np.zeros(len(top), dtype=np.int64)
+        p_star[local_row[is_star]] = pos[is_star]
+        weight = weight * np.exp(-np.abs(pos - p_star[local_row]) / cfg.lambda_neighbour)
+    return np.bincount(flat[pick], weights=weight, minlength=len(rec.items))
+
+
+@pytest.mark.parametrize("options", [
+    {},  # _stan(): small samples, so the per-item lists are trimmed and full
+    {"lambda_neighbour": None, "similarity": "cosine", "n_neighbours": 2},
+    {"sample_size": 40, "max_session_len": 50, "session_gap": 1e9},  # long sessions, many lists
+])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_vectorised_kernels_equal_the_loops_bit_for_bit(options: dict, seed: int) -> None:
+    base = _stan().config.to_dict()
+    rec = STAN(**{**base, **options}).fit(synthetic_stream(n_users=15, n_items=40,
+                                                           n_events=500, seed=seed))
+    for user in range(len(rec.known_users)):
+        sid = int(rec._user_session[user])
+        np.testing.assert_array_equal(rec._candidates(sid, rec.content(sid)),
+                                      _old_candidates(rec, sid, rec.content(sid)))
+        np.testing.assert_array_equal(rec._score_user(user), _old_score_user(rec, user))

@@ -310,7 +310,11 @@ class STAN(Recommender):
         keep = flat != sid
         full = np.flatnonzero((sizes == m + 1) & ~has_sid)
         keep[np.cumsum(sizes)[full] - sizes[full]] = False  # their oldest entry
-        cand = np.unique(flat[keep])
+        # the distinct sessions in ascending order (np.unique's result) by marking them: the
+        # lists hold up to ~10^5 entries for a long session and only ~10^3 sessions exist
+        mark = np.zeros(self._n_sessions, dtype=bool)
+        mark[flat[keep]] = True
+        cand = np.flatnonzero(mark)
         # most recent first: by time, then by the later session
         order = np.lexsort((-cand, -self._sess_time[cand]))
         return cand[order[:m]]  # type: ignore[no-any-return]
@@ -348,8 +352,11 @@ class STAN(Recommender):
         if len(top) == 0:
             return scores
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        pick = np.concatenate([np.arange(starts[j], starts[j] + lens[j]) for j in top.tolist()])
-        local_row = np.repeat(np.arange(len(top)), lens[top])
+        # the positions of the chosen neighbours' items in ``flat``, neighbour by neighbour
+        top_lens = lens[top]
+        local_row = np.repeat(np.arange(len(top)), top_lens)
+        pick = (np.repeat(starts[top] - (np.cumsum(top_lens) - top_lens), top_lens)
+                + np.arange(int(top_lens.sum())))
         weight = sim[top][local_row]
         if self.config.lambda_neighbour is not None:
             pos = pick - starts[row[pick]]  # 0-based position inside its session
