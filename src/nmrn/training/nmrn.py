@@ -442,6 +442,7 @@ class NMRN(Recommender):
             grads = [None if g is None else g * scale for g in grads]
         n_leaves = len(rows)
         g = [x for x in grads[:n_leaves] if x is not None]
+        assert len(g) == n_leaves  # a leaf's gradient is zeros, never None (_gradients)
         uniq_u, uniq_p, uniq_h = rows[:3]
         has_context = n_leaves > (5 if net.bias is not None else 3)
         with torch.no_grad():
@@ -537,9 +538,8 @@ class NMRN(Recommender):
         loss = step.losses.sum() / n  # this rank's share of the global mean
         grads = self._gradients(loss, step.leaves)
         n_leaves = len(step.leaves)
-        dense_grads = grads[n_leaves:]
         flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                          for p, g in zip(self._dense.values(), dense_grads, strict=True)])
+                          for p, g in zip(self._dense.values(), grads[n_leaves:], strict=True)])
         parts = [(r, _as_rows(x.detach(), len(r)))
                  for r, x in zip(step.rows, grads[:n_leaves], strict=True) if x is not None]
         parts.append((torch.zeros(1, dtype=torch.int64), flat[None]))
@@ -563,11 +563,14 @@ class NMRN(Recommender):
             uniq, total = _sum_rows(r_all, v_all)  # a row of several ranks: parts added here
             rows.append(uniq)
             summed.append(total.reshape((len(uniq), *leaf.shape[1:])))
-        dense_sum = got[n_leaves][1].sum(dim=0)  # [D], every rank's in rank order
+        # [D], every rank's in rank order. A parameter unused on one rank (a None gradient)
+        # may be used on another, so every one is updated, with zeros where no rank used it:
+        # Adagrad then leaves it as it is, bit for bit, as skipping it would.
+        dense_sum = got[n_leaves][1].sum(dim=0)
         at, global_dense = 0, []
-        for p, g in zip(self._dense.values(), dense_grads, strict=True):
+        for p in self._dense.values():
             size = p.numel()
-            global_dense.append(None if g is None else dense_sum[at : at + size].view_as(p))
+            global_dense.append(dense_sum[at : at + size].view_as(p))
             at += size
         positions, dist = got[n_leaves + 1]
         d_all = torch.empty((n, dist.shape[1]), dtype=dist.dtype)
