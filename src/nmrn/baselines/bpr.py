@@ -356,8 +356,10 @@ class BPR(Recommender):
             )
         lo, hi = distributed.shard(len(u), ctx)
         loss, grad_u, items, grad_items, grad_bias = self._gradients(u[lo:hi], i[lo:hi], j[lo:hi])
-        users_r, summed_u = _sum_rows(u[lo:hi], grad_u)
-        items_r, summed_i = _sum_rows(items, torch.cat([grad_items, grad_bias[:, None]], dim=1))
+        users_r, summed_u = distributed.sum_rows(u[lo:hi], grad_u)
+        items_r, summed_i = distributed.sum_rows(
+            items, torch.cat([grad_items, grad_bias[:, None]], dim=1)
+        )
         most = -(-len(u) // ctx.world_size)  # the largest slice: at most its users, 2x items
         losses, [(users_all, gu_all), (items_all, gi_all)] = distributed.exchange(
             ctx, float(loss), [(users_r, summed_u), (items_r, summed_i)], [most, 2 * most],
@@ -371,8 +373,8 @@ class BPR(Recommender):
                 f"update; lower lr (now {lr}) or raise reg"
             )
         # a row touched on several ranks: its partial sums added here, in rank order
-        users_g, summed_u = _sum_rows(users_all, gu_all)
-        items_g, summed_i = _sum_rows(items_all, gi_all)
+        users_g, summed_u = distributed.sum_rows(users_all, gu_all)
+        items_g, summed_i = distributed.sum_rows(items_all, gi_all)
         self._step += 1
         self._apply_summed("user", self.user_emb, users_g, summed_u, lr)
         self._apply_summed("item", self.item_emb, items_g, summed_i[:, :-1], lr)
@@ -384,7 +386,7 @@ class BPR(Recommender):
         self, key: str, table: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float
     ) -> None:
         """Optimiser update of ``table[rows]`` with per-example gradients (duplicates summed)."""
-        uniq, summed = _sum_rows(rows, grad)
+        uniq, summed = distributed.sum_rows(rows, grad)
         self._apply_summed(key, table, uniq, summed, lr)
 
     def _apply_summed(
@@ -516,11 +518,3 @@ class BPR(Recommender):
             self._sampler.load_state_dict(
                 {k[len("sampler.") :]: v for k, v in arrays.items() if k.startswith("sampler.")}
             )
-
-
-def _sum_rows(rows: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distinct ``rows`` (sorted) and the sum of ``grad``'s entries of each."""
-    uniq, inv = torch.unique(rows, return_inverse=True)
-    summed = torch.zeros((len(uniq), *grad.shape[1:]), dtype=grad.dtype)
-    summed.index_add_(0, inv, grad)
-    return uniq, summed

@@ -162,6 +162,13 @@ def exchange(
     return losses, [(torch.cat(r), torch.cat(v)) for r, v in out]
 
 
+def sum_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct ``rows`` (sorted) and the sum of ``values``' entries of each, in order: how a
+    rank sums its per-event row gradients, and every rank the ranks' parts of a row."""
+    uniq, inv = torch.unique(rows, return_inverse=True)
+    return uniq, values.new_zeros((len(uniq), *values.shape[1:])).index_add_(0, inv, values)
+
+
 def non_finite_ranks(losses: Sequence[float]) -> list[int]:
     """The ranks whose loss is NaN or infinite."""
     return [r for r, x in enumerate(losses) if not math.isfinite(x)]

@@ -560,7 +560,7 @@ class NMRN(Recommender):
             )
         rows, summed = [], []
         for (r_all, v_all), leaf in zip(got[:n_leaves], step.leaves, strict=True):
-            uniq, total = _sum_rows(r_all, v_all)  # a row of several ranks: parts added here
+            uniq, total = distributed.sum_rows(r_all, v_all)  # a row's parts of several ranks
             rows.append(uniq)
             summed.append(total.reshape((len(uniq), *leaf.shape[1:])))
         # [D], every rank's in rank order. A parameter unused on one rank (a None gradient)
@@ -980,12 +980,6 @@ class _Pass:
     d_pos: Tensor  # [B]
     d_neg: Tensor  # [B, T]
     final: Tensor  # the value memory after the batch ([H, d], or [U, H, d] per user)
-
-
-def _sum_rows(rows: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-    """Distinct ``rows`` (sorted) and the sum of ``values``' entries of each, in order."""
-    uniq, inv = torch.unique(rows, return_inverse=True)
-    return uniq, values.new_zeros((len(uniq), *values.shape[1:])).index_add_(0, inv, values)
 
 
 def _as_rows(x: Tensor, n: int) -> Tensor:
