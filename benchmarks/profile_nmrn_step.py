@@ -25,7 +25,7 @@ from nmrn.data.datasets import load_dataset
 from nmrn.model import memory
 from nmrn.training.nmrn import NMRN
 
-# (phase, substrings of a line of NMRN._train_batch that belong to it), first match wins
+# (phase, substrings of a line of NMRN's step that belong to it), first match wins
 PHASES = [
     ("sampling of the T candidates", ("propose(",)),
     ("forward: addressing and gates", ("read_batch(",)),
@@ -65,7 +65,10 @@ def main() -> None:
     memory._fused_forward = timed("fwd", memory._fused_forward)  # type: ignore[assignment]
     memory._fused_backward = timed("bwd", memory._fused_backward)  # type: ignore[assignment]
     lines: collections.Counter[int] = collections.Counter()
-    code = NMRN._train_batch.__code__
+    # the step and the pieces it is split into (one file, so a line number names a line)
+    codes = {f.__code__ for f in (NMRN._train_batch, NMRN._forward, NMRN._gradients,
+                                  NMRN._apply_gradients)}
+    filename = NMRN._train_batch.__code__.co_filename
     state: dict[str, tuple[int, float]] = {}
 
     def local(frame: Any, event: str, arg: Any) -> Any:
@@ -79,7 +82,7 @@ def main() -> None:
         return local
 
     def outer(frame: Any, event: str, arg: Any) -> Any:
-        return local if frame.f_code is code else None
+        return local if frame.f_code in codes else None
 
     step_times = []
     for k in range(args.steps + 2):
@@ -96,7 +99,7 @@ def main() -> None:
     total = sum(lines.values())
     split: collections.Counter[str] = collections.Counter()
     for lineno, secs in lines.items():
-        text = linecache.getline(code.co_filename, lineno)
+        text = linecache.getline(filename, lineno)
         phase = next((p for p, keys in PHASES if any(k in text for k in keys)), "other")
         split[phase] += secs
     split["forward: addressing and gates"] -= kernel["fwd"]  # the rest of read_batch
