@@ -352,7 +352,7 @@ class _EvolveReadRanks(torch.autograd.Function):
         if rank > 0:
             reads, before, _ = _fused_forward(start, *arrays)
         ctx.group = group
-        ctx.products = [p for p, _ in maps]
+        ctx.product = maps[rank][0]  # this slice's P, which the backward sends
         ctx.save_for_backward(w, erase, add, torch.from_numpy(before))
         return torch.from_numpy(reads), torch.from_numpy(state)
 
@@ -374,7 +374,7 @@ class _EvolveReadRanks(torch.autograd.Function):
         elif rank == 0:  # no slice comes before rank 0's: nobody composes its map
             mine = np.zeros((2, *carry.shape), dtype=carry.dtype)
         else:
-            mine = np.stack([ctx.products[rank], _fused_backward_from_zero(
+            mine = np.stack([ctx.product, _fused_backward_from_zero(
                 arrays[0], arrays[1], arrays[4])])
         maps = [g.numpy() for g in gather(torch.from_numpy(mine))]
         for r in range(world - 1, rank, -1):  # against time, composing the later slices

@@ -596,17 +596,23 @@ class NMRN(Recommender):
         """The most rows any rank sends in each part of :meth:`_train_batch_on_ranks`'s
         exchange, from the global batch (so every rank computes the same): distinct users,
         positives and context items are known; hardest negatives are at most one per event."""
-        def most(f: Callable[[Tensor], int]) -> int:
-            return max(f(torch.nonzero(owner == r).squeeze(1)) for r in range(world))
+        def most_distinct(ids: Tensor, ranks: Tensor) -> int:
+            """The most distinct ``ids`` any rank holds (``ranks[t]`` holds ``ids[t]``): one
+            unique over (rank, id) pairs instead of one per rank."""
+            if len(ids) == 0:
+                return 0
+            pairs = torch.unique(ranks * (int(ids.max()) + 1) + ids)
+            return int(torch.bincount(pairs // (int(ids.max()) + 1), minlength=world).max())
 
-        n_users = most(lambda k: len(torch.unique(users[k])))
-        n_pos = most(lambda k: len(torch.unique(items[k])))
-        n_events = most(len)
+        n_users = most_distinct(users, owner)
+        n_pos = most_distinct(items, owner)
+        n_events = int(torch.bincount(owner, minlength=world).max())
         caps = [n_users, n_pos, n_events]
         if self.network.bias is not None:
             caps += [n_pos, n_events]
         if ctx is not None:
-            caps.append(most(lambda k: len(torch.unique(ctx[k][ctx[k] >= 0]))))
+            valid = ctx >= 0
+            caps.append(most_distinct(ctx[valid], owner[:, None].expand_as(ctx)[valid]))
         caps += [1, n_events]  # the dense gradients (one row), the per-event distances
         if self.config.model.per_user_memory:
             caps.append(n_users)
