@@ -52,6 +52,7 @@ __all__ = [
     "NMRNConfig",
     "OneOf",
     "Real",
+    "DEFAULT_RETRIEVAL",
     "RetrievalConfig",
     "SamplerConfig",
     "SeedConfig",
@@ -533,6 +534,10 @@ class RetrievalConfig(Config):
     ef_search: int = option(256, Int(low=1, high=100_000))
     rebuild_fraction: float = option(0.02, Real(low=0.0, high=1.0, low_open=True))
     background: bool = option(True, Bool())
+
+
+DEFAULT_RETRIEVAL = RetrievalConfig()
+"""The default :class:`RetrievalConfig` (one shared, frozen instance)."""
 
 
 @dataclass(frozen=True)

@@ -355,6 +355,26 @@ def test_with_a_context_query_one_event_changes_the_users_recommendations() -> N
     torch.testing.assert_close(_query(rec, user), expected, rtol=0, atol=1e-5)
 
 
+def test_a_reads_context_vectors_are_the_training_paths_bit_for_bit() -> None:
+    # the read gathers its context without the training path's unique rows and leaf; users
+    # with one, fewer than L and more than L items must get exactly the same [1, L, d] vectors
+    # (+0.0 where a user has fewer items)
+    log = _stream(300)
+    rec = _model(context_len=6, per_user_memory=True).fit(log)
+    counts = {row: len(rec.history.items_of(row)) for row in range(len(rec.known_users))}
+    picked = [min(counts, key=counts.get), max(counts, key=counts.get)]
+    picked += [row for row, n in counts.items() if 0 < n < 6][:2]
+    assert counts[picked[1]] > 6
+    rec.learn(pd.DataFrame({"user": ["a new user"], "item": [log.item.iloc[0]],
+                            "timestamp": [1e9]}))
+    for row in [*picked, rec.users.get("a new user")]:
+        recent = torch.from_numpy(rec.history.recent([row], 6))
+        want = rec._context_vectors(recent, leaf=False)[0]
+        got = rec._read_inputs(row)[2]
+        assert got.shape == want.shape == (1, 6, rec.config.model.dim)
+        assert torch.equal(got, want) and not torch.signbit(got[~(recent[0] >= 0)[None]]).any()
+
+
 def _query(rec: NMRN, user: object) -> torch.Tensor:
     row = rec.users.get(user)
     recent = torch.from_numpy(rec.history.recent([row], rec.config.model.context_len))

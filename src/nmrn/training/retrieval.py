@@ -178,6 +178,7 @@ class CandidateIndex:
         self.answered = 0  # calls answered from candidates, and calls sent to the exact path
         self.fell_back = 0
         self._scratch = np.zeros(0, dtype=bool)  # all False between calls (see hits)
+        self._params: tuple[Any, tuple[str, int], Any] | None = None  # (index, key, params)
 
     # -- writes ------------------------------------------------------------------------------------
     def changed(self, rows: np.ndarray) -> None:
@@ -323,13 +324,9 @@ class CandidateIndex:
         want = min(n, self._n_built)
         parts = []
         if want:
-            if isinstance(self._index, faiss.IndexIVF):
-                params = faiss.SearchParametersIVF(nprobe=min(self.config.nprobe,
-                                                               self._index.nlist))
-            else:
-                params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, want))
             _, labels = self._index.search(
-                np.ascontiguousarray(query, dtype=np.float32)[None, :], want, params=params
+                np.ascontiguousarray(query, dtype=np.float32)[None, :], want,
+                params=self._search_params(faiss, want),
             )
             found = labels[0]
             found = found[found >= 0]
@@ -338,6 +335,20 @@ class CandidateIndex:
         if n_items > self._n_built:
             parts.append(np.arange(self._n_built, n_items, dtype=np.int64))
         return np.concatenate(parts)
+
+    def _search_params(self, faiss: Any, want: int) -> Any:
+        """The search parameters of the index for ``want`` results, made once per index and
+        setting (a faiss parameter object costs ~15 us to build, on every read)."""
+        if isinstance(self._index, faiss.IndexIVF):
+            key = ("ivf", min(self.config.nprobe, self._index.nlist))
+        else:
+            key = ("hnsw", max(self.config.ef_search, want))
+        cached = self._params
+        if cached is None or cached[0] is not self._index or cached[1] != key:
+            params = (faiss.SearchParametersIVF(nprobe=key[1]) if key[0] == "ivf"
+                      else faiss.SearchParametersHNSW(efSearch=key[1]))
+            self._params = cached = (self._index, key, params)
+        return cached[2]
 
     def hits(self, cand: np.ndarray, seen: np.ndarray, n_items: int) -> np.ndarray:
         """``np.isin(cand, seen)`` for item indices, in ``O(len(cand) + len(seen))`` with a
