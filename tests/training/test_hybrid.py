@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from nmrn.baselines.itemknn import ItemKNN
 from nmrn.errors import ConfigError
 from nmrn.training.hybrid import FEATURES, NMRNHybrid
 
@@ -60,9 +61,9 @@ def test_the_gate_trains_on_evidence_from_before_each_batch(monkeypatch: Any) ->
     original = NMRNHybrid._rows
 
     def spy(self: NMRNHybrid, users: Any, items: Any, history: Any, counts: Any,
-            n_seen: int) -> Any:
+            n_seen: int, reuse: Any = None) -> Any:
         seen_counts.append((counts.copy(), n_seen, len(history)))
-        return original(self, users, items, history, counts, n_seen)
+        return original(self, users, items, history, counts, n_seen, reuse)
 
     monkeypatch.setattr(NMRNHybrid, "_rows", spy)
     log = _cycle_log(steps=6)
@@ -176,3 +177,56 @@ def test_learn_lr_sets_the_step_of_the_online_passes() -> None:
                    for p, b in zip(rec.gate.parameters(), before, strict=True))
 
     assert moved(1e-12) < 1e-9 < 1e-4 < moved(None)
+
+
+def _growing_log(n_events: int = 900, seed: int = 0) -> list[tuple[Any, ...]]:
+    """Users who come back and new items (one every ~15 events) until event 650, so that most
+    batches learned before it bring an item nobody has seen and the ones after it none."""
+    rng = np.random.default_rng(seed)
+    log = []
+    for t in range(n_events):
+        n_items = 10 + min(t, 650) // 15
+        item = int(min(rng.zipf(1.5) - 1, n_items - 1)) if rng.random() < 0.8 else n_items - 1
+        log.append((f"u{int(rng.integers(0, 40 + t // 30))}", f"i{item}", float(t)))
+    return log
+
+
+@pytest.mark.parametrize("sparse_knn", [False, True])
+def test_reads_before_a_learn_change_nothing_but_its_cost(sparse_knn: bool) -> None:
+    # test-then-train: a read of a batch's users keeps their gate inputs and the learn that
+    # follows reuses them. The end state must be bit for bit that of a model that was never
+    # read (what a replay after a crash computes), with batches that bring new items, batches
+    # learned without a read before them, and (sparse_knn) item-kNN counts whose growth merges
+    # them (reuse is then off for batches that add items)
+    log = _growing_log()
+    options = {"memory": SMALL_MEMORY, "fit_chunk": 60, "fit_epochs": 2, "hidden": 4,
+               "seed": 5, "gate_fraction": 0.5}
+    models = []
+    for _ in range(2):
+        rec = NMRNHybrid(**options)
+        if sparse_knn:
+            knn = ItemKNN(history_len=rec.config.knn_history, recency_decay=rec.config.knn_decay,
+                          alpha=1.0, cooc_decay=rec.config.knn_cooc_decay, dense_max_items=0)
+            knn.users, knn.items = rec.users, rec.items
+            rec.components["knn"] = knn
+        models.append(rec.fit(log[:300]))
+    read, never_read = models
+    grew = 0
+    for k, lo in enumerate(range(300, len(log), 40)):
+        chunk = log[lo : lo + 40]
+        users = sorted({u for u, _, _ in chunk} & set(read.known_users.tolist()))
+        if k % 4 != 3 and users:  # every fourth batch is learned without a read
+            read.score(users, read.known_items)
+        grew += bool({i for _, i, _ in chunk} - set(read.known_items.tolist()))
+        read.learn(chunk)
+        never_read.learn(chunk)
+    assert grew >= 6
+    assert read._evidence.hits > 50 and never_read._evidence.hits == 0
+    assert read._evidence.misses < read._evidence.hits  # misses: users new to a batch
+    got, want = read._state()[0], never_read._state()[0]
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    users = never_read.known_users
+    np.testing.assert_array_equal(read.score(users, read.known_items),
+                                  never_read.score(users, never_read.known_items))

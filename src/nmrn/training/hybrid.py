@@ -66,6 +66,16 @@ do not depend on how it is split (the components' own guarantee); the gate and t
 take gradient steps per batch, so their state depends on the batch boundaries, as any online
 learner's does.
 
+Reads before a learn. In test-then-train (the evaluation protocol; a service that recommends and
+then sees what was clicked) the users of a batch were read from the very state the batch starts
+from, and the gate's training rows are the evidence that read computed. A read keeps them (up to
+:data:`EVIDENCE_CACHE_BYTES`) and the next ``learn`` takes them instead of computing them again.
+This changes nothing but the cost: a user's evidence never depends on which other users are
+scored with them, and a batch that adds items leaves the evidence over the items known before it
+bit for bit as it was (the one exception, item-kNN counts stored sparse, whose growth merges
+their pending part, turns the reuse off for such a batch); a test checks that a model read
+before every batch ends bit for bit where one never read does (what a replay computes).
+
 The softmax loss, not NMRN's rank-weighted hinge, trains the gate: on validation the hinge
 against the hardest of 20 negatives drove the gate's weights to zero, and the hinge averaged over
 negatives scored below the softmax (docs/tuning.md, "NMRN-Hybrid").
@@ -199,6 +209,55 @@ class HybridConfig(Config):
         return out
 
 
+class _EvidenceCache:
+    """The gate's inputs ``(x [n, F], c [1, C])`` of the users a read just scored, for the
+    ``learn`` that follows from the same state (test-then-train: the protocol, a live service
+    that recommends and then sees the click). Keyed by ``(state version, n items)``; rows are
+    kept only up to :data:`EVIDENCE_CACHE_BYTES`; never saved."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int] | None = None
+        self.rows: dict[int, tuple[Tensor, Tensor]] = {}
+        self.nbytes = 0
+        self.hits = 0  # rows reused by a learn (tests, benchmarks)
+        self.misses = 0
+
+    def keep(self, key: tuple[int, int], users: np.ndarray, x: Tensor, c: Tensor) -> None:
+        if key != self.key:
+            self.clear()
+            self.key = key
+        if not len(x):
+            return
+        row_bytes = x[0].numel() * x.element_size() + c[0].numel() * c.element_size()
+        for r, user in enumerate(users.tolist()):
+            if user in self.rows:
+                continue
+            if self.nbytes + row_bytes > EVIDENCE_CACHE_BYTES:
+                break
+            self.rows[user] = (x[r].clone(), c[r].clone())
+            self.nbytes += row_bytes
+
+    def take(self, key: tuple[int, int],
+             users: np.ndarray) -> list[tuple[Tensor, Tensor] | None] | None:
+        """Each user's kept rows (``None`` where not kept), or None when nothing is kept for
+        ``key``."""
+        if key != self.key or not self.rows:
+            return None
+        found = [self.rows.get(u) for u in users.tolist()]
+        hits = sum(f is not None for f in found)
+        self.hits += hits
+        self.misses += len(found) - hits
+        return found
+
+    def clear(self) -> None:
+        self.key, self.rows, self.nbytes = None, {}, 0
+
+
+EVIDENCE_CACHE_BYTES = 256 << 20
+"""At most this many bytes of gate inputs are kept between a read and the next ``learn``
+(~54 KB a user on ML-100K: 1,682 items x 8 features x float32)."""
+
+
 class _Gate(torch.nn.Module):
     """``w . x + v . tanh(W [x; c] + b)`` (``"mlp"``), ``w . x`` (``"linear"``) or ``sum(x)``
     without learning (``"sum"``)."""
@@ -293,6 +352,7 @@ class NMRNHybrid(Recommender):
         self._user_last = np.zeros(0, dtype=np.int64)  # event number of each user's last event
         self._n_known = 0  # items known before the batch being learned
         self.last_loss = math.nan
+        self._evidence = _EvidenceCache()
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, dict[str, Any]]:
@@ -372,8 +432,9 @@ class NMRNHybrid(Recommender):
 
     def _score_all(self, users: np.ndarray) -> np.ndarray:
         n = len(self.items)
-        x, c = self._features(np.asarray(users, np.int64), n, self.history, self.item_counts,
-                              self.n_events)
+        users = np.asarray(users, np.int64)
+        x, c = self._features(users, n, self.history, self.item_counts, self.n_events)
+        self._evidence.keep((self._state_version, n), users, x, c)
         scores = np.empty((len(users), n))
         with torch.no_grad():  # user by user: a user's scores never depend on who else is asked
             # (in float64: float32 kernels round differently with the data's alignment)
@@ -385,17 +446,32 @@ class NMRNHybrid(Recommender):
     # -- training ----------------------------------------------------------------------------
     def _rows(
         self, users: np.ndarray, items: np.ndarray, history: History, counts: np.ndarray,
-        n_seen: int,
+        n_seen: int, reuse: tuple[int, int] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, np.ndarray, np.ndarray] | None:
         """The gate's training rows for a batch about to be learned: ``(x, c, seen, row of each
-        warm event, its item)`` with features from the state before the batch, or None."""
+        warm event, its item)`` with features from the state before the batch, or None.
+        ``reuse``: the key under which :meth:`_score_all` kept the rows of that state (users
+        whose rows it kept are not computed again)."""
         n = self._n_known
         known_user = np.array([history.length(u) > 0 for u in users.tolist()], dtype=bool)
         warm = (items < n) & known_user
         if not warm.any():
             return None
         uniq, row = np.unique(users[warm], return_inverse=True)
-        x, c = self._features(uniq, n, history, counts, n_seen)
+        kept = self._evidence.take(reuse, uniq) if reuse is not None else None
+        if kept is None:
+            x, c = self._features(uniq, n, history, counts, n_seen)
+        else:
+            x = torch.empty((len(uniq), n, len(self.config.features)), dtype=torch.float32)
+            c = torch.empty((len(uniq), 1, 2), dtype=torch.float32)
+            have = np.array([r is not None for r in kept], dtype=bool)
+            for r in np.flatnonzero(have).tolist():
+                x[r], c[r] = kept[r]
+            if not have.all():
+                missing = np.flatnonzero(~have)
+                x_m, c_m = self._features(uniq[missing], n, history, counts, n_seen)
+                index = torch.from_numpy(missing)
+                x[index], c[index] = x_m, c_m
         seen = np.zeros((len(uniq), n), dtype=bool)  # consumed before, or elsewhere in the batch
         for r, u in enumerate(uniq.tolist()):
             seen[r, history.items_of(u)] = True
@@ -501,13 +577,30 @@ class NMRNHybrid(Recommender):
 
     def _learn(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
                weights: Any) -> None:
-        found = self._rows(users, items, self.history, self.item_counts, self.n_events)
+        # The rows a read computed from the state this batch starts from are the rows computed
+        # here (a user's evidence never depends on who else is scored, and growing the
+        # catalogue leaves the first n items' evidence as it was), so they are reused: in
+        # test-then-train every learned user was just read. _ingest bumped the version once.
+        grew = len(self.items) > self._n_known
+        exact = not grew or self._growth_exact()
+        reuse = (self._state_version - 1, self._n_known) if exact else None
+        try:
+            found = self._rows(users, items, self.history, self.item_counts, self.n_events,
+                               reuse)
+        finally:
+            self._evidence.clear()
         if found is not None:
             cfg = self.config
             self._train_gate([found], cfg.learn_passes,
                              cfg.lr if cfg.learn_lr is None else cfg.learn_lr)
         self._absorb(users, items, timestamps, weights, self.history, self.item_counts,
                      self.n_events)
+
+    def _growth_exact(self) -> bool:
+        """Whether the evidence of known users over the items known before a batch stays bit
+        for bit the same when the batch adds items: not with sparse item-kNN counts, whose
+        growth merges the pending counts into the main ones (another float32 grouping)."""
+        return not any(isinstance(c, ItemKNN) and c.is_sparse for c in self.components.values())
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
