@@ -525,6 +525,8 @@ class SnapshotPublisher:
         docstring) or ``"full"`` (every version is a whole checkpoint).
     base_every
         Incremental mode: a base version (every block) at least every this many publications.
+    block_bytes
+        Incremental mode: the size of a block (:data:`BLOCK_BYTES`; tests use small ones).
     """
 
     def __init__(self, service: Any, directory: str | os.PathLike[str], *,
@@ -658,9 +660,10 @@ class SnapshotFollower:
 
     :meth:`poll` checks ``CURRENT`` (a ``stat``, and a read of a few hundred bytes when it
     changed) and, when it names a new version, verifies and loads it (:func:`verify_version`,
-    then :func:`nmrn.models.load_model`); it returns the new model, or ``None`` when there is
-    nothing new or the new version was refused (:attr:`refused` counts those, :attr:`last_error`
-    says why). ``loader`` is for tests.
+    then :func:`nmrn.models.load_model` for a full version, or the blocks it does not hold for
+    an incremental one, each checked against its hash); it returns the new model, or ``None``
+    when there is nothing new or the new version was refused (:attr:`refused` counts those,
+    :attr:`last_error` says why).
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, verify: bool = True) -> None:
