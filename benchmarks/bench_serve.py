@@ -315,6 +315,7 @@ def _staleness(port: int, writer_port: int) -> dict[str, float]:
     count = _metric(writer_port, "nmrn_snapshot_publish_seconds_count")
     total = _metric(writer_port, "nmrn_snapshot_publish_seconds_sum")
     return {"publish_ms": 1000 * total / count if count else float("nan"),
+            "publish_kib": _metric(writer_port, "nmrn_snapshot_publish_bytes") / 1024,
             "load_ms": 1000 * _metric(port, "nmrn_snapshot_load_seconds"),
             "lag_max_ms": 1000 * _metric(port, "nmrn_snapshot_lag_max_seconds")}
 
@@ -377,7 +378,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             users = model.known_users.tolist()
             items = model.known_items.tolist()
             del model
-            for workers in args.workers:
+            runs_of = [(w, m) for w in args.workers
+                       for m in (args.snapshot_modes if w else [None])]
+            for workers, snapshot_mode in runs_of:
                 retrieval_on = bool(args.retrieval) and model_name in EMBEDDING
                 port = free_port()
                 writer_port = port
@@ -385,6 +388,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if workers:
                     writer_port = free_port()
                     extra += ["--workers", str(workers), "--writer-port", str(writer_port)]
+                    if snapshot_mode is not None:
+                        extra += ["--snapshot-mode", snapshot_mode]
                 proc = start_server(ckpt, port, extra)
                 if workers:  # every reader up before measuring
                     deadline = time.monotonic() + 120
@@ -419,10 +424,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                 res.update(_staleness(port, writer_port))
                             runs.append(res)
                             print(json.dumps({"catalogue": catalogue, "model": model_name,
-                                              "workers": workers, "mode": mode, **res}),
+                                              "workers": workers, "snapshots": snapshot_mode,
+                                              "mode": mode, **res}),
                                   flush=True)
                         row = {"catalogue": catalogue, "model": model_name, "items": len(items),
-                               "workers": workers,
+                               "workers": workers, "snapshots": snapshot_mode,
                                "mode": mode if mode == "closed" else f"open@{args.read_rate:g}",
                                "ingest": ingest > 0, "repeats": len(runs),
                                "retrieval": args.retrieval if retrieval_on else None,
@@ -443,10 +449,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def markdown(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table (medians over the repeats)."""
     lines = [
-        "| catalogue | model | workers | readers | ingest | events/s | req/s | p50 ms "
-        "| p99 ms (max) | ingest p99 ms | server CPU | server CPU µs/req | client CPU | load1 "
-        "| publish ms | load ms | lag max ms | ANN share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| catalogue | model | workers | snapshots | readers | ingest | events/s | req/s "
+        "| p50 ms | p99 ms (max) | ingest p99 ms | server CPU | server CPU µs/req | client CPU "
+        "| load1 | publish ms | load ms | lag max ms | ANN share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         events = f"{r['events_per_s']:.0f}" if r["ingest"] else "-"
@@ -455,7 +461,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 if "publish_ms" in r else "- | - | -")
         lines.append(
             f"| {r['catalogue']} ({r['items']:,} items) | {r['model']} | {r.get('workers', 0)} "
-            f"| {r['mode']} | "
+            f"| {r.get('snapshots') or '-'} | {r['mode']} | "
             f"{'yes' if r['ingest'] else 'no'} | {events} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
             f"{r['p99_ms']:.1f} ({r['p99_ms_max']:.1f}) | {ingest_p99} | "
             f"{r['server_cpu']:.0f}% | {10_000 * r['server_cpu'] / r['rps']:.0f} | "
@@ -490,6 +496,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0],
                         help="nmrn serve --workers values to measure, e.g. 0 1 2 (0: one "
                         "process)")
+    parser.add_argument("--snapshot-modes", nargs="+", default=["incremental"],
+                        choices=["incremental", "full"],
+                        help="with --workers N >= 1: the nmrn serve --snapshot-mode values to "
+                        "measure, each with its own server (default: incremental)")
     parser.add_argument("--retrieval", type=json.loads, default=None,
                         help="RetrievalConfig fields as JSON for the embedding models (NMRN, "
                         "BPR), e.g. '{\"mode\": \"ann\"}'; the table then gives the share of "

@@ -39,7 +39,9 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "META_FILE",
+    "check_meta",
     "checkpoint_exists",
+    "parse_meta",
     "fsync_dir",
     "is_checkpoint",
     "read_checkpoint",
@@ -175,18 +177,31 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     if meta_path.stat().st_size > MAX_META_BYTES:
         raise CheckpointError(f"{meta_path}: {meta_path.stat().st_size} bytes, more than the "
                               f"limit of {MAX_META_BYTES}")
-    raw = meta_path.read_bytes()
+    meta = parse_meta(meta_path.read_bytes(), meta_path)
+    check_meta(meta, path)
+    arrays = read_arrays(path / ARRAYS_FILE)
+    return meta, arrays
+
+
+def parse_meta(raw: bytes, meta_path: Any) -> Any:
+    """The JSON value of a ``meta.json``'s bytes, refused (:class:`CheckpointError` naming
+    ``meta_path``) when nested deeper than :data:`MAX_META_DEPTH` or not valid JSON."""
     depth = json_depth(raw)
     if depth > MAX_META_DEPTH:
         raise CheckpointError(f"{meta_path}: JSON nested {depth} deep (the limit is "
                               f"{MAX_META_DEPTH})")
     try:
-        meta = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from None
     except ValueError as err:  # e.g. an integer past 4,300 digits
         raise CheckpointError(f"{meta_path}: not acceptable JSON ({str(err).split(';')[0]})"
                               ) from None
+
+
+def check_meta(meta: Any, path: Any) -> None:
+    """Check a checkpoint's ``meta`` (its format, version and fields) before a model is built
+    from it; raises :class:`~nmrn.errors.CheckpointError` naming ``path``."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nmrn checkpoint (format field is not {FORMAT!r})")
     version = meta.get("format_version")
@@ -201,8 +216,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
             raise CheckpointError(f"{path}: {META_FILE} lacks the field {key!r}")
     if not isinstance(meta["params"], dict) or not isinstance(meta["model_meta"], dict):
         raise CheckpointError(f"{path}: params and model_meta must be JSON objects")
-    arrays = read_arrays(path / ARRAYS_FILE)
-    return meta, arrays
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:

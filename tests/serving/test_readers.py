@@ -39,12 +39,12 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HISTORY = [(196, "a", 0), (196, "b", 1), ("u1", "a", 2), (5, "a", 3), (5, "b", 4), (5, "c", 5)]
 
 
-# -- snapshots, in process ---------------------------------------------------------------------
+# -- snapshots, in process (full versions; incremental ones: test_incremental_snapshots.py) ------
 @pytest.fixture
 def published(tmp_path: Path) -> Any:
     service = LiveService(Popularity().fit(HISTORY), checkpoint_every=None,
                           checkpoint_seconds=None, apply_wait=0)
-    publisher = SnapshotPublisher(service, tmp_path / "snap", publish_every=3600)
+    publisher = SnapshotPublisher(service, tmp_path / "snap", publish_every=3600, mode="full")
     publisher.publish()
     yield service, publisher
     publisher.close()

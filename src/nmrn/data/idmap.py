@@ -236,3 +236,26 @@ class IdMap:
     def from_list(cls, ids: list[int | str], *, what: str = "id") -> IdMap:
         """Inverse of :meth:`to_list`."""
         return cls(ids, what=what)
+
+    def extended(self, ids: list[int | str]) -> IdMap | None:
+        """:meth:`from_list` of ``ids`` when they start with this map's ids (a snapshot's
+        next version): a copy of this map with the rest added, without rebuilding the index
+        of the ids already known; ``None`` when ``ids`` do not start with them."""
+        n = len(self._ids)
+        if len(ids) < n or ids[:n] != self._ids:
+            return None
+        # ``==`` takes 1 == 1.0 == True; the ids known are all int or str, and so must these be
+        if not set(map(type, ids[:n])) <= {int, str}:
+            return None
+        rest = ids[n:]
+        if rest:
+            values = [_py(x) for x in as_id_array(rest, self.what).tolist()]
+            if len(set(values)) != len(values) or any(x in self._index for x in values):
+                raise DataError(f"duplicate {self.what} ids in the initial list of an IdMap")
+        out = IdMap(what=self.what)
+        out._index = dict(self._index)
+        out._ids = list(self._ids)
+        out._all_int = self._all_int
+        if rest:
+            out._add(values)
+        return out

@@ -114,6 +114,10 @@ def add_serve_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--publish-every", type=positive_seconds, default=0.05, metavar="S",
                    help="with --workers: publish a snapshot every S seconds when the model "
                    "changed (default %(default)s)")
+    p.add_argument("--snapshot-mode", default="incremental", choices=["incremental", "full"],
+                   help="with --workers: incremental (a version holds the blocks of the arrays "
+                   "that changed, readers patch what they hold) or full (each version is a "
+                   "whole checkpoint); default %(default)s")
     p.add_argument("--snapshot-dir", type=Path, default=None,
                    help="with --workers: where snapshots are published (default: under "
                    "/dev/shm, else <checkpoint>.snapshots)")
@@ -346,7 +350,8 @@ def _run_with_readers(args: argparse.Namespace, service: Any, server: Any) -> in
     port = public.getsockname()[1]
     writer_port = private.getsockname()[1]
     snapshot_dir = args.snapshot_dir or default_snapshot_dir(args.checkpoint)
-    publisher = SnapshotPublisher(service, snapshot_dir, publish_every=args.publish_every).start()
+    publisher = SnapshotPublisher(service, snapshot_dir, publish_every=args.publish_every,
+                                  mode=args.snapshot_mode).start()
     env = dict(os.environ)
     for variable, value in (("NMRN_TOKEN", args.resolved_token),
                             ("NMRN_READ_TOKEN", args.resolved_read_token)):

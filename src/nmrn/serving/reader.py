@@ -144,6 +144,9 @@ class _SnapshotCollector:
                                 "was last known to equal the snapshot served.", s.age())
         yield GaugeMetricFamily("nmrn_snapshot_load_seconds", "Verification and load of the "
                                 "last snapshot loaded.", f.load_seconds)
+        yield GaugeMetricFamily("nmrn_snapshot_load_bytes", "Bytes of arrays the last load "
+                                "read from files (incremental: the blocks it did not hold).",
+                                f.last_read_bytes)
         lags = sorted(s.lag_seconds)
         worst = lags[-1] if lags else math.nan
         yield GaugeMetricFamily("nmrn_snapshot_lag_max_seconds", "Most seconds, over the last "

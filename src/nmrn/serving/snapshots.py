@@ -16,6 +16,21 @@ validation (:func:`nmrn.io.read_checkpoint`). A version that fails either is ref
 counted, and the reader keeps answering from the one it has; it does not try the same version
 again.
 
+**Incremental versions** (``mode="incremental"``, the default; docs/serving.md §9): a
+version directory holds ``manifest.json``, ``meta.json`` and ``blocks.bin``. Each array of the
+snapshot is cut into row blocks of about :data:`BLOCK_BYTES`; the writer compares its new copy
+with the one it published last, block by block, and writes (and hashes) only the blocks that
+changed into the new version's ``blocks.bin``. The manifest lists every array's dtype, shape and
+rows per block, and for each block the version whose ``blocks.bin`` holds it, the offset there
+and its SHA-256; ``CURRENT`` then names ``manifest.json`` with its size and SHA-256. Every
+:data:`BASE_EVERY` publications, or once the blocks written since the last base add up to the
+snapshot's size, a *base* version holds every block again, so that old versions stop being
+needed; a version is deleted only when none of the last :data:`KEEP` manifests names it. A
+reader that holds blocks with a manifest's hashes keeps them, reads the others from the
+versions the manifest names, and checks each one's SHA-256 before using it; a reader that is
+new or far behind reads every block the same way. A block that is missing, short or has another
+hash refuses the whole version, as a bad file does in full mode.
+
 While the model does not change, the writer rewrites ``CURRENT`` with a new ``as_of`` (the
 latest time at which the writer's state was known to equal the snapshot) every
 ``publish_every`` seconds, so a reader's snapshot age is ``now - as_of``: how far behind the
@@ -24,27 +39,44 @@ writer's applied state its answers can be, whether or not events are arriving.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nmrn.errors import CheckpointError, NMRNError
-from nmrn.io import ARRAYS_FILE, META_FILE, write_checkpoint
+from nmrn.io import (
+    ARRAYS_FILE,
+    MAX_META_BYTES,
+    META_FILE,
+    _fresh_dir,
+    check_meta,
+    fsync_dir,
+    parse_meta,
+    write_checkpoint,
+)
 from nmrn.training.contract import Recommender
 
 log = logging.getLogger("nmrn.serving")
 
 __all__ = [
     "CURRENT",
+    "BASE_EVERY",
+    "BLOCK_BYTES",
     "KEEP",
+    "MODES",
     "Manifest",
     "SnapshotError",
     "SnapshotFollower",
@@ -58,7 +90,19 @@ CURRENT = "CURRENT"
 MANIFEST_FORMAT = "nmrn-snapshot"
 #: Versions kept in the snapshot directory (the newest; older ones are deleted).
 KEEP = 3
+#: Bytes of one block of an incremental version (rows of an array: as many as fit, at least 1).
+BLOCK_BYTES = 1 << 12
+MAX_BLOCK_BYTES = 1 << 24
+#: An incremental writer writes a base version (every block) at least this often.
+BASE_EVERY = 100
+MODES = ("incremental", "full")
+MANIFEST_FILE = "manifest.json"
+BLOCKS_FILE = "blocks.bin"
+BLOCKS_FORMAT = "nmrn-snapshot-blocks"
+MAX_MANIFEST_BYTES = 64 << 20
 _VERSION = re.compile(r"v\d{1,20}-\d{1,20}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DTYPE = re.compile(r"[<>|][biufc][1-9][0-9]?|[<>|][US][1-9][0-9]{0,5}")
 _HASH_CHUNK = 1 << 20
 MAX_CURRENT_BYTES = 4096
 
@@ -141,8 +185,10 @@ def read_manifest(directory: Path) -> Manifest | None:
     if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise SnapshotError(f"{CURRENT}: version {version!r} is not a version name")
     files = data.get("files")
-    if not isinstance(files, dict) or set(files) != {META_FILE, ARRAYS_FILE}:
-        raise SnapshotError(f"{CURRENT}: files must list {META_FILE} and {ARRAYS_FILE}")
+    if not isinstance(files, dict) or set(files) not in ({META_FILE, ARRAYS_FILE},
+                                                         {MANIFEST_FILE}):
+        raise SnapshotError(f"{CURRENT}: files must list {META_FILE} and {ARRAYS_FILE} (a full "
+                            f"version) or {MANIFEST_FILE} (an incremental one)")
     parsed: dict[str, tuple[int, str]] = {}
     for name, entry in files.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
@@ -180,6 +226,282 @@ def _write_current(directory: Path, manifest: Manifest) -> None:
     os.replace(tmp, directory / CURRENT)
 
 
+def _sha256(data: Any) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _bytes_of(array: np.ndarray) -> np.ndarray:
+    """The bytes of ``array`` in C order, as a flat ``uint8`` view (a copy only if it is not
+    C-contiguous)."""
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return array.reshape(-1).view(np.uint8)
+
+
+def _row_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    return itemsize * math.prod(shape[1:]) if shape else itemsize
+
+
+def _rows_per_block(shape: tuple[int, ...], itemsize: int, block_bytes: int = BLOCK_BYTES
+                    ) -> int:
+    """Rows of an array in one block: as many as fit in ``block_bytes``, at least 1."""
+    row = _row_bytes(shape, itemsize)
+    return max(1, block_bytes // row) if row else 1
+
+
+def _n_blocks(shape: tuple[int, ...], itemsize: int, rows: int) -> int:
+    total = (shape[0] if shape else 1) * _row_bytes(shape, itemsize)
+    step = rows * _row_bytes(shape, itemsize)
+    return 0 if total == 0 else -(-total // step)
+
+
+#: One block's entry in an array's block table: the publication number of the version whose
+#: blocks.bin holds it, its offset there, its SHA-256 (44 bytes, little-endian, packed).
+TABLE = np.dtype([("v", "<u8"), ("off", "<u8"), ("sha", "u1", (32,))])
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One array as an incremental manifest lists it: dtype (``dtype.str``), shape, rows per
+    block and its block table (:data:`TABLE`, one entry per block)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    rows: int
+    table: np.ndarray
+
+    def same_cut(self, dtype: str, shape: tuple[int, ...], rows: int) -> bool:
+        """Whether an array of ``dtype`` and ``shape`` cut in blocks of ``rows`` rows has the
+        same blocks as this one where both have rows (only the number of rows differs)."""
+        return (self.dtype == dtype and len(self.shape) == len(shape)
+                and self.shape[1:] == shape[1:] and self.rows == rows)
+
+    def common(self, shape: tuple[int, ...]) -> int:
+        """How many leading blocks this layout and one of the same cut with ``shape`` share
+        the byte spans of (full blocks of both, and the last one if the sizes are equal)."""
+        itemsize = np.dtype(self.dtype).itemsize
+        step = self.rows * _row_bytes(shape, itemsize)
+        old = (self.shape[0] if self.shape else 1) * _row_bytes(self.shape, itemsize)
+        new = (shape[0] if shape else 1) * _row_bytes(shape, itemsize)
+        if step == 0:
+            return 0
+        if old == new:
+            return len(self.table)
+        return min(old, new) // step
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _version_number(version: str) -> int:
+    return int(version.split("-")[1])
+
+
+def _changed_blocks(new: np.ndarray, old: np.ndarray, n: int, step: int) -> np.ndarray:
+    """``[n]`` bool: whether each of the first ``n`` blocks of ``step`` bytes differs between
+    the flat byte arrays ``new`` and ``old`` (compared bit for bit, vectorised)."""
+    full = min(n, len(new) // step, len(old) // step)
+    a, b = new[: full * step].reshape(full, step), old[: full * step].reshape(full, step)
+    if step % 8 == 0:
+        a, b = a.view("<u8"), b.view("<u8")
+    out = np.ones(n, dtype=bool)
+    out[:full] = (a != b).any(axis=1)
+    for i in range(full, n):  # a last, shorter block of the same length in both
+        out[i] = not np.array_equal(new[i * step : (i + 1) * step], old[i * step : (i + 1) * step])
+    return out
+
+
+class _BlockWriter:
+    """The writer's side of incremental versions: the last published arrays and layouts, and
+    the versions the last :data:`KEEP` manifests name."""
+
+    def __init__(self, directory: Path, *, base_every: int = BASE_EVERY,
+                 block_bytes: int = BLOCK_BYTES) -> None:
+        self.directory = directory
+        self.base_every = base_every
+        self.block_bytes = block_bytes
+        self.last: dict[str, np.ndarray] = {}
+        self.layouts: dict[str, _Layout] = {}
+        self.names: dict[int, str] = {}  # publication number -> version name, of those named
+        self.since_base = 0  # publications since the last base
+        self.written_since_base = 0  # block bytes written since the last base
+        self.last_written = 0  # block bytes the last publication wrote
+        self.last_base = False
+        self.retained: deque[frozenset[str]] = deque(maxlen=KEEP)
+
+    def needed(self) -> set[str]:
+        """Every version a retained manifest names (its own and those holding its blocks)."""
+        return set().union(*self.retained)
+
+    def write(self, version: str, seq: int, arrays: dict[str, np.ndarray],
+              meta: dict[str, Any]) -> tuple[int, str]:
+        """Write version ``version`` (temporary directory, fsync, rename) holding the blocks of
+        ``arrays`` that differ from the last publication's (every block in a base); returns
+        its manifest's ``(size, sha256)``. ``arrays`` must not change afterwards: the next
+        publication compares against them."""
+        total = sum(a.nbytes for a in arrays.values())
+        base = (not self.layouts or self.since_base + 1 >= self.base_every
+                or self.written_since_base >= total)
+        number = _version_number(version)
+        tmp = _fresh_dir(self.directory, prefix=f".{version}.")
+        written = 0
+        layouts: dict[str, _Layout] = {}
+        try:
+            with open(tmp / BLOCKS_FILE, "wb") as f:
+                for name in sorted(arrays):
+                    array = arrays[name]
+                    if array.dtype.hasobject or not _DTYPE.fullmatch(array.dtype.str):
+                        raise SnapshotError(f"array {name!r} has dtype {array.dtype}; a snapshot "
+                                            "holds numbers and text only")
+                    dtype, shape = array.dtype.str, tuple(array.shape)
+                    rows = _rows_per_block(shape, array.itemsize, self.block_bytes)
+                    flat = _bytes_of(array)
+                    step = rows * _row_bytes(shape, array.itemsize)
+                    n_blocks = _n_blocks(shape, array.itemsize, rows)
+                    table = np.zeros(n_blocks, dtype=TABLE)
+                    kept = np.zeros(n_blocks, dtype=bool)
+                    old = self.layouts.get(name)
+                    if old is not None and old.same_cut(dtype, shape, rows):
+                        n = old.common(shape)
+                        kept[:n] = ~_changed_blocks(flat, _bytes_of(self.last[name]), n, step)
+                        table[:n] = old.table[:n]
+                    for i in (range(n_blocks) if base else np.flatnonzero(~kept).tolist()):
+                        lo, hi = i * step, min((i + 1) * step, array.nbytes)
+                        entry = table[i]
+                        if not kept[i]:
+                            entry["sha"] = np.frombuffer(hashlib.sha256(flat[lo:hi]).digest(),
+                                                         np.uint8)
+                        entry["v"], entry["off"] = number, written
+                        f.write(flat[lo:hi])
+                        written += hi - lo
+                    layouts[name] = _Layout(dtype, shape, rows, table)
+                f.flush()
+                os.fsync(f.fileno())
+            meta_raw = json.dumps(meta).encode("utf-8")
+            _write_synced(tmp / META_FILE, meta_raw)
+            used = {number}
+            for layout in layouts.values():
+                used.update(np.unique(layout.table["v"]).tolist())
+            names = {**self.names, number: version}
+            versions = [names[n] for n in sorted(used)]
+            raw = json.dumps({
+                "format": BLOCKS_FORMAT, "version": version, "seq": seq, "base": base,
+                "block_bytes": self.block_bytes, "versions": versions,
+                "meta": {"size": len(meta_raw), "sha256": _sha256(meta_raw)},
+                "arrays": {name: {"dtype": layout.dtype, "shape": list(layout.shape),
+                                  "rows": layout.rows,
+                                  "table": base64.b64encode(layout.table.tobytes()).decode()}
+                           for name, layout in layouts.items()},
+            }, separators=(",", ":")).encode("utf-8")
+            _write_synced(tmp / MANIFEST_FILE, raw)
+            fsync_dir(tmp)
+            os.rename(tmp, self.directory / version)
+            fsync_dir(self.directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.last, self.layouts = arrays, layouts
+        self.last_written, self.last_base = written, base
+        if base:
+            self.since_base, self.written_since_base = 0, 0
+        else:
+            self.since_base += 1
+            self.written_since_base += written
+        self.retained.append(frozenset(versions))
+        needed = {_version_number(v) for v in self.needed()}
+        self.names = {n: v for n, v in names.items() if n in needed}
+        return len(raw), _sha256(raw)
+
+
+def _integer(value: Any, what: str, *, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SnapshotError(f"{what} must be a whole number >= {low}, got {value!r}")
+    return value
+
+
+def parse_blocks_manifest(raw: bytes, where: Path, version: str
+                          ) -> tuple[tuple[int, str], dict[str, _Layout], dict[int, str]]:
+    """The ``(meta size, meta sha256)``, array layouts and ``{publication number: version
+    name}`` of an incremental version's ``manifest.json``, checked field by field; raises
+    :class:`SnapshotError` naming ``where`` and the field."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise SnapshotError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != BLOCKS_FORMAT:
+        raise SnapshotError(f"{where}: not an nmrn incremental snapshot manifest")
+    if data.get("version") != version:
+        raise SnapshotError(f"{where}: names version {data.get('version')!r}, not {version!r}")
+    block_bytes = _integer(data.get("block_bytes"), f"{where}: block_bytes", low=1)
+    if block_bytes > MAX_BLOCK_BYTES:
+        raise SnapshotError(f"{where}: block_bytes {block_bytes} is over {MAX_BLOCK_BYTES}")
+    versions = data.get("versions")
+    if (not isinstance(versions, list) or not versions
+            or not all(isinstance(v, str) and _VERSION.fullmatch(v) for v in versions)):
+        raise SnapshotError(f"{where}: versions must be a list of version names")
+    names = {_version_number(v): v for v in versions}
+    if len(names) != len(versions):
+        raise SnapshotError(f"{where}: versions names a publication number twice")
+    meta = data.get("meta")
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) \
+            or not _SHA256.fullmatch(meta["sha256"]):
+        raise SnapshotError(f"{where}: meta must hold a size and a sha256")
+    meta_size = _integer(meta.get("size"), f"{where}: meta.size")
+    if meta_size > MAX_META_BYTES:
+        raise SnapshotError(f"{where}: meta.size {meta_size} is over {MAX_META_BYTES}")
+    arrays = data.get("arrays")
+    if not isinstance(arrays, dict):
+        raise SnapshotError(f"{where}: arrays must be a JSON object")
+    known = np.array(sorted(names), dtype=np.uint64)
+    layouts: dict[str, _Layout] = {}
+    for name, entry in arrays.items():
+        what = f"{where}: arrays[{name!r}]"
+        if not isinstance(entry, dict):
+            raise SnapshotError(f"{what} must be a JSON object")
+        dtype = entry.get("dtype")
+        if not isinstance(dtype, str) or not _DTYPE.fullmatch(dtype):
+            raise SnapshotError(f"{what}.dtype {dtype!r} is not a dtype of numbers or text")
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or len(shape) > 32:
+            raise SnapshotError(f"{what}.shape must be a list of at most 32 sizes")
+        shape_t = tuple(_integer(n, f"{what}.shape[{i}]") for i, n in enumerate(shape))
+        rows = _integer(entry.get("rows"), f"{what}.rows", low=1)
+        itemsize = np.dtype(dtype).itemsize
+        if rows != _rows_per_block(shape_t, itemsize, block_bytes):
+            raise SnapshotError(f"{what}.rows {rows} is not the rows of a {block_bytes}-byte "
+                                "block")
+        encoded = entry.get("table")
+        try:
+            table_raw = base64.b64decode(encoded, validate=True)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SnapshotError(f"{what}.table is not base64") from None
+        n_blocks = _n_blocks(shape_t, itemsize, rows)
+        if len(table_raw) != n_blocks * TABLE.itemsize:
+            raise SnapshotError(f"{what}.table holds {len(table_raw)} bytes, not the "
+                                f"{n_blocks} entries of its shape")
+        table = np.frombuffer(table_raw, dtype=TABLE)
+        if not np.isin(table["v"], known).all():
+            raise SnapshotError(f"{what}.table names a version the manifest does not list")
+        layouts[name] = _Layout(dtype, shape_t, rows, table)
+    return (meta_size, meta["sha256"]), layouts, names
+
+
+def _read_exact(fd: int, into: np.ndarray, offset: int) -> int:
+    """Read ``len(into)`` bytes at ``offset`` into ``into``; the number read (fewer at the
+    end of the file)."""
+    view, done = memoryview(into), 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
 class SnapshotPublisher:
     """Publishes the service's model to ``directory`` every ``publish_every`` seconds when it
     changed (a thread; :meth:`start`, :meth:`close`).
@@ -198,12 +520,25 @@ class SnapshotPublisher:
         left there by an earlier run).
     publish_every
         Seconds between checks for a changed model.
+    mode
+        ``"incremental"`` (a version holds the blocks that changed; see the module's
+        docstring) or ``"full"`` (every version is a whole checkpoint).
+    base_every
+        Incremental mode: a base version (every block) at least every this many publications.
+    block_bytes
+        Incremental mode: the size of a block (:data:`BLOCK_BYTES`; tests use small ones).
     """
 
     def __init__(self, service: Any, directory: str | os.PathLike[str], *,
-                 publish_every: float = 0.1) -> None:
+                 publish_every: float = 0.1, mode: str = "incremental",
+                 base_every: int = BASE_EVERY, block_bytes: int = BLOCK_BYTES) -> None:
         if not (isinstance(publish_every, (int, float)) and 0 < publish_every <= 3600):
             raise ValueError(f"publish_every must be seconds in (0, 3600], got {publish_every!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if isinstance(base_every, bool) or not isinstance(base_every, int) or base_every < 1:
+            raise ValueError(f"base_every must be a whole number >= 1, got {base_every!r}")
+        self.mode = mode
         self.service = service
         self.directory = Path(directory)
         self.publish_every = float(publish_every)
@@ -213,10 +548,13 @@ class SnapshotPublisher:
                 shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(
                     missing_ok=True)
         (self.directory / CURRENT).unlink(missing_ok=True)
+        self._blocks = _BlockWriter(self.directory, base_every=base_every,
+                                    block_bytes=block_bytes)
         self.published: Manifest | None = None
         self.count = 0
         self.last_seconds = 0.0  # the last publication's duration
         self.last_locked_seconds = 0.0  # ... of which the model lock was held
+        self.last_bytes = 0  # bytes of arrays the last publication wrote
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nmrn-publisher", daemon=True)
         self.error: BaseException | None = None
@@ -235,6 +573,9 @@ class SnapshotPublisher:
             Gauge("nmrn_snapshot_published_seq", "Last event held by the published snapshot.",
                   registry=registry).set_function(
                 lambda: -1 if self.published is None else self.published.seq)
+            Gauge("nmrn_snapshot_publish_bytes", "Bytes of arrays the last publication wrote "
+                  "(incremental mode: its changed blocks).", registry=registry).set_function(
+                lambda: self.last_bytes)
 
     def start(self) -> SnapshotPublisher:
         self.publish()  # readers can start at once
@@ -250,8 +591,13 @@ class SnapshotPublisher:
         self.count += 1
         version = f"v{seq}-{self.count}"
         path = self.directory / version
-        write_checkpoint(path, arrays, meta)
-        files = {name: file_digest(path / name) for name in (META_FILE, ARRAYS_FILE)}
+        if self.mode == "full":
+            write_checkpoint(path, arrays, meta)
+            files = {name: file_digest(path / name) for name in (META_FILE, ARRAYS_FILE)}
+            self.last_bytes = sum(a.nbytes for a in arrays.values())
+        else:
+            files = {MANIFEST_FILE: self._blocks.write(version, seq, arrays, meta)}
+            self.last_bytes = self._blocks.last_written
         manifest = Manifest(version, seq, taken_at, taken_at, files)
         _write_current(self.directory, manifest)
         self.published = manifest
@@ -270,11 +616,19 @@ class SnapshotPublisher:
         _write_current(self.directory, self.published)
 
     def _prune(self) -> None:
+        """Delete the versions no retained manifest needs: full mode keeps the newest
+        :data:`KEEP`; incremental mode keeps every version the last :data:`KEEP` manifests
+        name (their own and the ones holding their blocks)."""
         versions = sorted(
             (d for d in self.directory.iterdir() if _VERSION.fullmatch(d.name)),
             key=lambda d: int(d.name.split("-")[1]),
         )
-        for old in versions[:-KEEP]:
+        if self.mode == "full":
+            doomed = versions[:-KEEP]
+        else:
+            needed = self._blocks.needed()
+            doomed = [d for d in versions if d.name not in needed]
+        for old in doomed:
             shutil.rmtree(old, ignore_errors=True)
 
     def _run(self) -> None:
@@ -306,9 +660,10 @@ class SnapshotFollower:
 
     :meth:`poll` checks ``CURRENT`` (a ``stat``, and a read of a few hundred bytes when it
     changed) and, when it names a new version, verifies and loads it (:func:`verify_version`,
-    then :func:`nmrn.models.load_model`); it returns the new model, or ``None`` when there is
-    nothing new or the new version was refused (:attr:`refused` counts those, :attr:`last_error`
-    says why). ``loader`` is for tests.
+    then :func:`nmrn.models.load_model` for a full version, or the blocks it does not hold for
+    an incremental one, each checked against its hash); it returns the new model, or ``None``
+    when there is nothing new or the new version was refused (:attr:`refused` counts those,
+    :attr:`last_error` says why).
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, verify: bool = True) -> None:
@@ -320,8 +675,13 @@ class SnapshotFollower:
         self.loads = 0
         self.refused = 0
         self.last_error: str | None = None
+        self.last_read_bytes = 0  # bytes of arrays the last load read from files
         self._stamp: tuple[int, int] | None = None  # CURRENT's (inode, mtime_ns) last read
         self._refused_version: str | None = None
+        # incremental mode: the arrays (and their layouts) of the version loaded last, never
+        # changed once built (the model may share them); the id maps of its model
+        self._held: dict[str, tuple[np.ndarray, _Layout]] = {}
+        self._ids: Any = None
 
     def _current_changed(self) -> bool:
         try:
@@ -356,18 +716,114 @@ class SnapshotFollower:
                 path = verify_version(self.directory, manifest)
             else:
                 path = self.directory / manifest.version
-            from nmrn.models import load_model
+            if MANIFEST_FILE in manifest.files:
+                model = self._load_incremental(path)
+            else:
+                from nmrn.models import load_model
 
-            model = load_model(path)
+                model = load_model(path)
+                self._held = {}
+                self.last_read_bytes = (path / ARRAYS_FILE).stat().st_size
         except (SnapshotError, CheckpointError, OSError) as err:
             self._refused_version = manifest.version
             self._refuse(str(err))
             return None
+        self._ids = (model.users, model.items)
         self.load_seconds = time.perf_counter() - start
         self.manifest = manifest
         self.loaded_at = time.time()
         self.loads += 1
         return model, manifest
+
+    def _load_incremental(self, path: Path) -> Recommender:
+        """The model of the incremental version at ``path`` (its manifest already checked
+        against ``CURRENT``): blocks whose hash the arrays held have are kept, the others
+        read from the versions the manifest names, each checked against its SHA-256 before
+        use. The held arrays change only once the model is built."""
+        size = (path / MANIFEST_FILE).stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise SnapshotError(f"{path / MANIFEST_FILE}: {size} bytes, more than the limit of "
+                                f"{MAX_MANIFEST_BYTES}")
+        raw = (path / MANIFEST_FILE).read_bytes()
+        (meta_size, meta_sha), layouts, names = parse_blocks_manifest(
+            raw, path / MANIFEST_FILE, path.name)
+        meta_raw = (path / META_FILE).read_bytes()
+        if len(meta_raw) != meta_size or _sha256(meta_raw) != meta_sha:
+            raise SnapshotError(f"{path / META_FILE}: its size or SHA-256 differs from the "
+                                "manifest's (a half-written or changed snapshot)")
+        meta = parse_meta(meta_raw, path / META_FILE)
+        check_meta(meta, path)
+        # what to read, and from where: checked against the files' sizes before anything is
+        # allocated, so a manifest cannot make a reader allocate more than held + files
+        plan: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+        sizes: dict[int, int] = {}
+        for name, layout in layouts.items():
+            itemsize = np.dtype(layout.dtype).itemsize
+            held = self._held.get(name)
+            read = np.ones(len(layout.table), dtype=bool)
+            kept = None
+            if held is not None and held[1].same_cut(layout.dtype, layout.shape, layout.rows):
+                n = held[1].common(layout.shape)
+                read[:n] = (held[1].table["sha"][:n] != layout.table["sha"][:n]).any(axis=1)
+                kept = held[0]
+            todo = np.flatnonzero(read)
+            step = layout.rows * _row_bytes(layout.shape, itemsize)
+            total = (layout.shape[0] if layout.shape else 1) * _row_bytes(layout.shape, itemsize)
+            ends = np.minimum((todo + 1) * step, total) - todo * step + layout.table["off"][todo]
+            for number in np.unique(layout.table["v"][todo]).tolist():
+                if number not in sizes:
+                    where = self.directory / names[number] / BLOCKS_FILE
+                    try:
+                        sizes[number] = where.stat().st_size
+                    except FileNotFoundError:
+                        raise SnapshotError(
+                            f"{path / MANIFEST_FILE}: names version {names[number]}, whose "
+                            f"{BLOCKS_FILE} is missing (pruned or never written)") from None
+                mine = layout.table["v"][todo] == number
+                if mine.any() and int(ends[mine].max()) > sizes[number]:
+                    raise SnapshotError(
+                        f"{self.directory / names[number] / BLOCKS_FILE}: {sizes[number]} "
+                        f"bytes; a block of {name!r} ends past it (a truncated or wrong "
+                        "version)")
+            plan[name] = (kept, todo)
+        arrays: dict[str, np.ndarray] = {}
+        fds: dict[int, int] = {}
+        read_bytes = 0
+        try:
+            for name, (kept, todo) in plan.items():
+                layout = layouts[name]
+                array = np.empty(layout.shape, dtype=np.dtype(layout.dtype))
+                flat = _bytes_of(array)
+                if kept is not None:  # the blocks kept: the common prefix, in one copy
+                    n = min(kept.nbytes, array.nbytes)
+                    flat[:n] = _bytes_of(kept)[:n]
+                step = layout.rows * _row_bytes(layout.shape, array.itemsize)
+                table = layout.table
+                for i in todo.tolist():
+                    lo, hi = i * step, min((i + 1) * step, array.nbytes)
+                    number = int(table["v"][i])
+                    if number not in fds:
+                        fds[number] = os.open(self.directory / names[number] / BLOCKS_FILE,
+                                              os.O_RDONLY)
+                    where = self.directory / names[number] / BLOCKS_FILE
+                    if _read_exact(fds[number], flat[lo:hi], int(table["off"][i])) != hi - lo:
+                        raise SnapshotError(f"{where}: block {i} of {name!r} is cut short (a "
+                                            "truncated file)")
+                    if hashlib.sha256(flat[lo:hi]).digest() != table["sha"][i].tobytes():
+                        raise SnapshotError(f"{where}: block {i} of {name!r} has another "
+                                            "SHA-256 than the manifest's (a changed or wrong "
+                                            "version)")
+                    read_bytes += hi - lo
+                arrays[name] = array
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        import nmrn.models  # noqa: F401 - registers every model class
+
+        model = Recommender.from_state(meta, arrays, source=path, ids=self._ids)
+        self._held = {name: (arrays[name], layouts[name]) for name in arrays}
+        self.last_read_bytes = read_bytes
+        return model
 
     def _refuse(self, why: str) -> None:
         self.refused += 1

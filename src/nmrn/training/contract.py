@@ -479,6 +479,23 @@ class Recommender(ABC):
         """
         recover_interrupted_save(Path(path))
         meta, arrays = read_checkpoint(path)
+        return cls.from_state(meta, arrays, source=path, device=device)
+
+    @classmethod
+    def from_state(
+        cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], *, source: Any,
+        device: str | None = None, ids: tuple[IdMap, IdMap] | None = None,
+    ) -> Recommender:
+        """The model that :meth:`load` builds from a checkpoint's ``(meta, arrays)`` (as
+        :func:`nmrn.io.read_checkpoint` returns and checks them; ``source`` names them in
+        errors). ``arrays`` is not changed; the model may keep references to its arrays.
+
+        ``ids``: the ``(users, items)`` id maps of an earlier state of the same model (a
+        snapshot reader's last one); when the meta's ids start with theirs, they are extended
+        instead of rebuilt (the same maps, built faster).
+        """
+        path = source
+        arrays = dict(arrays)
         version2 = meta["format_version"] >= 2
         try:
             model_cls = model_class(meta["class"] if version2 else meta["model"])
@@ -505,8 +522,10 @@ class Recommender(ABC):
             for field in ("users", "items"):
                 if not isinstance(meta[field], list):
                     raise CheckpointError(f"{path}: {field} must be a JSON list of ids")
-            rec.users = IdMap.from_list(meta["users"], what="user")
-            rec.items = IdMap.from_list(meta["items"], what="item")
+            for field, what, at in (("users", "user", 0), ("items", "item", 1)):
+                earlier = ids[at].extended(meta[field]) if ids is not None else None
+                setattr(rec, field, earlier if earlier is not None
+                        else IdMap.from_list(meta[field], what=what))
             indptr, hist_items = _base_arrays(arrays, len(rec.users), len(rec.items), path)
             rec.history = History.from_arrays(indptr, hist_items)
             rec.item_counts = arrays.pop("base.item_counts").astype(np.float64)
