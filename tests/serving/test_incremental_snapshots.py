@@ -281,7 +281,18 @@ def test_a_manifest_naming_a_missing_version_is_refused(tmp_path: Path) -> None:
         service.close(checkpoint=False)
 
 
+def _one_block_named_many_times(data: dict[str, Any]) -> None:
+    """An array 1,000 blocks long whose every block is the same (valid) block of the file."""
+    arrays = data["arrays"].values()
+    layout = next(a for a in arrays
+                  if a["shape"] and len(base64.b64decode(a["table"])) > TABLE.itemsize)
+    table = np.frombuffer(base64.b64decode(layout["table"]), TABLE)
+    layout["shape"] = [layout["rows"] * 1000, *layout["shape"][1:]]
+    layout["table"] = base64.b64encode(np.repeat(table[:1], 1000).tobytes()).decode()
+
+
 CRAFTED = [
+    (_one_block_named_many_times, "blocks overlap"),
     (lambda d: d.update(format="nmrn-checkpoint"), "not an nmrn incremental"),
     (lambda d: d.update(block_bytes=1 << 40), "block_bytes"),
     (lambda d: d.update(versions=["../../etc"]), "versions"),

@@ -757,6 +757,7 @@ class SnapshotFollower:
         # allocated, so a manifest cannot make a reader allocate more than held + files
         plan: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
         sizes: dict[int, int] = {}
+        spans: dict[int, list[np.ndarray]] = {}  # (start, end) of the blocks read, per version
         for name, layout in layouts.items():
             itemsize = np.dtype(layout.dtype).itemsize
             held = self._held.get(name)
@@ -785,7 +786,19 @@ class SnapshotFollower:
                         f"{self.directory / names[number] / BLOCKS_FILE}: {sizes[number]} "
                         f"bytes; a block of {name!r} ends past it (a truncated or wrong "
                         "version)")
+                starts = layout.table["off"][todo][mine]
+                spans.setdefault(number, []).append(np.stack([starts, ends[mine]], axis=1))
             plan[name] = (kept, todo)
+        # the writer gives every block a span of its own; blocks that share bytes would let a
+        # crafted manifest make arrays far larger than the files (one block named a million
+        # times), so they refuse the version before anything is allocated
+        for number, parts in spans.items():
+            both = np.concatenate(parts).astype(np.int64)
+            both = both[np.argsort(both[:, 0], kind="stable")]
+            if (both[1:, 0] < both[:-1, 1]).any():
+                raise SnapshotError(f"{path / MANIFEST_FILE}: blocks overlap in "
+                                    f"{names[number]}/{BLOCKS_FILE} (not a version this "
+                                    "writer wrote)")
         arrays: dict[str, np.ndarray] = {}
         fds: dict[int, int] = {}
         read_bytes = 0
