@@ -253,9 +253,10 @@ class _EvidenceCache:
         self.key, self.rows, self.nbytes = None, {}, 0
 
 
-EVIDENCE_CACHE_BYTES = 256 << 20
+EVIDENCE_CACHE_BYTES = 64 << 20
 """At most this many bytes of gate inputs are kept between a read and the next ``learn``
-(~54 KB a user on ML-100K: 1,682 items x 8 features x float32)."""
+(~54 KB a user on ML-100K: 1,682 items x 8 features x float32, so every user of a 10,000-event
+block fits). A model that is read and never learns (a reader process) holds up to this much."""
 
 
 class _Gate(torch.nn.Module):
