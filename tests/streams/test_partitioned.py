@@ -291,7 +291,13 @@ def test_kill_one_rank_then_restart_with_any_r_equals_an_uninterrupted_run(
                     assert time.monotonic() < deadline, "the consumer made no progress"
                     time.sleep(0.005)
                 time.sleep(rng.uniform(0.0, 0.1))
+                # the checkpoint a restart resumes from may already be past the next target
+                # (the last kill came late): then the ranks are still starting; wait for them
                 ranks = _children(proc.pid)
+                while len(ranks) < nproc and proc.poll() is None:
+                    assert time.monotonic() < deadline, "the ranks did not start"
+                    time.sleep(0.005)
+                    ranks = _children(proc.pid)
                 assert len(ranks) == nproc, (ranks, proc.poll())
                 started.extend(ranks)
                 victim = ranks[rng.randrange(nproc)]
