@@ -356,9 +356,9 @@ def test_with_a_context_query_one_event_changes_the_users_recommendations() -> N
 
 
 def test_a_reads_context_vectors_are_the_training_paths_bit_for_bit() -> None:
-    # the read gathers its context without the training path's unique rows and leaf; users
-    # with one, fewer than L and more than L items must get exactly the same [1, L, d] vectors
-    # (+0.0 where a user has fewer items)
+    # without a leaf (reads, the generator's pretraining, the memory's advance) the context is
+    # gathered without the training path's unique rows; users with one, fewer than L and more
+    # than L items must get exactly the same [1, L, d] vectors (+0.0 where a user has fewer)
     log = _stream(300)
     rec = _model(context_len=6, per_user_memory=True).fit(log)
     counts = {row: len(rec.history.items_of(row)) for row in range(len(rec.known_users))}
@@ -369,10 +369,14 @@ def test_a_reads_context_vectors_are_the_training_paths_bit_for_bit() -> None:
                             "timestamp": [1e9]}))
     for row in [*picked, rec.users.get("a new user")]:
         recent = torch.from_numpy(rec.history.recent([row], 6))
-        want = rec._context_vectors(recent, leaf=False)[0]
+        want = rec._context_vectors(recent, leaf=True)[0].detach()
         got = rec._read_inputs(row)[2]
         assert got.shape == want.shape == (1, 6, rec.config.model.dim)
         assert torch.equal(got, want) and not torch.signbit(got[~(recent[0] >= 0)[None]]).any()
+    # a batch of several users' contexts, as the memory's advance gathers them
+    batch = torch.from_numpy(rec.history.recent([*picked, rec.users.get("a new user")], 6))
+    assert torch.equal(rec._context_vectors(batch, leaf=False)[0],
+                       rec._context_vectors(batch, leaf=True)[0].detach())
 
 
 def _query(rec: NMRN, user: object) -> torch.Tensor:

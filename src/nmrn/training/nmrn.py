@@ -259,17 +259,22 @@ class NMRN(Recommender):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """``(vectors [B, L, d], unique item rows, their leaf)`` of context items ``ctx [B, L]``
         (zero vectors at -1); with ``leaf`` the rows are a leaf tensor whose gradient is their
-        sparse update."""
+        sparse update, without it only the vectors are given (``(vectors, None, None)``)."""
         if ctx is None:
             return None, None, None
         table = self.network.item_emb.detach()
+        b, length = ctx.shape
+        if not leaf:
+            # no leaf, so no unique rows: a gather and a select give the same values (the rows,
+            # +0.0 where a user has fewer items) in 4 operator calls instead of 9 (every read)
+            flat = ctx.reshape(-1, 1).to(self._device)
+            picked = table.index_select(0, flat[:, 0].clamp_min(0))  # [B * L, d]
+            return torch.where(flat >= 0, picked, 0.0).view(b, length, table.shape[1]), None, None
         valid = (ctx >= 0).reshape(-1)
         slots = torch.nonzero(valid).squeeze(1).to(self._device)  # [V]
         uniq, inverse = torch.unique(ctx.reshape(-1)[valid].to(self._device), return_inverse=True)
         rows = table[uniq]  # [C, d]
-        if leaf:
-            rows.requires_grad_()
-        b, length = ctx.shape
+        rows.requires_grad_()
         flat = table.new_zeros(b * length, table.shape[1])
         picked = flat.index_copy(0, slots, rows.index_select(0, inverse))
         vectors = picked.view(b, length, table.shape[1])  # also for b = 0 (a rank with no events)
@@ -796,14 +801,9 @@ class NMRN(Recommender):
         u = net.user_emb[user : user + 1]  # [1, d]
         context = None
         length = self._context_len()
-        if length:  # the user's last L items, now, as _context_vectors makes them
-            recent = torch.from_numpy(self.history.recent([user], length)).to(self._device)
-            table = net.item_emb.detach()
-            # a read needs no leaf and no unique rows: a gather and a select, the same values
-            # (the rows, and +0.0 where the user has fewer items) in 4 operator calls, not 9
-            picked = table.index_select(0, recent.reshape(-1).clamp_min(0))  # [L, d]
-            valid = (recent.reshape(-1, 1) >= 0)
-            context = torch.where(valid, picked, 0.0).view(1, length, table.shape[1])
+        if length:  # the user's last L items, now
+            recent = torch.from_numpy(self.history.recent([user], length))
+            context = self._context_vectors(recent, leaf=False)[0]  # [1, L, d]
         if not self.config.model.per_user_memory:
             values = net.init_values if self._memory is None else self._memory  # [H, d]
         elif self._memory is not None and bool(self._has_memory[user]):
