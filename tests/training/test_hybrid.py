@@ -230,3 +230,21 @@ def test_reads_before_a_learn_change_nothing_but_its_cost(sparse_knn: bool) -> N
     users = never_read.known_users
     np.testing.assert_array_equal(read.score(users, read.known_items),
                                   never_read.score(users, never_read.known_items))
+
+
+def test_the_ease_evidence_is_a_standalone_ease_of_the_same_events_standardised() -> None:
+    from nmrn.baselines import EASE
+
+    log = [(f"u{u}", (u * 3 + step) % 9, 12 * step + u) for step in range(8) for u in range(12)]
+    ease = {"l2": 2.0, "recency_decay": 0.8, "history_len": 5}
+    rec = NMRNHybrid(features=["ease", "pop"], ease=ease, gate_fraction=0.4, fit_chunk=20,
+                     seed=1).fit(log[:60])
+    rec.learn(log[60:80]).learn(log[80:])
+    alone = EASE(**ease).fit(log)
+    inner = rec.components["ease"]
+    np.testing.assert_array_equal(inner.item_weights(), alone.item_weights())
+    users = np.arange(len(rec.users))
+    x, _ = rec._features(users, len(rec.items), rec.history, rec.item_counts, rec.n_events)
+    raw = alone.score(list(rec.users.ids), list(rec.items.ids))
+    z = (raw - raw.mean(axis=1, keepdims=True)) / (raw.std(axis=1, keepdims=True) + 1e-9)
+    np.testing.assert_allclose(x[:, :, 0].numpy(), z, rtol=1e-5, atol=1e-5)

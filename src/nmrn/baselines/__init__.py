@@ -9,15 +9,18 @@ Every baseline subclasses :class:`nmrn.training.contract.Recommender` and regist
 - ``"bpr"``: :class:`BPR`, online BPR matrix factorisation;
 - ``"stan"``, ``"v-sknn"``: :class:`STAN`, session-aware neighbours (STAN; V-SKNN as a special
   case);
-- ``"sasrec"``: :class:`SASRec`, self-attentive sequential model, updated online.
+- ``"sasrec"``: :class:`SASRec`, self-attentive sequential model, updated online;
+- ``"ease"``: :class:`EASE`, the closed-form item-item linear model of Steck (2019), kept exact
+  online.
 """
 
 from __future__ import annotations
 
 from nmrn.baselines.bpr import BPR
+from nmrn.baselines.ease import EASE
 from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import Popularity, RecentPopularity
 from nmrn.baselines.sasrec import SASRec
 from nmrn.baselines.sknn import STAN
 
-__all__ = ["BPR", "STAN", "ItemKNN", "Popularity", "RecentPopularity", "SASRec"]
+__all__ = ["BPR", "EASE", "STAN", "ItemKNN", "Popularity", "RecentPopularity", "SASRec"]

@@ -39,6 +39,10 @@ across users; any subset can be chosen with ``features``):
     A user's long-term taste as a latent-factor model sees it: the scores of an inner
     :class:`~nmrn.baselines.bpr.BPR` (options ``taste``), standardised like ``memory``. Off by
     default (not in ``features`` unless named).
+``ease``
+    The whole of a user's past through a closed-form item-item linear model: the scores of an
+    inner :class:`~nmrn.baselines.ease.EASE` (options ``ease``), standardised like ``memory``.
+    Off by default.
 
 ``transform="rank"`` replaces each of these scalings by one scale-free form, ``-log(1 + r)``
 with ``r`` the item's rank in the user's row of that evidence (0 for the best; ties at their
@@ -94,6 +98,7 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from nmrn.baselines.bpr import BPR, BPRConfig
+from nmrn.baselines.ease import EASE, EASEConfig
 from nmrn.baselines.itemknn import ItemKNN
 from nmrn.baselines.popularity import RecentPopularity
 from nmrn.baselines.sknn import STAN, STANConfig
@@ -110,8 +115,8 @@ from nmrn.training.registry import register
 __all__ = ["FEATURES", "HybridConfig", "NMRNHybrid"]
 
 FEATURES = ("memory", "knn", "knn_slow", "follows", "sessions", "pop", "recent_pop", "stage_pop",
-            "taste")
-DEFAULT_FEATURES = FEATURES[:-1]  # every evidence but ``taste``
+            "taste", "ease")
+DEFAULT_FEATURES = FEATURES[:-2]  # every evidence but ``taste`` and ``ease``
 TRANSFORMS = ("log_share", "rank")
 N_CONTEXT = 2
 N_STAGES = 12
@@ -170,6 +175,8 @@ class HybridConfig(Config):
         the events before it with their own ``fit``. 1: all replayed, nothing fitted.
     taste
         The ``taste`` component's options (:class:`~nmrn.baselines.bpr.BPRConfig`).
+    ease
+        The ``ease`` component's options (:class:`~nmrn.baselines.ease.EASEConfig`).
     transform
         ``"log_share"`` (each evidence scaled its own way) or ``"rank"`` (``-log(1 + rank)``).
     seed
@@ -190,6 +197,7 @@ class HybridConfig(Config):
     )
     pop_half_life: float = option(5000.0, Real(low=0.0, low_open=True))
     taste: BPRConfig = option(check=Sub(BPRConfig), default_factory=lambda: BPRConfig(dim=32))
+    ease: EASEConfig = option(check=Sub(EASEConfig), default_factory=EASEConfig)
     transform: str = option("log_share", OneOf(TRANSFORMS))
     gate: str = option("mlp", OneOf(("mlp", "linear", "sum")))
     hidden: int = option(16, Int(low=1))
@@ -343,6 +351,8 @@ class NMRNHybrid(Recommender):
             self.components["sessions"] = STAN(cfg.sessions)
         if "taste" in use:
             self.components["taste"] = BPR(cfg.taste.replace(seed=cfg.seed))
+        if "ease" in use:
+            self.components["ease"] = EASE(cfg.ease)
         if "recent_pop" in use:
             self.components["recent_pop"] = RecentPopularity(half_life=cfg.pop_half_life)
         for component in self.components.values():  # one set of ids for everyone
@@ -363,7 +373,8 @@ class NMRNHybrid(Recommender):
                                                "gate": "sum"},
                 "stacked-rank-taste": {**small, "features": list(FEATURES), "gate": "linear",
                                        "transform": "rank", "gate_fraction": 0.5,
-                                       "taste": {"dim": 4, "epochs": 2}, "learn_lr": 0.001}}
+                                       "taste": {"dim": 4, "epochs": 2}, "learn_lr": 0.001,
+                                       "ease": {"l2": 3.0, "recency_decay": 0.9}}}
 
     # -- shared state ------------------------------------------------------------------------
     def _sync(self, history: History, counts: np.ndarray, n_events: int) -> None:
@@ -411,7 +422,7 @@ class NMRNHybrid(Recommender):
             knn = self.components["knn"]
             assert isinstance(knn, ItemKNN)
             return knn.scores_with_decay(users, self.config.knn_decay)[:, :n]
-        if name in ("memory", "follows", "sessions", "taste"):
+        if name in ("memory", "follows", "sessions", "taste", "ease"):
             return self.components[name]._score_all(users)[:, :n]
         if name == "pop":
             return counts[None, :n]
@@ -421,7 +432,7 @@ class NMRNHybrid(Recommender):
 
     def _scaled(self, name: str, raw: np.ndarray) -> np.ndarray:
         """``transform="log_share"``: each evidence in a scale of its own (module docstring)."""
-        if name in ("memory", "taste"):
+        if name in ("memory", "taste", "ease"):
             return (raw - raw.mean(axis=1, keepdims=True)) / (raw.std(axis=1, keepdims=True) + 1e-9)
         if name == "pop":
             top = max(float(raw.max(initial=0.0)), 1.0)
@@ -600,8 +611,10 @@ class NMRNHybrid(Recommender):
     def _growth_exact(self) -> bool:
         """Whether the evidence of known users over the items known before a batch stays bit
         for bit the same when the batch adds items: not with sparse item-kNN counts, whose
-        growth merges the pending counts into the main ones (another float32 grouping)."""
-        return not any(isinstance(c, ItemKNN) and c.is_sparse for c in self.components.values())
+        growth merges the pending counts into the main ones (another float32 grouping), nor
+        with EASE, whose solve over a larger system may round the old items' weights otherwise."""
+        return not any((isinstance(c, ItemKNN) and c.is_sparse) or isinstance(c, EASE)
+                       for c in self.components.values())
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
