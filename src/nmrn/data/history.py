@@ -228,10 +228,10 @@ class SeenPairs:
     The table is ``[buckets, BUCKET]`` keys (``-1``: empty). A key lives in its home bucket
     (Fibonacci hashing of the key) or, when that bucket was full as it arrived, in the next
     bucket that had room; keys are never removed, so a lookup stops at the first bucket that
-    holds it or is not full. A test costs one gather of a 64-byte bucket per pair (a second
+    holds it or is not full. A test costs one gather of a 128-byte bucket per pair (a second
     for the few whose home bucket is full) whatever the number of pairs; a sorted array cost
     a binary search whose cache misses grew with it (BENCHMARKS.md, "Growth"). The table
-    doubles when it is ``MAX_LOAD`` full: amortised O(1) per pair, 12 to 24 bytes per pair
+    doubles when it is ``MAX_LOAD`` full: amortised O(1) per pair, 14 to 28 bytes per pair
     (slots and fill counts).
     The sorted keys a checkpoint stores are kept apart, built on the first read of
     :attr:`keys` and brought up to date on the next reads with the pairs added since.
