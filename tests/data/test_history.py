@@ -142,15 +142,18 @@ def test_appending_is_amortised() -> None:
     assert h.items_of(1).tolist() == list(range(1, 2_000, 3))
 
 
-@settings(deadline=None, max_examples=100)
-@given(st.lists(events_strategy, max_size=5), events_strategy, st.sampled_from([0, 1, 3, 4096]))
-def test_seen_pairs_is_a_set_of_pairs(batches, queries, merge_floor):
-    # merge_floor: how many recently added keys are kept apart from the main sorted array
-    # (0: merged on every add; 4096, the default: never merged here until .keys is read)
+@settings(deadline=None, max_examples=150)
+@given(st.lists(events_strategy, max_size=5), events_strategy,
+       st.sampled_from([(2, 1), (2, 2), (4, 3), (1024, 8)]), st.booleans())
+def test_seen_pairs_is_a_set_of_pairs(batches, queries, shape, read_keys):
+    # shape: (buckets of the empty table, keys per bucket). Tiny ones make full buckets,
+    # overflow into the next bucket (wrapping around the end) and rehashing common;
+    # (1024, 8) is the default. read_keys: the sorted keys are read after every batch (a
+    # checkpoint each time), so that later reads bring them up to date with the pairs since
     from nmrn.data.history import SeenPairs
 
     class Seen(SeenPairs):
-        MERGE_FLOOR = merge_floor
+        MIN_BUCKETS, BUCKET = shape
 
     seen, reference = Seen(), set()
     for batch in batches:
@@ -158,11 +161,37 @@ def test_seen_pairs_is_a_set_of_pairs(batches, queries, merge_floor):
                  np.array([i for _, i in batch], np.int64))
         reference |= set(batch)
         assert len(seen) == len(reference)
+        if read_keys:
+            assert seen.keys.tolist() == sorted((u << 32) | i for u, i in reference)
+        assert seen.contains(np.array([u for u, _ in batch], np.int64),
+                             np.array([i for _, i in batch], np.int64)).all()
     got = seen.contains(np.array([u for u, _ in queries], np.int64),
                         np.array([i for _, i in queries], np.int64))
     assert got.tolist() == [q in reference for q in queries]
-    assert len(seen) == len(reference) and (np.diff(seen.keys) > 0).all()
+    assert seen.keys.tolist() == sorted((u << 32) | i for u, i in reference)
     again = Seen(seen.keys)  # a checkpoint's round trip
-    assert sorted(again.keys.tolist()) == sorted((u << 32) | i for u, i in reference)
+    assert again.keys.tolist() == seen.keys.tolist() and len(again) == len(reference)
     assert again.contains(np.array([u for u, _ in queries], np.int64),
                           np.array([i for _, i in queries], np.int64)).tolist() == got.tolist()
+
+
+def test_seen_pairs_at_scale_against_a_sorted_array() -> None:
+    # many pairs, with large user and item indices and repeats: every pair added is found,
+    # pairs never added are not, and the sorted keys are the set's, as a sorted array gives
+    from nmrn.data.history import SeenPairs
+
+    rng = np.random.default_rng(3)
+    seen, added = SeenPairs(), []
+    for _ in range(20):
+        users = rng.integers(0, 2_000_000, 5_000)
+        items = rng.integers(0, 100_000, 5_000)
+        users[:500], items[:500] = users[500:1000], items[500:1000]  # repeats in a batch
+        seen.add(users, items)
+        added.append((users << 32) | items)
+    reference = np.unique(np.concatenate(added))
+    assert len(seen) == len(reference)
+    assert np.array_equal(seen.keys, reference)
+    probe_u, probe_i = rng.integers(0, 2_000_000, 50_000), rng.integers(0, 100_000, 50_000)
+    expected = np.isin((probe_u << 32) | probe_i, reference)
+    assert np.array_equal(seen.contains(probe_u, probe_i), expected)
+    assert seen.contains(reference >> 32, reference & 0xFFFFFFFF).all()

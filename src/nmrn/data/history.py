@@ -216,7 +216,7 @@ class History:
 
 class SeenPairs:
     """The set of (user, item) index pairs seen so far, for vectorised membership tests when
-    sampling negatives (BPR, SASRec): sorted int64 keys ``user << 32 | item``.
+    sampling negatives (BPR, SASRec): int64 keys ``user << 32 | item`` in a hash table.
 
     >>> seen = SeenPairs()
     >>> seen.add(np.array([0, 1, 0]), np.array([5, 6, 5]))
@@ -224,59 +224,130 @@ class SeenPairs:
     [True, False, True]
     >>> len(SeenPairs(seen.keys))
     2
+
+    The table is ``[buckets, BUCKET]`` keys (``-1``: empty). A key lives in its home bucket
+    (Fibonacci hashing of the key) or, when that bucket was full as it arrived, in the next
+    bucket that had room; keys are never removed, so a lookup stops at the first bucket that
+    holds it or is not full. A test costs one gather of a 128-byte bucket per pair (a second
+    for the few whose home bucket is full) whatever the number of pairs; a sorted array cost
+    a binary search whose cache misses grew with it (BENCHMARKS.md, "Growth"). The table
+    doubles when it is ``MAX_LOAD`` full: amortised O(1) per pair, 14 to 28 bytes per pair
+    (slots and fill counts).
+    The sorted keys a checkpoint stores are kept apart, built on the first read of
+    :attr:`keys` and brought up to date on the next reads with the pairs added since.
     """
 
-    MERGE_FLOOR = 4096
-    """The recent keys are merged into the main array once there are more than
-    ``max(MERGE_FLOOR, len(main) // 32)`` of them."""
+    BUCKET = 16
+    """Keys per bucket (two 64-byte cache lines)."""
+    MIN_BUCKETS = 1024
+    """Buckets of an empty table (a power of two)."""
+    MAX_LOAD = 0.6
+    """The table doubles before more than this share of its slots would be used."""
+
+    _MULT = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio, odd
 
     def __init__(self, keys: np.ndarray | None = None) -> None:
-        # two sorted, disjoint arrays: the main keys and the recently added ones. Inserting into
-        # one sorted array copied all of it on every call (3.75 ms a live ``learn`` call of BPR
-        # with 300,000 pairs, profiled: BENCHMARKS.md); the recent ones are merged in rarely
-        self._main = np.empty(0, np.int64) if keys is None else np.asarray(keys, dtype=np.int64)
-        self._recent = np.empty(0, np.int64)
+        self._count = 0
+        self._alloc(self.MIN_BUCKETS)
+        # the sorted keys (what ``keys`` returns) and the arrays of keys added since
+        self._sorted: np.ndarray | None = None
+        self._since: list[np.ndarray] = []
+        if keys is not None:
+            self._sorted = np.unique(np.asarray(keys, dtype=np.int64))
+            self._insert(self._sorted)
+
+    def _alloc(self, n_buckets: int) -> None:
+        self._table = np.full((n_buckets, self.BUCKET), -1, dtype=np.int64)
+        self._fill = np.zeros(n_buckets, dtype=np.int64)  # used slots per bucket
+        self._shift = np.uint64(64 - (n_buckets.bit_length() - 1))
 
     @property
     def keys(self) -> np.ndarray:
         """Every key, sorted (what a checkpoint stores)."""
-        if len(self._recent):
-            self._main = _insert_sorted(self._main, self._recent)
-            self._recent = np.empty(0, np.int64)
-        return self._main
+        if self._sorted is None:
+            self._sorted = np.sort(self._table[self._table >= 0])
+            self._since = []
+        elif self._since:
+            new = np.sort(np.concatenate(self._since))
+            self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, new), new)
+            self._since = []
+        return self._sorted
 
     def __len__(self) -> int:
-        return len(self._main) + len(self._recent)
+        return self._count
 
     @staticmethod
     def _key(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return (np.asarray(users).astype(np.int64) << 32) | np.asarray(items).astype(np.int64)
 
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        """The home bucket of each key."""
+        return ((keys.view(np.uint64) * self._MULT) >> self._shift).view(np.int64)
+
+    def _find(self, keys: np.ndarray) -> np.ndarray:
+        """Whether each of ``keys`` (int64, contiguous) is in the table: ``[n]`` bool."""
+        mask = len(self._fill) - 1
+        bucket = self._home(keys)
+        rows = self._table[bucket]  # [n, BUCKET]
+        found = _any_row(rows == keys[:, None])
+        # slots fill in order, so a bucket is full when its last slot is used
+        more = np.flatnonzero(~found & (rows[:, -1] >= 0))
+        while len(more):  # the home bucket was full: the key may sit further on
+            bucket[more] = (bucket[more] + 1) & mask
+            rows = self._table[bucket[more]]
+            hit = _any_row(rows == keys[more, None])
+            found[more[hit]] = True
+            more = more[~hit & (rows[:, -1] >= 0)]
+        return found
+
+    def _insert(self, keys: np.ndarray) -> None:
+        """Insert ``keys`` (unique, none of them in the table yet)."""
+        if len(keys) == 0:
+            return
+        need = self._count + len(keys)
+        n_buckets = len(self._fill)
+        while need > self.MAX_LOAD * n_buckets * self.BUCKET:
+            n_buckets *= 2
+        if n_buckets != len(self._fill):  # rehash every key into a table twice as big (or more)
+            old = self._table[self._table >= 0]
+            self._alloc(n_buckets)
+            self._count = 0
+            keys = np.concatenate([old, keys])
+        mask = n_buckets - 1
+        bucket = self._home(keys)
+        while len(keys):
+            order = np.argsort(bucket, kind="stable")
+            keys, bucket = keys[order], bucket[order]
+            first = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+            rank = np.arange(len(keys)) - np.repeat(first, np.diff(np.r_[first, len(keys)]))
+            slot = self._fill[bucket] + rank
+            ok = slot < self.BUCKET
+            self._table[bucket[ok], slot[ok]] = keys[ok]
+            np.maximum.at(self._fill, bucket[ok], slot[ok] + 1)
+            self._count += int(ok.sum())
+            keys, bucket = keys[~ok], (bucket[~ok] + 1) & mask  # full: try the next bucket
+
     def add(self, users: np.ndarray, items: np.ndarray) -> None:
-        """Add the pairs ``(users[t], items[t])`` (amortised O(pairs added) per call, plus an
-        insert into the recent keys)."""
+        """Add the pairs ``(users[t], items[t])`` (amortised O(pairs added) per call)."""
         keys = np.unique(self._key(users, items))
-        keys = keys[~_member(self._main, keys) & ~_member(self._recent, keys)]
+        keys = keys[~self._find(keys)]
         if len(keys):
-            self._recent = _insert_sorted(self._recent, keys)
-        if len(self._recent) > max(self.MERGE_FLOOR, len(self._main) // 32):
-            self.keys  # noqa: B018 - merges
+            self._insert(keys)
+            if self._sorted is not None:
+                self._since.append(keys)
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each pair ``(users[t], items[t])`` was added: ``[n]`` bool."""
-        keys = self._key(users, items)
-        return _member(self._main, keys) | _member(self._recent, keys)
+        return self._find(np.ascontiguousarray(self._key(users, items)))
 
 
-def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Whether each of ``keys`` is in ``sorted_keys`` (sorted, unique): ``[n]`` bool."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(keys), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys  # type: ignore[no-any-return]
-
-
-def _insert_sorted(sorted_keys: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """``sorted_keys`` with ``new`` (sorted, unique, none of them in it) inserted in order."""
-    return np.insert(sorted_keys, np.searchsorted(sorted_keys, new), new)
-
+def _any_row(eq: np.ndarray) -> np.ndarray:
+    """``eq.any(axis=1)`` for a C-contiguous bool ``[n, m]``: as 8-byte words where ``m`` is a
+    multiple of 8 (``any`` over a short axis costs several times more)."""
+    n, m = eq.shape
+    if m % 8 or n == 0:
+        return eq.any(axis=1)  # type: ignore[no-any-return]
+    words = eq.view(np.uint64)  # [n, m // 8]
+    if m == 8:
+        return words[:, 0] != 0  # type: ignore[no-any-return]
+    return np.bitwise_or.reduce(words, axis=1) != 0  # type: ignore[no-any-return]
