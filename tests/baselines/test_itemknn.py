@@ -304,7 +304,8 @@ def _reference_counts(log: list, history_len: int, directed: bool) -> dict:
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(1, 239), max_size=25),
-       dense_max_items=st.sampled_from([0, 6, 25]), min_merge=st.sampled_from([1, 40, 1 << 16]),
+       dense_max_items=st.sampled_from([0, 6, 25, 4096]),
+       min_merge=st.sampled_from([1, 40, 1 << 16]),
        history_len=st.sampled_from([1, 3, 8]), directed=st.booleans(),
        alpha=st.sampled_from([0.5, 1.0]))
 def test_any_split_into_learn_calls_gives_the_same_counts_state_and_scores(

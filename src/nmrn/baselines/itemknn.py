@@ -25,12 +25,13 @@ like any other (``exclude_seen`` removes them). Exact ties, e.g. a user whose it
 with nothing, are broken by all-time popularity: ``1e-9 * n_j / (n_events + 1)`` is added.
 
 Storage. Counts are float32. Up to ``dense_max_items`` items they live in a dense square array
-(grown by doubling). Beyond, the model switches, for good, to a sparse CSR matrix plus a second,
-smaller CSR matrix of pending increments (each batch is added to it), merged into the main one
-once it holds more than a quarter of the main one's non-zeros: the amortised cost of an update
-does not grow with the matrix, and a growing catalogue only widens both matrices (it never
-forces a merge). Scores read the rows of the user's items from both and add them first, so they
-are a function of the counts alone, never of when the pending ones were merged.
+(grown by doubling). Beyond, the model switches, for good, to a sparse CSR matrix plus a second
+CSR matrix of pending increments, to which each batch's increments are added (O(its pairs +
+the pending non-zeros)); the pending matrix is merged into the main one (O(all non-zeros)) once
+it holds more than a quarter of the main one's non-zeros. A growing catalogue only widens both
+matrices (O(items)); it never forces a merge. Scores read the rows of the user's items from
+both and add them before the product, so they are a function of the counts alone, never of
+when the pending ones were merged.
 
 Batching. With ``cooc_decay=1`` every count is an integer, exact in float32 up to
 :math:`2^{24}` per pair, so the counts, the checkpointed state and the scores after a stream
