@@ -13,29 +13,34 @@ reads the partitions ``{p : p mod R = r}``, each with a
 ``p<p>``, so a partition's pending entries stay with the partition, whatever rank reads it).
 Each step:
 
-1. every rank tops up a read-ahead buffer of at most ``batch_size`` valid entries per partition
+1. every rank tops up a read-ahead queue of at most ``batch_size`` valid entries per partition
    (malformed entries are dead-lettered at once, exactly as the single-stream consumer does);
-2. the ranks all-gather their buffers (JSON, as bytes: ids travel as they were read);
+2. the ranks all-gather the entries they read since the last step (:mod:`nmrn.streams.wire`,
+   binary: ids travel as they were read, exactly), and every rank appends them to its replica
+   of the P queues;
 3. every rank runs the same k-way merge over the P partition queues, taking the partition whose
    head is smallest by ``(timestamp, partition, entry id)``, until ``batch_size`` events are
    taken. Each partition gives a prefix of its queue, so "the last applied entry id" of a
    partition describes exactly what is applied. A partition with a full buffer can never run
-   dry before the batch is full, so no unread entry of it could have come earlier; a partition
-   that had nothing more to read is simply not waited for (the live stream goes on without it);
+   dry before the batch is full, so no unread entry of it could have come earlier (if dropped
+   retries empty it, the batch ends there); a partition that had nothing more to read is simply
+   not waited for (the live stream goes on without it). An entry whose ``event_id`` is among
+   its partition's latest ``dedupe_window`` applied ids is dropped and counted;
 4. the batch, sorted by ``(timestamp, partition, entry id)`` (stable), is learned with the
-   model's ordinary ``learn`` on **every** rank: each replica learns the whole global batch.
-   (Splitting a batch's gradient work across ranks is the ``dp`` branch's; until it lands, R > 1
-   parallelises reading and parsing, not learning.)
+   model's ordinary ``learn`` on **every** rank: each replica learns the whole global batch
+   (BPR's and NMRN's steps split their work across the ranks' process group).
 
 Entries taken from the buffers are the only ones applied; the rest wait for the next step, so a
 partition that runs ahead cannot reorder time beyond one batch.
 
-Consistent cut. Every ``checkpoint_every`` applied events (and at the end), after a barrier,
-rank 0 saves the model with ``extra["stream"] = {"source": "redis-partitioned", "prefix",
-"group", "partitions": P, "ids": {p: last applied entry id}, "events", "invalid"}``
-(atomic, :func:`~nmrn.streams.position.save_checkpoint`); after a second barrier (the save is
-durable) each rank acknowledges, per partition, the entries at or below that id. On restart each
-rank loads the checkpoint and its sources skip pending entries at or below their partition's id
+Consistent cut. Every ``checkpoint_every`` applied events (and at the end), after a barrier
+(with R > 1, an all-gather of the replicas' :func:`state_digest`, which must agree), rank 0
+saves the model with ``extra["stream"] = {"source": "redis-partitioned", "prefix", "group",
+"partitions": P, "ids": {p: last applied entry id}, "events", "invalid", "duplicates",
+"event_ids": {p: newline-joined window}}`` (atomic,
+:func:`~nmrn.streams.position.save_checkpoint`); after a second barrier (the save is durable)
+each rank acknowledges, per partition, the entries at or below that id. On restart each rank
+loads the checkpoint and its sources skip pending entries at or below their partition's id
 (applied; only the ack was lost). The position is per partition, so a checkpoint written by R
 ranks resumes with any R'.
 
