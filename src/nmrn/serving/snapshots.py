@@ -29,7 +29,10 @@ needed; a version is deleted only when none of the last :data:`KEEP` manifests n
 reader that holds blocks with a manifest's hashes keeps them, reads the others from the
 versions the manifest names, and checks each one's SHA-256 before using it; a reader that is
 new or far behind reads every block the same way. A block that is missing, short or has another
-hash refuses the whole version, as a bad file does in full mode.
+hash refuses the whole version, as a bad file does in full mode. The id lists are not in an
+incremental ``meta.json`` but in the arrays :data:`ID_ARRAYS`, as append-only text
+(:func:`encode_ids`): a version that adds no id writes no id block, and a reader decodes only
+the ids appended since the text it holds.
 
 While the model does not change, the writer rewrites ``CURRENT`` with a new ``as_of`` (the
 latest time at which the writer's state was known to equal the snapshot) every
