@@ -45,6 +45,10 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["pop", "bpr"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--checkpoint-every", type=int, default=10_000)
+    parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--trees", nargs="+", default=None, metavar="SRC",
+                        help="source trees to compare (each run with PYTHONPATH=SRC), "
+                        "alternated within each round; default: the importing tree")
     args = parser.parse_args()
 
     import redis
@@ -81,12 +85,17 @@ def main() -> None:
         print(f"produced {n} events into 4 partitions {producer.sent} in {produce_s:.2f} s "
               f"({n / produce_s:,.0f} events/s)", flush=True)
         producer.close()
-        results: dict[str, dict[int, list[tuple[float, float]]]] = {
-            p: {1: [], 2: []} for p in args.presets}
+        trees = args.trees or [None]
+        results: dict[tuple, list[tuple[float, float]]] = {
+            (t, p, r): [] for t in trees for p in args.presets for r in args.nproc}
         for rnd in range(args.rounds):
+            runs = [(t, r) for r in args.nproc for t in trees]
             for preset in args.presets:
-                for nproc in (1, 2) if rnd % 2 == 0 else (2, 1):
-                    group = f"g{rnd}-{preset}-{nproc}"
+                for tree, nproc in runs if rnd % 2 == 0 else runs[::-1]:
+                    env = dict(os.environ)
+                    if tree is not None:
+                        env["PYTHONPATH"] = tree
+                    group = f"g{rnd}-{preset}-{nproc}-{trees.index(tree)}"
                     ckpt = tmp / group
                     cmd = [sys.executable, "-m", "nmrn", "consume", "--checkpoint", str(ckpt),
                            "--model", preset, "--source", url, "--stream", "ml", "--group",
@@ -94,12 +103,14 @@ def main() -> None:
                            "--max-events", str(n), "--batch-size", str(args.batch_size),
                            "--checkpoint-every", str(args.checkpoint_every)]
                     t0 = time.perf_counter()
-                    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                         env=env)
                     wall = time.perf_counter() - t0
                     stats = json.loads(out.stdout.strip().splitlines()[-1])
                     assert stats["total_applied"] == n, stats
-                    results[preset][nproc].append((stats["events_per_s"], wall))
-                    print(f"round {rnd} {preset} R={nproc}: {stats['events_per_s']:,.0f} "
+                    results[tree, preset, nproc].append((stats["events_per_s"], wall))
+                    print(f"round {rnd} {tree or ''} {preset} R={nproc}: "
+                          f"{stats['events_per_s']:,.0f} "
                           f"events/s, wall {wall:.1f} s", flush=True)
     finally:
         server.terminate()
@@ -111,14 +122,16 @@ def main() -> None:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, {n} events, P = 4, "
           f"batch {args.batch_size}, checkpoint every {args.checkpoint_every}, "
           f"{args.rounds} rounds (medians)")
-    print("| model | R | consume events/s | wall s (incl. start) | R=2 / R=1 |")
-    print("|---|---|---|---|---|")
+    print("| tree | model | R | consume events/s | wall s (incl. start) | / first tree |")
+    print("|---|---|---|---|---|---|")
     for preset in args.presets:
-        base = statistics.median(r[0] for r in results[preset][1])
-        for nproc in (1, 2):
-            eps = statistics.median(r[0] for r in results[preset][nproc])
-            wall = statistics.median(r[1] for r in results[preset][nproc])
-            print(f"| {preset} | {nproc} | {eps:,.0f} | {wall:.1f} | {eps / base:.2f} |")
+        for nproc in args.nproc:
+            base = statistics.median(r[0] for r in results[trees[0], preset, nproc])
+            for tree in trees:
+                eps = statistics.median(r[0] for r in results[tree, preset, nproc])
+                wall = statistics.median(r[1] for r in results[tree, preset, nproc])
+                print(f"| {tree or 'this'} | {preset} | {nproc} | {eps:,.0f} | {wall:.1f} | "
+                      f"{eps / base:.2f} |")
 
 
 if __name__ == "__main__":

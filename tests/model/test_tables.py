@@ -89,3 +89,39 @@ def test_grow_array_stale_view_and_foreign_arrays() -> None:
     part = big[:4]
     grown = grow_array(part, 6, 7.0)
     assert not big.any() and grown.tolist() == [0, 0, 0, 0, 7, 7]
+
+
+def test_normal_rows_draws_as_before_outside_state_follows() -> None:
+    """A fresh table's rows: ``N(0, std^2)`` draws of the generator, bit for bit as
+    ``torch.randn`` gives them; within ``state_follows`` zero rows and nothing drawn."""
+    from nmrn.data.growth import state_follows
+    from nmrn.model.tables import normal_rows
+
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(7)
+
+    got = normal_rows(torch.zeros(2, 3), 6, 0.5, gen := seeded())
+    assert torch.equal(got[2:], torch.randn(4, 3, generator=seeded()) * 0.5)
+    assert torch.equal(gen.get_state(), (ref := seeded(), torch.randn(4, 3, generator=ref))[0]
+                       .get_state())
+    with state_follows():
+        quiet = normal_rows(torch.ones(2, 3), 6, 0.5, gen := seeded())
+    assert torch.equal(quiet, torch.cat([torch.ones(2, 3), torch.zeros(4, 3)]))
+    assert torch.equal(gen.get_state(), seeded().get_state())
+    assert torch.equal(normal_rows(torch.zeros(0, 3), 4, 0.5, seeded()),
+                       torch.randn(4, 3, generator=seeded()) * 0.5)  # drawing again after
+
+
+def test_state_follows_is_per_thread() -> None:
+    """A load on one thread leaves another thread's growth (a writer's learn) drawing."""
+    import threading
+
+    from nmrn.data.growth import restoring, state_follows
+
+    seen: list[bool] = []
+    with state_follows():
+        thread = threading.Thread(target=lambda: seen.append(restoring()))
+        thread.start()
+        thread.join()
+        assert restoring()
+    assert seen == [False] and not restoring()

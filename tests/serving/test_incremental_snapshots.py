@@ -9,6 +9,7 @@ the version the follower holds.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import shutil
@@ -27,13 +28,18 @@ from nmrn.models import load_model, make_model
 from nmrn.serving.service import LiveService
 from nmrn.serving.snapshots import (
     BLOCKS_FILE,
+    ID_ARRAYS,
     MANIFEST_FILE,
     TABLE,
     Manifest,
     SnapshotError,
     SnapshotFollower,
     SnapshotPublisher,
+    _n_blocks,
+    _rows_per_block,
     _write_current,
+    decode_ids,
+    encode_ids,
     file_digest,
     read_manifest,
 )
@@ -60,14 +66,26 @@ def _full(service: LiveService, path: Path) -> tuple[dict[str, Any], dict[str, n
     return read_checkpoint(path)
 
 
-def _assert_holds(follower: SnapshotFollower, full: dict[str, np.ndarray]) -> None:
-    """The follower's arrays are the full checkpoint's, bit for bit (dtype, shape, bytes)."""
+def _typed(ids: list[Any]) -> list[tuple[type, Any]]:
+    return [(type(x), x) for x in ids]  # 1 and "1" differ, and so must they here
+
+
+def _assert_holds(follower: SnapshotFollower,
+                  full: tuple[dict[str, Any], dict[str, np.ndarray]]) -> None:
+    """The follower's arrays are the full checkpoint's, bit for bit (dtype, shape, bytes), and
+    its id texts and id maps hold the checkpoint's ids (type and value, in order)."""
+    meta, arrays = full
     held = {name: array for name, (array, _) in follower._held.items()}
-    assert set(held) == set(full)
-    for name, array in full.items():
+    texts = {field: held.pop(name) for field, name in ID_ARRAYS.items()}
+    assert set(held) == set(arrays)
+    for name, array in arrays.items():
         got = held[name]
         assert got.dtype == array.dtype and got.shape == array.shape, name
         assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(array).tobytes(), name
+    for at, (field, text) in enumerate(texts.items()):
+        assert text.tobytes() == encode_ids(meta[field]), field
+        assert _typed(decode_ids(text.tobytes(), field)) == _typed(meta[field])
+        assert _typed(follower._ids[at].to_list()) == _typed(meta[field])
 
 
 def _answers(model: Any, users: list[Any]) -> list[list[Any]]:
@@ -106,6 +124,8 @@ def test_a_follower_holds_the_full_checkpoint_of_each_version(
     try:
         publisher.publish()
         fulls = {publisher.published.version: _full(service, tmp / "c0")}
+        id_counts = {field: len(fulls[publisher.published.version][0][field])
+                     for field in ID_ARRAYS}
         every, late = SnapshotFollower(tmp / "snap"), SnapshotFollower(tmp / "snap")
         every.poll()
         t, users, items = 10.0, [196, "u1", 5], ["a", "b", "c"]
@@ -116,31 +136,42 @@ def test_a_follower_holds_the_full_checkpoint_of_each_version(
                     zip(rng.integers(0, len(users), 3), rng.integers(0, len(items), 3),
                         strict=True))])
             elif op == "grow":  # new users and items: every array grows (and the history shifts)
-                users.append(f"u{n}")
-                items.extend(f"i{n}-{j}" for j in range(int(rng.integers(1, 40))))
+                # int or str ids (text that JSON must escape too), never one known already
+                users.append(f'u{n},"ü' if rng.random() < 0.5 else 1000 + n)
+                items.extend(f"i{n}-{j}" if (seed + j) % 3 else 10**6 * n + j
+                             for j in range(int(rng.integers(1, 40))))
                 _learn(service, [(users[-1], item, t + k) for k, item in
                                  enumerate(items[-int(rng.integers(1, 5)):])])
             else:
                 publisher.publish()
                 version = publisher.published.version
                 fulls[version] = _full(service, tmp / f"c{n}")
+                data = json.loads((tmp / "snap" / version / MANIFEST_FILE).read_bytes())
+                for field, name in ID_ARRAYS.items():
+                    named = np.frombuffer(base64.b64decode(data["arrays"][name]["table"]),
+                                          TABLE)["v"]
+                    mine = int(version.split("-")[1])
+                    # a version that adds no id writes no id block (a base writes them all)
+                    if len(fulls[version][0][field]) == id_counts[field] and not data["base"]:
+                        assert (named != mine).all(), field
+                    id_counts[field] = len(fulls[version][0][field])
                 # pruning never deletes a version CURRENT's manifest names
                 assert all((tmp / "snap" / v / BLOCKS_FILE).is_file()
                            for v in _needed(tmp / "snap"))
                 got = every.poll()
                 assert got is not None, every.last_error
-                _assert_holds(every, fulls[version][1])
+                _assert_holds(every, fulls[version])
                 assert _answers(got[0], users + ["stranger"]) == _answers(
                     load_model(tmp / f"c{n}"), users + ["stranger"])
             t += 10
             if late_polls:  # skips versions, then catches up on the newest
                 late.poll()
                 if late.manifest is not None:
-                    _assert_holds(late, fulls[late.manifest.version][1])
+                    _assert_holds(late, fulls[late.manifest.version])
         assert every.refused == 0 and late.refused == 0
         newcomer = SnapshotFollower(tmp / "snap")  # starts late: everything from the manifest
         model, manifest = newcomer.poll()
-        _assert_holds(newcomer, fulls[manifest.version][1])
+        _assert_holds(newcomer, fulls[manifest.version])
         assert manifest.version == publisher.published.version
     finally:
         publisher.close()
@@ -160,7 +191,7 @@ def test_an_nmrn_follower_patches_to_the_full_checkpoint(tmp_path: Path) -> None
             publisher.publish()
             model, _ = follower.poll()
             meta, full = _full(service, tmp_path / f"c{step}")
-            _assert_holds(follower, full)
+            _assert_holds(follower, (meta, full))
             reference = load_model(tmp_path / f"c{step}")
             users = [196, 5, f"x{step}", "stranger"]
             assert _answers(model, users) == _answers(reference, users)
@@ -200,9 +231,9 @@ def _truncate_blocks(version: Path, directory: Path) -> None:
     (version / BLOCKS_FILE).write_bytes(data[: len(data) // 2])
 
 
-def _swap_items(version: Path, directory: Path) -> None:
+def _change_meta(version: Path, directory: Path) -> None:
     meta = json.loads((version / META_FILE).read_text())
-    meta["items"] = list(reversed(meta["items"]))
+    meta["n_events"] += 1
     (version / META_FILE).write_text(json.dumps(meta))
 
 
@@ -229,7 +260,7 @@ def _rewrite_manifest(version: Path, directory: Path, data: dict[str, Any]) -> N
                                        {MANIFEST_FILE: file_digest(version / MANIFEST_FILE)}))
 
 
-@pytest.mark.parametrize("damage", [_flip_a_block, _truncate_blocks, _swap_items,
+@pytest.mark.parametrize("damage", [_flip_a_block, _truncate_blocks, _change_meta,
                                     _point_blocks_at_the_wrong_version])
 def test_a_damaged_version_is_refused_and_the_old_one_served(publishing: Any, damage: Any
                                                              ) -> None:
@@ -247,7 +278,7 @@ def test_a_damaged_version_is_refused_and_the_old_one_served(publishing: Any, da
     assert publisher._blocks.last_base
     got = follower.poll()
     assert got is not None, follower.last_error
-    _assert_holds(follower, _full(service, publisher.directory.parent / "c")[1])
+    _assert_holds(follower, _full(service, publisher.directory.parent / "c"))
     assert got[1].seq == service.applied_seq == 4
 
 
@@ -275,7 +306,7 @@ def test_a_manifest_naming_a_missing_version_is_refused(tmp_path: Path) -> None:
         publisher.publish()  # a base: names none of the missing one's blocks
         got = follower.poll()
         assert got is not None, follower.last_error
-        _assert_holds(follower, _full(service, tmp_path / "c")[1])
+        _assert_holds(follower, _full(service, tmp_path / "c"))
     finally:
         publisher.close()
         service.close(checkpoint=False)
@@ -321,6 +352,108 @@ def test_a_crafted_manifest_gets_a_clear_snapshot_error(publishing: Any, craft: 
     assert says in follower.last_error
     with pytest.raises(SnapshotError, match=re.escape(says)):  # what the follower caught
         SnapshotFollower(publisher.directory)._load_incremental(version)
+
+
+def _store_ids(text: bytes, field: str = "items") -> Any:
+    """A craft that stores ``text`` as the id list ``field`` of the version: its blocks
+    appended to the version's blocks.bin, with their right SHA-256 in the manifest (the check
+    a crafted id list must pass before it is decoded)."""
+    def craft(version: Path, data: dict[str, Any]) -> None:
+        offset = (version / BLOCKS_FILE).stat().st_size
+        with open(version / BLOCKS_FILE, "ab") as f:
+            f.write(text)
+        rows = _rows_per_block((len(text),), 1, data["block_bytes"])
+        table = np.zeros(_n_blocks((len(text),), 1, rows), TABLE)
+        for i, entry in enumerate(table):
+            part = text[i * rows : (i + 1) * rows]
+            entry["v"], entry["off"] = int(version.name.split("-")[1]), offset + i * rows
+            entry["sha"] = np.frombuffer(hashlib.sha256(part).digest(), np.uint8)
+        data["arrays"][ID_ARRAYS[field]] = {"dtype": "|u1", "shape": [len(text)], "rows": rows,
+                                            "table": base64.b64encode(table.tobytes()).decode()}
+    return craft
+
+
+def _items_text(*extra: bytes) -> bytes:
+    """WIDE's item ids as stored, then ``extra``."""
+    return encode_ids([f"i{u % 50}" for u in range(50)]) + b"".join(extra)
+
+
+CRAFTED_IDS = [
+    (_store_ids(_items_text(b"1.5,")), "holds float"),
+    (_store_ids(_items_text(b"[1],")), "holds list"),
+    (_store_ids(_items_text(b'{"a":1},')), "holds dict"),
+    (_store_ids(_items_text(b"null,")), "holds NoneType"),
+    (_store_ids(_items_text(b"true,")), "holds bool"),
+    (_store_ids(_items_text(b'"x"')), "does not end with an id"),
+    (_store_ids(_items_text(b"nope,")), "not valid"),
+    (_store_ids(_items_text(b"[" * 100_000 + b"]" * 100_000 + b",")), "id list"),
+    (_store_ids(_items_text(b'"i3",')), "duplicate item ids"),
+    (_store_ids(_items_text(b'"i50",')), "item counts do not match the item ids"),
+    (_store_ids(b'"nobody",', "users"), "history has rows for"),
+    (lambda v, d: d["arrays"].pop(ID_ARRAYS["users"]), "'ids.users'] must be the 1-D uint8"),
+    (lambda v, d: d["arrays"][ID_ARRAYS["items"]].update(dtype="|i1"), "1-D uint8"),
+]
+
+
+@pytest.mark.parametrize(("craft", "says"), CRAFTED_IDS)
+def test_a_crafted_id_list_gets_a_clear_snapshot_error(publishing: Any, craft: Any, says: str
+                                                      ) -> None:
+    """Id lists whose blocks have their hashes (a crafted or buggy writer, not a damaged
+    file) are decoded as JSON of ints and strings only, and must add up with the arrays."""
+    service, publisher, follower, model, first = publishing
+    expected = _answers(model, WIDE_USERS)
+    _learn(service, [(199, "i49", 300)])
+    manifest = publisher.publish()
+    version = publisher.directory / manifest.version
+    data = json.loads((version / MANIFEST_FILE).read_bytes())
+    craft(version, data)
+    _rewrite_manifest(version, publisher.directory, data)
+    assert follower.poll() is None
+    assert follower.refused == 1 and follower.manifest == first
+    assert says in follower.last_error
+    assert _answers(model, WIDE_USERS) == expected
+    with pytest.raises(SnapshotError, match=re.escape(says)):  # also with nothing held
+        SnapshotFollower(publisher.directory)._load_incremental(version)
+
+
+def test_the_stored_ids_of_a_craft_are_the_writer_s(publishing: Any) -> None:
+    """The crafts above start from the ids the writer stores: unchanged, they load."""
+    service, publisher, follower, model, first = publishing
+    manifest = publisher.publish()
+    version = publisher.directory / manifest.version
+    data = json.loads((version / MANIFEST_FILE).read_bytes())
+    _store_ids(_items_text())(version, data)
+    _rewrite_manifest(version, publisher.directory, data)
+    got = follower.poll()
+    assert got is not None, follower.last_error
+    assert _typed(got[0].items.to_list()) == _typed(service.model.items.to_list())
+
+
+def test_ids_that_do_not_extend_the_held_ones_are_decoded_whole(tmp_path: Path) -> None:
+    """A writer restarted over another model (its ids in another order, some shared): the
+    follower's held id text is no prefix of the new one, and its maps are rebuilt."""
+    first = _service(Popularity().fit(HISTORY))
+    publisher = SnapshotPublisher(first, tmp_path / "snap", publish_every=3600, block_bytes=16)
+    publisher.publish()
+    follower = SnapshotFollower(tmp_path / "snap")
+    follower.poll()
+    publisher.close(remove=False)
+    first.close(checkpoint=False)
+    # the same ids and one more, in another order: no held text is a prefix of the new one
+    other = [(5, "c", 0), (196, "a", 1), ("u1", "b", 2), (7, "d", 3)]
+    service = _service(Popularity().fit(other))
+    publisher = SnapshotPublisher(service, tmp_path / "snap", publish_every=3600, block_bytes=16)
+    try:
+        _learn(service, [(7, "a", 4)])  # another sequence number: another version's name
+        publisher.publish()
+        model, _ = follower.poll()
+        assert follower.refused == 0
+        _assert_holds(follower, _full(service, tmp_path / "c"))
+        assert _answers(model, [5, 196, 7, "stranger"]) == _answers(
+            service.model, [5, 196, 7, "stranger"])
+    finally:
+        publisher.close()
+        service.close(checkpoint=False)
 
 
 # -- pruning ------------------------------------------------------------------------------------

@@ -447,3 +447,177 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_a_cut(redis_url: str, tmp_p
             assert all(parse_stream_id(row["message_id"].decode()) > cut for row in pending)
             acked = client.xrange(stream_key(PREFIX, p), max=position["ids"][str(p)])
             assert not {i for i, _ in acked} & {row["message_id"] for row in pending}
+
+
+# -- event_id deduplication ---------------------------------------------------------------
+def _with_retries(events: list[dict[str, Any]], seed: int, share: float = 0.1,
+                  gap: int = 600) -> tuple[list[dict[str, Any]], int]:
+    """``events`` with an event_id each, and a copy of a ``share`` of them produced again up to
+    ``gap`` events later (a producer's retry: the same event, the same id)."""
+    rng = random.Random(seed)
+    tagged = [{**e, "event_id": f"ev-{k}"} for k, e in enumerate(events)]
+    out = list(tagged)
+    copies = sorted(rng.sample(range(len(tagged)), int(share * len(tagged))), reverse=True)
+    for k in copies:
+        out.insert(min(len(out), out.index(tagged[k]) + 1 + rng.randrange(gap)), dict(tagged[k]))
+    return out, len(copies)
+
+
+def test_a_retried_event_is_learned_once(redis_url: str, tmp_path: Path) -> None:
+    import redis
+
+    events = _log(800)
+    sent, n_dup = _with_retries(events, seed=5)
+    PartitionedProducer(redis_url, PREFIX, P).send(sent)
+    PartitionedProducer(redis_url, "clean", P).send([{**e, "event_id": f"ev-{k}"}
+                                                     for k, e in enumerate(events)])
+    model = OrderModel()
+    stats = _consume(model, redis_url, tmp_path / "c")
+    assert n_dup == 80 and stats.duplicates == n_dup and stats.applied == 800
+    reference = OrderModel()
+    c = PartitionedConsumer(reference, redis_url, "clean", "g", P, tmp_path / "r",
+                            batch_size=16, checkpoint_every=64, poll_timeout=0.05)
+    assert c.run(idle_timeout=0.2).duplicates == 0
+    c.close()
+    # the same events, the same order and batches as the log without the retries
+    np.testing.assert_array_equal(model.w, reference.w)
+    assert model.batch_sizes == reference.batch_sizes
+    _, position = load_checkpoint(tmp_path / "c")
+    assert position is not None and position["duplicates"] == n_dup
+    assert sum(len(v.split("\n")) for v in position["event_ids"].values()) == 800
+    with redis.Redis.from_url(redis_url) as client:
+        for p in range(P):  # the dropped copies are acknowledged too
+            assert client.xpending(stream_key(PREFIX, p), "g")["pending"] == 0
+            last = client.xrevrange(stream_key(PREFIX, p), count=1)[0][0].decode()
+            assert position["ids"][str(p)] == last
+    # a window of 0 turns it off: every copy is learned
+    off = OrderModel()
+    c = PartitionedConsumer(off, redis_url, PREFIX, "off", P, tmp_path / "off",
+                            batch_size=16, checkpoint_every=64, poll_timeout=0.05,
+                            dedupe_window=0)
+    assert c.run(idle_timeout=0.2).applied == 880
+    c.close()
+
+
+def test_a_window_of_one_partition_holds_the_latest_ids(redis_url: str, tmp_path: Path) -> None:
+    """The bound: per partition, the latest ``dedupe_window`` applied ids; a retry that comes
+    later than that is learned again (documented in docs/scaling.md)."""
+    user = 5
+    events = [{"user": user, "item": 1000 + k, "timestamp": k, "event_id": f"e{k}"}
+              for k in range(10)]
+    retries = [dict(events[7]), dict(events[2])]  # 7 is within the last 3 ids, 2 is not
+    PartitionedProducer(redis_url, PREFIX, P).send(events + retries)
+    model = OrderModel()
+    c = PartitionedConsumer(model, redis_url, PREFIX, "g", P, tmp_path / "c", batch_size=4,
+                            checkpoint_every=64, poll_timeout=0.05, dedupe_window=3)
+    stats = c.run(idle_timeout=0.2)
+    c.close()
+    assert (stats.applied, stats.duplicates) == (11, 1)
+    _, position = load_checkpoint(tmp_path / "c")
+    assert position is not None
+    assert position["event_ids"] == {str(partition_of(user, P)): "e8\ne9\ne2"}
+
+
+def test_retries_are_learned_once_across_sigkill_and_restart(
+    redis_url: str, tmp_path: Path
+) -> None:
+    import redis
+
+    from nmrn.baselines.popularity import Popularity
+
+    events = _log(3000, users=200, seed=9)
+    sent, n_dup = _with_retries(events, seed=2, gap=900)  # many copies cross a cut
+    PartitionedProducer(redis_url, PREFIX, P).send(sent)
+    PartitionedProducer(redis_url, "clean", P).send([{**e, "event_id": f"ev-{k}"}
+                                                     for k, e in enumerate(events)])
+    reference = Popularity()
+    c = PartitionedConsumer(reference, redis_url, "clean", "ref", P, tmp_path / "ref",
+                            batch_size=BATCH, checkpoint_every=CKPT_EVERY, poll_timeout=0.05)
+    c.run(idle_timeout=0.2)
+    c.close()
+    ckpt = tmp_path / "crash.ckpt"
+    save_checkpoint(Popularity(), ckpt, position=None)
+    rng = random.Random(4)
+    started: list[int] = []
+    kills = []
+    try:
+        for target in (900, 1800):
+            proc = _launch(redis_url, ckpt, 2)
+            started.append(proc.pid)
+            deadline = time.monotonic() + 120
+            while events_in(ckpt) < target and proc.poll() is None:
+                assert time.monotonic() < deadline, "the consumer made no progress"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.1))
+            ranks = _children(proc.pid)
+            while len(ranks) < 2 and proc.poll() is None:
+                assert time.monotonic() < deadline, "the ranks did not start"
+                time.sleep(0.005)
+                ranks = _children(proc.pid)
+            assert len(ranks) == 2, (ranks, proc.poll())
+            started.extend(ranks)
+            os.kill(ranks[rng.randrange(2)], signal.SIGKILL)
+            kills.append(events_in(ckpt))
+            _, err = proc.communicate(timeout=45)
+            assert proc.returncode == 1, err.decode()
+        proc = _launch(redis_url, ckpt, 2)
+        started.append(proc.pid)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    finally:
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert all(k < 3000 for k in kills), kills
+    stats = json.loads(out.decode().strip().splitlines()[-1])
+    assert stats["total_applied"] == 3000 and stats["total_duplicates"] == n_dup
+    model, position = load_checkpoint(ckpt)
+    assert position is not None and position["events"] == 3000
+    assert position["duplicates"] == n_dup  # each copy counted once, across the kills
+    for u in {e["user"] for e in events}:
+        assert model.history.items_of(model.users.get(u)).tolist() == \
+            reference.history.items_of(reference.users.get(u)).tolist()
+    ref_state, got_state = _state(reference), _state(model)
+    for key in ref_state:
+        np.testing.assert_array_equal(got_state[key], ref_state[key], err_msg=key)
+    with redis.Redis.from_url(redis_url) as client:
+        for p in range(P):
+            assert client.xpending(stream_key(PREFIX, p), "crash")["pending"] == 0
+
+
+# -- the replicas' state digests ------------------------------------------------------------
+@pytest.mark.parametrize("perturb", [None, 1])
+def test_a_diverged_replica_stops_every_rank_naming_it(
+    redis_url: str, tmp_path: Path, perturb: int | None
+) -> None:
+    import multiprocessing
+
+    from live_server import free_port
+
+    from tests.streams.replica_worker import run_rank
+
+    PartitionedProducer(redis_url, PREFIX, P).send(_log(200))
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()
+    ckpt = tmp_path / "c"
+    procs = [ctx.Process(target=run_rank, args=(r, 2, port, redis_url, PREFIX, P, str(ckpt),
+                                                str(tmp_path), perturb)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join(timeout=120)
+            assert proc.exitcode == 0, proc.exitcode
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()  # by PID
+                proc.join()
+    results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    if perturb is None:
+        assert all(r["ok"] and r["total_applied"] == 200 for r in results), results
+        return
+    for r in results:  # every rank stops, with the same message, before anything is saved
+        assert not r["ok"] and r["error"] == "ReplicaDivergenceError", r
+        assert "rank(s) [1] hold another model state than rank(s) [0]" in r["message"]
+    assert not ckpt.exists()

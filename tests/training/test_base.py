@@ -65,3 +65,65 @@ def test_a_snapshot_is_a_copy_written_later_as_it_was(tmp_path):
     assert then.item_counts.tolist() == [2.0, 1.0] and then.n_events == 3
     assert then.recommend(9, k=3).items.tolist() == ["a", "b"]
     assert model.recommend(9, k=3).items.tolist() == ["c", "a", "b"]
+
+
+# -- a model rebuilt from a state draws no random rows, and is the model it always was ----------
+def _torch_models() -> dict[str, object]:
+    from test_conformance import FACTORIES
+
+    return {name: make for name, make in FACTORIES.items()
+            if name.split("-")[0] in {"NMRN", "BPR", "NMRNHybrid", "SASRec"}}
+
+
+def _stream(seed: int = 0):  # type: ignore[no-untyped-def]
+    from conformance import synthetic_stream
+
+    return synthetic_stream(n_users=30, n_items=400, n_events=900, seed=seed)
+
+
+@pytest.mark.parametrize("name", sorted(_torch_models()))
+def test_a_loaded_model_is_the_one_loaded_with_random_rows_drawn(tmp_path, monkeypatch, name):
+    """``load`` grows the tables without drawing rows (``state_follows``): every array of the
+    model, and what it learns next, is bit for bit what loading with the draws gives."""
+    import nmrn.model.tables as tables
+
+    make = _torch_models()[name]
+    stream = _stream()
+    make().fit(stream.iloc[:600]).save(tmp_path / "m")
+    fast = Recommender.load(tmp_path / "m")
+    with monkeypatch.context() as patch:  # the load as it was: rows drawn, then overwritten
+        patch.setattr(tables, "restoring", lambda: False)
+        drawn = Recommender.load(tmp_path / "m")
+    for step in range(2):
+        a, b = fast.snapshot()[0], drawn.snapshot()[0]
+        assert set(a) == set(b)
+        for key in a:
+            assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
+        tail = stream.iloc[600 + 150 * step : 750 + 150 * step].copy()
+        tail.loc[tail.index[:3], "user"] = [f"new{step}-{j}" for j in range(3)]  # growth too
+        fast.learn(tail)
+        drawn.learn(tail)
+    users = list(stream["user"].unique()[:5]) + ["new1-0", "stranger"]
+    assert np.array_equal(fast.recommend(users, k=10).items, drawn.recommend(users, k=10).items)
+
+
+def test_load_draws_fewer_random_numbers_than_one_table(tmp_path, monkeypatch):
+    """What makes the load cheap: at 400 items of 32 dimensions (12,800 numbers a table),
+    loading NMRN draws only its small dense parameters' initial values."""
+    import torch
+
+    from nmrn.training.nmrn import NMRN
+
+    NMRN(dim=32, epochs=1).fit(_stream()).save(tmp_path / "m")
+    counted = []
+    randn = torch.randn
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = randn(*args, **kwargs)
+        counted.append(out.numel())
+        return out
+
+    monkeypatch.setattr(torch, "randn", counting)
+    model = Recommender.load(tmp_path / "m")
+    assert len(model.items) == 400
+    assert 0 < sum(counted) < 400 * 32

@@ -15,16 +15,26 @@ the newest view of a buffer may use its room: growing a stale, shorter view copi
 ([0, 0, 7, 1, 1], True)
 >>> grow_array(a, 4, fill=9).tolist(), b.tolist()  # a is stale: copied, b untouched
 ([0, 0, 7, 9], [0, 0, 7, 1, 1])
+
+A model rebuilt from a saved state (:meth:`~nmrn.training.contract.Recommender.from_state`)
+grows its tables to the saved sizes, then overwrites every row with the saved values: rows
+drawn at random for them would be thrown away (at 100,000 items, most of a snapshot reader's
+load). It grows them within :func:`state_follows`, where the torch tables' random rows
+(:func:`nmrn.model.tables.normal_rows`) are zero rows and nothing is drawn; everywhere else
+growth draws exactly as it always did.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-__all__ = ["GROWTH", "MIN_SPARE", "grow_array"]
+__all__ = ["GROWTH", "MIN_SPARE", "grow_array", "restoring", "state_follows"]
 
 GROWTH = 1.5
 MIN_SPARE = 64
@@ -71,3 +81,30 @@ def grow_array(arr: np.ndarray, n: int, fill: Any = 0) -> np.ndarray:
     base[n_old:n] = fill
     _ROWS[id(base)] = (_ROWS[id(base)][0], n)
     return base[:n]
+
+
+_LOCAL = threading.local()  # .restoring: inside state_follows() on this thread
+
+
+@contextmanager
+def state_follows() -> Iterator[None]:
+    """Within (on this thread), growth may leave new rows at zero instead of drawing random
+    ones: every grown row is overwritten by a saved state next (``from_state``).
+
+    >>> with state_follows():
+    ...     restoring()
+    True
+    >>> restoring()
+    False
+    """
+    before = restoring()
+    _LOCAL.restoring = True
+    try:
+        yield
+    finally:
+        _LOCAL.restoring = before
+
+
+def restoring() -> bool:
+    """Whether this thread is within :func:`state_follows`."""
+    return bool(getattr(_LOCAL, "restoring", False))

@@ -15,6 +15,9 @@ room is allocated, never written, so the operating system gives it pages only wh
 there. A table's spare room is used only by the holder of its newest view: growing a stale,
 shorter view of the same buffer copies instead (it cannot overwrite rows a newer view owns).
 
+Within :func:`nmrn.data.growth.state_follows` (a model rebuilt from a saved state, whose rows
+the state overwrites next), :func:`normal_rows` appends zero rows and draws nothing.
+
 Examples
 --------
 >>> t = torch.ones(2, 3)
@@ -33,6 +36,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from torch import Tensor
+
+from nmrn.data.growth import restoring
 
 __all__ = [
     "GROWTH", "MIN_SPARE", "capacity", "grow_like", "grow_rows", "normal_rows", "saved_tensor",
@@ -108,10 +113,14 @@ def grow_like(state: Tensor, table: Tensor) -> Tensor:
 def normal_rows(
     table: Tensor, n_rows: int, std: float, generator: torch.Generator | None
 ) -> Tensor:
-    """``table`` grown to ``n_rows`` with ``N(0, std^2)`` rows drawn from ``generator``."""
+    """``table`` grown to ``n_rows`` with ``N(0, std^2)`` rows drawn from ``generator``; zero
+    rows, drawn from nothing (the generator not advanced), within
+    :func:`nmrn.data.growth.state_follows` (tests/model/test_tables.py)."""
     extra = n_rows - table.shape[0]
     if extra <= 0:
         return table
+    if restoring():
+        return grow_rows(table, n_rows)
     new = torch.randn(extra, *table.shape[1:], generator=generator) * std
     return grow_rows(table, n_rows, new)
 

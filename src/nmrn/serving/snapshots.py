@@ -29,7 +29,10 @@ needed; a version is deleted only when none of the last :data:`KEEP` manifests n
 reader that holds blocks with a manifest's hashes keeps them, reads the others from the
 versions the manifest names, and checks each one's SHA-256 before using it; a reader that is
 new or far behind reads every block the same way. A block that is missing, short or has another
-hash refuses the whole version, as a bad file does in full mode.
+hash refuses the whole version, as a bad file does in full mode. The id lists are not in an
+incremental ``meta.json`` but in the arrays :data:`ID_ARRAYS`, as append-only text
+(:func:`encode_ids`): a version that adds no id writes no id block, and a reader decodes only
+the ids appended since the text it holds.
 
 While the model does not change, the writer rewrites ``CURRENT`` with a new ``as_of`` (the
 latest time at which the writer's state was known to equal the snapshot) every
@@ -259,6 +262,56 @@ def _n_blocks(shape: tuple[int, ...], itemsize: int, rows: int) -> int:
 #: blocks.bin holds it, its offset there, its SHA-256 (44 bytes, little-endian, packed).
 TABLE = np.dtype([("v", "<u8"), ("off", "<u8"), ("sha", "u1", (32,))])
 
+#: The arrays of an incremental version that hold its id lists (``meta.json`` holds none):
+#: ``{meta field: array name}``. Checkpoint arrays are named ``model.*`` and ``base.*``.
+ID_ARRAYS = {"users": "ids.users", "items": "ids.items"}
+
+
+def encode_ids(ids: list[int | str]) -> bytes:
+    """The text an id list is stored as: each id's JSON followed by ``,`` (``196,"u1",``;
+    ``b""`` for none). Ids are only ever appended to an id map, so the text of a later
+    version starts with the text of an earlier one, and the blocks holding it are kept."""
+    if not ids:
+        return b""
+    return json.dumps(ids, separators=(",", ":"))[1:-1].encode("ascii") + b","
+
+
+def decode_ids(raw: bytes, where: Any) -> list[int | str]:
+    """The ids of :func:`encode_ids`'s text (or of a part of it that ends after an id): a
+    :class:`SnapshotError` naming ``where`` unless it is a list of ints and strings."""
+    if not raw:
+        return []
+    if not raw.endswith(b","):
+        raise SnapshotError(f"{where}: the id list does not end with an id")
+    try:
+        ids = json.loads(b"[" + raw[:-1] + b"]")
+    except (ValueError, RecursionError) as err:
+        raise SnapshotError(f"{where}: the id list is not valid ({str(err)[:80]})") from None
+    if not all(type(x) is int or type(x) is str for x in ids):
+        bad = next(x for x in ids if type(x) is not int and type(x) is not str)
+        raise SnapshotError(f"{where}: the id list holds {type(bad).__name__} {bad!r}; ids "
+                            "are int or str")
+    return ids  # type: ignore[no-any-return]
+
+
+class _IdText:
+    """The writer's text of one id list (:func:`encode_ids`), extended by the ids appended
+    since the last publication instead of encoded whole each time."""
+
+    def __init__(self) -> None:
+        self.ids: list[int | str] = []
+        self.text = b""
+
+    def update(self, ids: list[int | str]) -> np.ndarray:
+        """The text of ``ids`` as a read-only ``uint8`` array (never changed afterwards)."""
+        n = len(self.ids)
+        if len(ids) >= n and ids[:n] == self.ids:  # int and str ids: == is identity of ids
+            self.text += encode_ids(ids[n:])
+        else:  # another model: encoded again
+            self.text = encode_ids(ids)
+        self.ids = ids
+        return np.frombuffer(self.text, dtype=np.uint8)
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -332,6 +385,7 @@ class _BlockWriter:
         self.last_written = 0  # block bytes the last publication wrote
         self.last_base = False
         self.retained: deque[frozenset[str]] = deque(maxlen=KEEP)
+        self.ids = {field: _IdText() for field in ID_ARRAYS}
 
     def needed(self) -> set[str]:
         """Every version a retained manifest names (its own and those holding its blocks)."""
@@ -342,7 +396,12 @@ class _BlockWriter:
         """Write version ``version`` (temporary directory, fsync, rename) holding the blocks of
         ``arrays`` that differ from the last publication's (every block in a base); returns
         its manifest's ``(size, sha256)``. ``arrays`` must not change afterwards: the next
-        publication compares against them."""
+        publication compares against them. The id lists of ``meta`` are written as the arrays
+        :data:`ID_ARRAYS` (:func:`encode_ids`), not in ``meta.json``."""
+        meta = dict(meta)
+        arrays = dict(arrays)
+        for field, name in ID_ARRAYS.items():
+            arrays[name] = self.ids[field].update(meta.pop(field))
         total = sum(a.nbytes for a in arrays.values())
         base = (not self.layouts or self.since_base + 1 >= self.base_every
                 or self.written_since_base >= total)
@@ -752,7 +811,13 @@ class SnapshotFollower:
             raise SnapshotError(f"{path / META_FILE}: its size or SHA-256 differs from the "
                                 "manifest's (a half-written or changed snapshot)")
         meta = parse_meta(meta_raw, path / META_FILE)
-        check_meta(meta, path)
+        if not isinstance(meta, dict):
+            raise SnapshotError(f"{path / META_FILE}: not a JSON object")
+        for name in ID_ARRAYS.values():
+            layout = layouts.get(name)
+            if layout is None or layout.dtype != "|u1" or len(layout.shape) != 1:
+                raise SnapshotError(f"{path / MANIFEST_FILE}: arrays[{name!r}] must be the "
+                                    "1-D uint8 text of an id list")
         # what to read, and from where: checked against the files' sizes before anything is
         # allocated, so a manifest cannot make a reader allocate more than held + files
         plan: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
@@ -801,6 +866,7 @@ class SnapshotFollower:
                                     "writer wrote)")
         arrays: dict[str, np.ndarray] = {}
         fds: dict[int, int] = {}
+        files = {number: self.directory / names[number] / BLOCKS_FILE for number in sizes}
         read_bytes = 0
         try:
             for name, (kept, todo) in plan.items():
@@ -816,27 +882,44 @@ class SnapshotFollower:
                     lo, hi = i * step, min((i + 1) * step, array.nbytes)
                     number = int(table["v"][i])
                     if number not in fds:
-                        fds[number] = os.open(self.directory / names[number] / BLOCKS_FILE,
-                                              os.O_RDONLY)
-                    where = self.directory / names[number] / BLOCKS_FILE
+                        fds[number] = os.open(files[number], os.O_RDONLY)
                     if _read_exact(fds[number], flat[lo:hi], int(table["off"][i])) != hi - lo:
-                        raise SnapshotError(f"{where}: block {i} of {name!r} is cut short (a "
-                                            "truncated file)")
+                        raise SnapshotError(f"{files[number]}: block {i} of {name!r} is cut "
+                                            "short (a truncated file)")
                     if hashlib.sha256(flat[lo:hi]).digest() != table["sha"][i].tobytes():
-                        raise SnapshotError(f"{where}: block {i} of {name!r} has another "
-                                            "SHA-256 than the manifest's (a changed or wrong "
-                                            "version)")
+                        raise SnapshotError(f"{files[number]}: block {i} of {name!r} has "
+                                            "another SHA-256 than the manifest's (a changed "
+                                            "or wrong version)")
                     read_bytes += hi - lo
                 arrays[name] = array
         finally:
             for fd in fds.values():
                 os.close(fd)
+        texts = {name: arrays.pop(name) for name in ID_ARRAYS.values()}
+        for at, (field, name) in enumerate(ID_ARRAYS.items()):
+            meta[field] = self._id_list(at, texts[name], self._held.get(name),
+                                        f"{path / MANIFEST_FILE}: arrays[{name!r}]")
         import nmrn.models  # noqa: F401 - registers every model class
 
-        model = Recommender.from_state(meta, arrays, source=path, ids=self._ids)
-        self._held = {name: (arrays[name], layouts[name]) for name in arrays}
+        try:
+            check_meta(meta, path)
+            model = Recommender.from_state(meta, arrays, source=path, ids=self._ids)
+        except CheckpointError as err:  # a state that does not add up (ids, tables, meta)
+            raise SnapshotError(str(err)) from None
+        self._held = {name: (array, layouts[name]) for name, array in {**arrays, **texts}.items()}
         self.last_read_bytes = read_bytes
         return model
+
+    def _id_list(self, at: int, text: np.ndarray, held: tuple[np.ndarray, _Layout] | None,
+                 where: str) -> list[int | str]:
+        """The id list stored as ``text`` (:func:`encode_ids`). When it starts with the text
+        held (``held``, whose ids are those of the id map ``self._ids[at]``), only the rest
+        is decoded, and appended to the held map's ids."""
+        if held is not None and self._ids is not None:
+            n = held[0].nbytes
+            if text.nbytes >= n and np.array_equal(text[:n], held[0]):
+                return self._ids[at].to_list() + decode_ids(text[n:].tobytes(), where)
+        return decode_ids(text.tobytes(), where)
 
     def _refuse(self, why: str) -> None:
         self.refused += 1

@@ -66,8 +66,9 @@ def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                    help="events per learn call (default %(default)s)")
     p.add_argument("--dedupe-window", type=int_at_least(0), default=10_000, metavar="N",
-                   help="remember the latest N event_id values; an entry carrying one of them "
-                   "is a producer's retry and is skipped (0: off; default %(default)s)")
+                   help="remember the latest N event_id values (with --partitions: N per "
+                   "partition); an entry carrying one of them is a producer's retry and is "
+                   "skipped (0: off; default %(default)s)")
     p.add_argument("--max-events", type=positive_int, metavar="N", help="stop after N events")
     p.add_argument("--threads", type=positive_int, default=1, metavar="N",
                    help="threads torch may use for one operation (default %(default)s)")
@@ -85,6 +86,9 @@ def add_consume_command(subparsers: Any) -> argparse.ArgumentParser:
     part.add_argument("--dist-timeout", type=positive_seconds, default=60.0, metavar="S",
                       help="a rank that waits longer than S on a lost peer exits with an error "
                       "(default %(default)s)")
+    part.add_argument("--no-verify-replicas", action="store_true",
+                      help="with R > 1, do not compare the replicas' SHA-256 state digests at "
+                      "each checkpoint (by default a divergence stops every rank, naming them)")
     p.set_defaults(handler=run_consume)
     return p
 

@@ -145,7 +145,8 @@ def _run_rank(args: argparse.Namespace) -> int:
         consumer = PartitionedConsumer(
             model, args.source, args.stream, args.group, args.partitions, args.checkpoint,
             checkpoint_every=args.checkpoint_every, batch_size=args.batch_size,
-            dead_letter=args.dead_letter,
+            dead_letter=args.dead_letter, dedupe_window=args.dedupe_window,
+            verify_replicas=not getattr(args, "no_verify_replicas", False),
         )
 
         def stop(signum: int, frame: Any) -> None:
@@ -165,6 +166,7 @@ def _run_rank(args: argparse.Namespace) -> int:
     if rank == 0:
         print(json.dumps({
             "applied": stats.applied, "invalid": stats.invalid,
+            "duplicates": stats.duplicates, "total_duplicates": stats.total_duplicates,
             "checkpoints": stats.checkpoints, "total_applied": stats.total_applied,
             "stopped": stats.stopped, "ranks": world, "partitions": args.partitions,
             "ids": stats.ids, "elapsed_s": round(stats.elapsed_s, 3),

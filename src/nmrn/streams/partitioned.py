@@ -13,29 +13,34 @@ reads the partitions ``{p : p mod R = r}``, each with a
 ``p<p>``, so a partition's pending entries stay with the partition, whatever rank reads it).
 Each step:
 
-1. every rank tops up a read-ahead buffer of at most ``batch_size`` valid entries per partition
+1. every rank tops up a read-ahead queue of at most ``batch_size`` valid entries per partition
    (malformed entries are dead-lettered at once, exactly as the single-stream consumer does);
-2. the ranks all-gather their buffers (JSON, as bytes: ids travel as they were read);
+2. the ranks all-gather the entries they read since the last step (:mod:`nmrn.streams.wire`,
+   binary: ids travel as they were read, exactly), and every rank appends them to its replica
+   of the P queues;
 3. every rank runs the same k-way merge over the P partition queues, taking the partition whose
    head is smallest by ``(timestamp, partition, entry id)``, until ``batch_size`` events are
    taken. Each partition gives a prefix of its queue, so "the last applied entry id" of a
    partition describes exactly what is applied. A partition with a full buffer can never run
-   dry before the batch is full, so no unread entry of it could have come earlier; a partition
-   that had nothing more to read is simply not waited for (the live stream goes on without it);
+   dry before the batch is full, so no unread entry of it could have come earlier (if dropped
+   retries empty it, the batch ends there); a partition that had nothing more to read is simply
+   not waited for (the live stream goes on without it). An entry whose ``event_id`` is among
+   its partition's latest ``dedupe_window`` applied ids is dropped and counted;
 4. the batch, sorted by ``(timestamp, partition, entry id)`` (stable), is learned with the
-   model's ordinary ``learn`` on **every** rank: each replica learns the whole global batch.
-   (Splitting a batch's gradient work across ranks is the ``dp`` branch's; until it lands, R > 1
-   parallelises reading and parsing, not learning.)
+   model's ordinary ``learn`` on **every** rank: each replica learns the whole global batch
+   (BPR's and NMRN's steps split their work across the ranks' process group).
 
 Entries taken from the buffers are the only ones applied; the rest wait for the next step, so a
 partition that runs ahead cannot reorder time beyond one batch.
 
-Consistent cut. Every ``checkpoint_every`` applied events (and at the end), after a barrier,
-rank 0 saves the model with ``extra["stream"] = {"source": "redis-partitioned", "prefix",
-"group", "partitions": P, "ids": {p: last applied entry id}, "events", "invalid"}``
-(atomic, :func:`~nmrn.streams.position.save_checkpoint`); after a second barrier (the save is
-durable) each rank acknowledges, per partition, the entries at or below that id. On restart each
-rank loads the checkpoint and its sources skip pending entries at or below their partition's id
+Consistent cut. Every ``checkpoint_every`` applied events (and at the end), after a barrier
+(with R > 1, an all-gather of the replicas' :func:`state_digest`, which must agree), rank 0
+saves the model with ``extra["stream"] = {"source": "redis-partitioned", "prefix", "group",
+"partitions": P, "ids": {p: last applied entry id}, "events", "invalid", "duplicates",
+"event_ids": {p: newline-joined window}}`` (atomic,
+:func:`~nmrn.streams.position.save_checkpoint`); after a second barrier (the save is durable)
+each rank acknowledges, per partition, the entries at or below that id. On restart each rank
+loads the checkpoint and its sources skip pending entries at or below their partition's id
 (applied; only the ack was lost). The position is per partition, so a checkpoint written by R
 ranks resumes with any R'.
 
@@ -46,12 +51,14 @@ batches as one that ran straight through.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
 import logging
 import os
 import time
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -62,20 +69,24 @@ import numpy as np
 
 from nmrn.data.events import EventBatch
 from nmrn.data.idmap import as_id_array
-from nmrn.errors import ConfigError
+from nmrn.errors import ConfigError, NMRNError
 from nmrn.io import checkpoint_exists, remove_stale_temporaries
+from nmrn.streams import wire
 from nmrn.streams.position import STREAM_KEY, save_checkpoint
-from nmrn.streams.redis_source import RedisStreamSource, parse_stream_id
+from nmrn.streams.redis_source import RedisStreamSource
 from nmrn.streams.sources import InvalidEvent, SourceError
+from nmrn.streams.wire import WireEntry, entry_of
 from nmrn.training.contract import Recommender
 
 __all__ = [
     "PartitionedConsumer",
     "PartitionedProducer",
     "PartitionedStats",
+    "ReplicaDivergenceError",
     "partition_of",
     "partitions_key",
     "record_partitions",
+    "state_digest",
     "stream_key",
 ]
 
@@ -183,10 +194,34 @@ class PartitionedStats:
     ids: dict[str, str]
     stopped: str
     elapsed_s: float
+    duplicates: int = 0
+    total_duplicates: int = 0
 
     @property
     def events_per_s(self) -> float:
         return self.applied / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class ReplicaDivergenceError(NMRNError, RuntimeError):
+    """The replicas of a partitioned consumer hold different model states at a cut."""
+
+
+def state_digest(model: Recommender) -> str:
+    """SHA-256 of everything a checkpoint of ``model`` holds but its stream position.
+
+    The arrays (by name, with dtype and shape) and the metadata as canonical JSON, without
+    ``extra`` (rank 0 alone records the stream position there). Equal on two replicas exactly
+    when their checkpoints would load into the same model.
+    """
+    arrays, meta = model.snapshot()
+    meta = {k: v for k, v in meta.items() if k != "extra"}
+    h = hashlib.sha256()
+    h.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"\n{name}:{arr.dtype.str}:{arr.shape}\n".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
 
 
 class _Group:
@@ -213,7 +248,7 @@ class _Group:
             mine[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
         bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world)]
         self.dist.all_gather(bufs, mine)
-        return [bytes(b[: int(s.item())].numpy()) for b, s in zip(bufs, sizes, strict=True)]
+        return [b[: int(s.item())].numpy().tobytes() for b, s in zip(bufs, sizes, strict=True)]
 
     def barrier(self) -> None:
         if self.dist is not None:
@@ -238,6 +273,14 @@ class PartitionedConsumer:
         boundary at or after each multiple of ``checkpoint_every``.
     poll_timeout
         Seconds a rank waits on Redis when the last step found nothing to apply.
+    dedupe_window
+        Per partition, how many of the latest applied ``event_id`` values are remembered; an
+        entry carrying one of them is a producer's retry and is dropped (counted, not learned).
+        0 turns deduplication off. The windows are in the checkpoint, so a restart decides
+        exactly as an uninterrupted run.
+    verify_replicas
+        At each cut with more than one rank, compare the ranks' :func:`state_digest` and raise
+        :class:`ReplicaDivergenceError` (naming the ranks) before anything is saved.
     """
 
     def __init__(
@@ -253,22 +296,32 @@ class PartitionedConsumer:
         batch_size: int = 64,
         poll_timeout: float = 1.0,
         dead_letter: str | None = None,
+        dedupe_window: int = 10_000,
+        verify_replicas: bool = True,
     ) -> None:
         import redis
 
         for name, value in (("checkpoint_every", checkpoint_every), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(dedupe_window, bool) or not isinstance(dedupe_window, int) \
+                or dedupe_window < 0:
+            raise ValueError(f"dedupe_window must be an int >= 0, got {dedupe_window!r}")
         partition_of(0, partitions)
         self.model, self.url, self.prefix, self.group = model, url, prefix, group
         self.partitions = partitions
         self.checkpoint_path = Path(checkpoint_path)
         self.checkpoint_every, self.batch_size = checkpoint_every, batch_size
         self.poll_timeout = float(poll_timeout)
+        self.dedupe_window = dedupe_window
+        self.verify_replicas = bool(verify_replicas)
         self.comm = _Group()
         saved = model.extra.get(STREAM_KEY)
         self.ids: dict[str, str] = {}
-        self.total_applied = self.total_invalid = 0
+        self.total_applied = self.total_invalid = self.total_duplicates = 0
+        # per partition, the latest applied event ids, oldest first (replicated on every rank)
+        self.windows: dict[int, OrderedDict[str, None]] = {
+            p: OrderedDict() for p in range(partitions)}
         if saved:
             if saved.get("source") != SOURCE_KIND:
                 raise SourceError(
@@ -285,6 +338,12 @@ class PartitionedConsumer:
             self.ids = {str(k): str(v) for k, v in saved.get("ids", {}).items()}
             self.total_applied = int(saved.get("events", 0))
             self.total_invalid = int(saved.get("invalid", 0))
+            self.total_duplicates = int(saved.get("duplicates", 0))
+            for p, text in (saved.get("event_ids") or {}).items():
+                window = self.windows[int(p)]
+                window.update(OrderedDict.fromkeys(text.split("\n") if text else []))
+                while len(window) > dedupe_window:
+                    window.popitem(last=False)
         client = redis.Redis.from_url(url)
         try:
             record_partitions(client, prefix, partitions)
@@ -294,7 +353,10 @@ class PartitionedConsumer:
             client.close()
         self.mine = [p for p in range(partitions) if p % self.comm.world == self.comm.rank]
         self.sources: dict[int, RedisStreamSource] = {}
-        self.buffers: dict[int, deque[tuple[str, dict[str, Any]]]] = {}
+        # every partition's read-ahead queue, replicated on every rank (each entry crosses the
+        # wire once, in the step after it is read); `fresh` holds what this rank read since
+        self.queues: dict[int, deque[WireEntry]] = {p: deque() for p in range(partitions)}
+        self.fresh: dict[int, list[WireEntry]] = {p: [] for p in self.mine}
         for p in self.mine:
             src = RedisStreamSource(
                 stream_key(prefix, p), group, f"p{p}", url=url,
@@ -304,7 +366,7 @@ class PartitionedConsumer:
             pid = self.ids.get(str(p))
             src.resume_after(None if pid is None else src._position(pid))
             self.sources[p] = src
-            self.buffers[p] = deque()
+        self._saved_consumed = self._consumed = self.total_applied + self.total_duplicates
         self._saved_applied = self.total_applied
         self._stop = False
 
@@ -318,13 +380,13 @@ class PartitionedConsumer:
 
     # -- one step ----------------------------------------------------------------------------
     def _fill(self, wait: bool) -> tuple[int, bool]:
-        """Top up each buffer to ``batch_size``; returns (rejected, anything read)."""
+        """Top up each partition's queue to ``batch_size``; returns (rejected, anything read)."""
         rejected, read = 0, False
         timeout = self.poll_timeout if wait else 0.0
         for p in self.mine:
-            buf, src = self.buffers[p], self.sources[p]
-            while len(buf) < self.batch_size:
-                entries = src.poll(self.batch_size - len(buf), timeout)
+            fresh, src = self.fresh[p], self.sources[p]
+            while (room := self.batch_size - len(self.queues[p]) - len(fresh)) > 0:
+                entries = src.poll(room, timeout)
                 if not entries:
                     break
                 read = True
@@ -336,73 +398,122 @@ class PartitionedConsumer:
                         src.reject(entry)
                         rejected += 1
                     else:
-                        buf.append((str(entry.position["id"]), entry.value))
+                        fresh.append(entry_of(p, str(entry.position["id"]), entry.value))
         return rejected, read
 
-    def _gather(self, rejected: int, stop: bool,
-                idle: bool) -> tuple[dict[int, list[Any]], int, bool, bool]:
-        """All-gather the buffers; returns (queues, rejected, any stop, all idle)."""
-        payload = {
-            "buffers": {str(p): [[eid, ev] for eid, ev in self.buffers[p]] for p in self.mine},
-            "rejected": rejected,
-            "stop": stop,
-            "idle": idle,
-        }
-        parts = [json.loads(b) for b in self.comm.all_gather_bytes(json.dumps(payload).encode())]
-        queues: dict[int, list[Any]] = {}
-        for part in parts:
-            for p, rows in part["buffers"].items():
-                queues[int(p)] = rows
-        return (queues, sum(x["rejected"] for x in parts), any(x["stop"] for x in parts),
-                all(x["idle"] for x in parts))
+    def _gather(self, rejected: int, stop: bool, idle: bool) -> tuple[int, bool, bool]:
+        """Exchange the entries read since the last step (binary, :mod:`nmrn.streams.wire`)
+        and append them to the replicated queues; returns (rejected, any stop, all idle)."""
+        flags = [rejected, int(stop), int(idle)]
+        if self.comm.world == 1:
+            parts = [(flags, self.fresh)]
+        else:
+            message = wire.encode(flags, self.fresh)
+            parts = [wire.decode(b) for b in self.comm.all_gather_bytes(message)]
+        for _flags, fresh in parts:
+            for p, entries in fresh.items():
+                self.queues[p].extend(entries)
+        for entries in self.fresh.values():
+            entries.clear()
+        return (sum(f[0] for f, _ in parts), any(f[1] for f, _ in parts),
+                all(f[2] for f, _ in parts))
 
-    def _merge(self, queues: dict[int, list[Any]], limit: int) -> list[tuple[Any, ...]]:
-        """The next global batch: a k-way merge over the partitions' heads, then sorted."""
-        heads = {p: 0 for p, rows in queues.items() if rows}
-        taken: list[tuple[Any, ...]] = []
+    def _merge(self, limit: int) -> tuple[list[WireEntry], int]:
+        """Take the next global batch off the queues; returns (events to learn, duplicates).
 
-        def key(p: int) -> tuple[Any, ...]:
-            eid, ev = queues[p][heads[p]]
-            return (float(ev["timestamp"]), p, parse_stream_id(eid))
+        A k-way merge over the partitions' heads by ``(timestamp, partition, entry id)`` until
+        ``limit`` events are taken, then sorted by that key. An entry whose ``event_id`` is in
+        its partition's window is dropped (it does not count towards ``limit``). A partition
+        whose queue was full may hold unread entries that come earlier than the other heads: if
+        drops empty it, the batch ends there.
+        """
+        queues = self.queues
+        full = {p for p, q in queues.items() if len(q) >= self.batch_size}
+        heap = [(q[0][:4], p) for p, q in queues.items() if q]
+        heapq.heapify(heap)
+        taken: list[WireEntry] = []
+        dropped = 0
+        while heap and len(taken) < limit:
+            _, p = heapq.heappop(heap)
+            queue = queues[p]
+            entry = queue.popleft()
+            self.ids[str(p)] = wire.entry_id(entry)  # a prefix of each partition: the last is max
+            if self._is_duplicate(p, entry):
+                dropped += 1
+            else:
+                taken.append(entry)
+            if queue:
+                heapq.heappush(heap, (queue[0][:4], p))
+            elif p in full:
+                break  # only drops can empty a full queue before `limit` events are taken
+        taken.sort(key=lambda e: e[:4])
+        return taken, dropped
 
-        while heads and len(taken) < limit:
-            p = min(heads, key=key)
-            eid, ev = queues[p][heads[p]]
-            taken.append((float(ev["timestamp"]), p, parse_stream_id(eid), eid, ev))
-            heads[p] += 1
-            if heads[p] == len(queues[p]):
-                del heads[p]
-        taken.sort(key=lambda t: t[:3])
-        return taken
+    def _is_duplicate(self, p: int, entry: WireEntry) -> bool:
+        """Whether the entry's ``event_id`` is in partition ``p``'s window; remembers it if not."""
+        event_id = entry[7]
+        if event_id is None or not self.dedupe_window:
+            return False
+        window = self.windows[p]
+        if event_id in window:
+            log.info("dropping a retried event at %s %s: event_id %r was applied",
+                     stream_key(self.prefix, p), wire.entry_id(entry), event_id)
+            return True
+        window[event_id] = None
+        if len(window) > self.dedupe_window:
+            window.popitem(last=False)
+        return False
 
-    def _apply(self, batch: list[tuple[Any, ...]]) -> None:
-        evs = [t[4] for t in batch]
+    def _apply(self, batch: list[WireEntry]) -> None:
         weights = None
-        if any("weight" in e for e in evs):
-            weights = np.array([e.get("weight", 1.0) for e in evs], dtype=np.float64)
+        if any(e[6] is not None for e in batch):
+            weights = np.array([1.0 if e[6] is None else e[6] for e in batch], dtype=np.float64)
         self.model.learn(EventBatch(
-            as_id_array([e["user"] for e in evs], "user"),
-            as_id_array([e["item"] for e in evs], "item"),
-            np.array([e["timestamp"] for e in evs], dtype=np.float64),
+            as_id_array([e[4] for e in batch], "user"),
+            as_id_array([e[5] for e in batch], "item"),
+            np.array([e[0] for e in batch], dtype=np.float64),
             weights,
         ))
-        for _ts, p, _key, eid, _ev in batch:
-            self.ids[str(p)] = eid  # batches take a prefix of each partition: the last is max
-            if p in self.buffers:
-                popped, _ = self.buffers[p].popleft()
-                assert popped == eid, (popped, eid)
         self.total_applied += len(batch)
 
     def _record(self) -> dict[str, Any]:
-        return {
+        record = {
             "source": SOURCE_KIND, "prefix": self.prefix, "group": self.group,
             "partitions": self.partitions, "ids": dict(sorted(self.ids.items())),
             "events": self.total_applied, "invalid": self.total_invalid,
+            "duplicates": self.total_duplicates,
         }
+        windows = {str(p): "\n".join(w) for p, w in self.windows.items() if w}
+        if windows:
+            record["event_ids"] = windows  # one string per partition, one id per line
+        return record
+
+    def _verify(self) -> None:
+        """All-gather every replica's :func:`state_digest`; raise if any two differ."""
+        digests = [b.decode() for b in self.comm.all_gather_bytes(
+            state_digest(self.model).encode())]
+        if len(set(digests)) == 1:
+            return
+        groups: dict[str, list[int]] = {}
+        for rank, digest in enumerate(digests):
+            groups.setdefault(digest, []).append(rank)
+        # name the ranks apart from the largest group (rank 0's on a tie)
+        main = max(groups.values(), key=lambda ranks: (len(ranks), -ranks[0]))
+        odd = sorted(r for ranks in groups.values() if ranks is not main for r in ranks)
+        raise ReplicaDivergenceError(
+            f"the replicas diverged before the cut at {self.total_applied} events: rank(s) "
+            f"{odd} hold another model state than rank(s) {main} ("
+            + ", ".join(f"rank {r}: sha256 {d[:16]}" for r, d in enumerate(digests))
+            + "); nothing was saved: the checkpoint is the last cut where they agreed"
+        )
 
     def _checkpoint(self) -> None:
-        """A consistent cut: barrier, rank 0 saves, barrier (durable), each rank acks."""
-        self.comm.barrier()
+        """A consistent cut: barrier (and the replicas' digests compared), rank 0 saves,
+        barrier (durable), each rank acks."""
+        if self.verify_replicas and self.comm.world > 1:
+            self._verify()  # an all-gather: also the barrier
+        else:
+            self.comm.barrier()
         if self.comm.rank == 0:
             save_checkpoint(self.model, self.checkpoint_path, position=self._record())
         self.comm.barrier()  # the checkpoint is durable: forget what it covers
@@ -410,6 +521,7 @@ class PartitionedConsumer:
             if str(p) in self.ids:
                 self.sources[p].ack({"id": self.ids[str(p)]})
         self._saved_applied = self.total_applied
+        self._saved_consumed = self._consumed
 
     def run(self, max_events: int | None = None,
             idle_timeout: float | None = None) -> PartitionedStats:
@@ -417,28 +529,32 @@ class PartitionedConsumer:
         start = time.perf_counter()
         if self.comm.rank == 0:
             remove_stale_temporaries(self.checkpoint_path)
-        applied = invalid = checkpoints = 0
+        applied = invalid = duplicates = checkpoints = 0
         last_event = time.monotonic()
         wait = False
         stopped = "stop"
         while True:
             rejected, _ = self._fill(wait)
             idle = idle_timeout is not None and time.monotonic() - last_event >= idle_timeout
-            queues, rej, stop, all_idle = self._gather(rejected, self._stop, idle)
+            rej, stop, all_idle = self._gather(rejected, self._stop, idle)
             invalid += rej
             self.total_invalid += rej
             limit = self.batch_size
             if max_events is not None:
                 limit = min(limit, max_events - applied)
-            batch = self._merge(queues, limit) if limit > 0 else []
+            batch, dropped = self._merge(limit) if limit > 0 else ([], 0)
             if batch:
                 self._apply(batch)
                 applied += len(batch)
-            if batch or rej:
+            duplicates += dropped
+            self.total_duplicates += dropped
+            self._consumed += len(batch) + dropped
+            took = bool(batch) or dropped > 0
+            if took or rej:
                 last_event = time.monotonic()
             crossed = (self.total_applied // self.checkpoint_every
                        != self._saved_applied // self.checkpoint_every)
-            if crossed or (not batch and self.total_applied != self._saved_applied):
+            if crossed or (not took and self._consumed != self._saved_consumed):
                 self._checkpoint()  # a boundary, or the stream is idle: make it durable
                 checkpoints += 1
             # every rank decides from the same gathered data, so all leave the loop together
@@ -448,19 +564,20 @@ class PartitionedConsumer:
             if max_events is not None and applied >= max_events:
                 stopped = "max_events"
                 break
-            if not batch and all_idle:
+            if not took and all_idle:
                 stopped = "idle"
                 break
-            wait = not batch
+            wait = not took
         missing = self.comm.rank == 0 and not checkpoint_exists(self.checkpoint_path)
-        flags = [json.loads(b) for b in self.comm.all_gather_bytes(json.dumps(missing).encode())]
-        if self.total_applied != self._saved_applied or flags[0]:
+        flags = self.comm.all_gather_bytes(b"\x01" if missing else b"\x00")
+        if self._consumed != self._saved_consumed or flags[0] == b"\x01":
             self._checkpoint()
             checkpoints += 1
         return PartitionedStats(
             applied=applied, invalid=invalid, checkpoints=checkpoints,
             total_applied=self.total_applied, ids=dict(sorted(self.ids.items())),
             stopped=stopped, elapsed_s=time.perf_counter() - start,
+            duplicates=duplicates, total_duplicates=self.total_duplicates,
         )
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from nmrn._version import __version__
 from nmrn.config import Config, SeedConfig
 from nmrn.data.events import as_events
-from nmrn.data.growth import grow_array
+from nmrn.data.growth import grow_array, state_follows
 from nmrn.data.history import History
 from nmrn.data.idmap import IdMap, as_id_array
 from nmrn.errors import CheckpointError
@@ -546,7 +546,8 @@ class Recommender(ABC):
                 raise CheckpointError(f"{path}: item counts must be finite and >= 0")
             if len(hist_items) > rec.n_events:
                 raise CheckpointError(f"{path}: the history holds more events than n_events")
-            rec._grow(len(rec.users), len(rec.items))
+            with state_follows():  # _load_state overwrites every row: none is drawn
+                rec._grow(len(rec.users), len(rec.items))
             model_arrays = {
                 k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")
             }
