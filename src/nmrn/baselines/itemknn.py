@@ -29,15 +29,18 @@ Storage. Counts are float32. Up to ``dense_max_items`` items they live in a dens
 CSR matrix of pending increments, to which each batch's increments are added (O(its pairs +
 the pending non-zeros)); the pending matrix is merged into the main one (O(all non-zeros)) once
 it holds more than a quarter of the main one's non-zeros. A growing catalogue only widens both
-matrices (O(items)); it never forces a merge. Scores read the rows of the user's items from
-both and add them before the product, so they are a function of the counts alone, never of
-when the pending ones were merged.
+matrices (O(items)); it never forces a merge. Scores are ``profile @ main + profile @
+pending`` (float32 products, added in float32).
 
 Batching. With ``cooc_decay=1`` every count is an integer, exact in float32 up to
-:math:`2^{24}` per pair, so the counts, the checkpointed state and the scores after a stream
-are bit for bit the same however the stream was split into ``learn`` calls. With
-``cooc_decay < 1`` the counts are float32 sums whose last bit depends on how the increments were
-grouped (the calls, dense or sparse), as for any float accumulation.
+:math:`2^{24}` per pair, so the counts (:meth:`cooccurrence`) after a stream are bit for bit the
+same however the stream was split into ``learn`` calls. With sparse counts the scores are not:
+which counts are still pending depends on the calls, and ``(a + b) w`` differs from ``a w + b w``
+in the last bit (a relative 1e-7; ties may then break otherwise). Adding each profile item's
+main and pending rows before the product would remove that, at 1.3-1.9x the cost of a
+single-user read at 100,000 items (measured; BENCHMARKS.md, "item-kNN candidates"). Dense
+counts are exact for any split. With ``cooc_decay < 1`` the counts are float32 sums whose last
+bit depends on how the increments were grouped, as for any float accumulation.
 """
 
 from __future__ import annotations
@@ -199,24 +202,21 @@ class ItemKNN(Recommender):
             return self._main
         return (self._main + self._pending).tocsr()
 
-    def _raw_sparse(self, profile: sp.csr_matrix) -> sp.csr_matrix:
-        """``profile @ counts`` (float32 products) from the sparse counts.
+    def _raw_sparse(self, profile: sp.csr_matrix) -> np.ndarray:
+        """``profile @ main + profile @ pending`` as a dense float32 array ``[n, n_items]``.
 
-        The rows of the profile's items are read from the main and the pending counts and
-        added first, so each product sees the counts themselves, whatever part of them has
-        been merged; a sparse product sums each row in the order of its profile's columns, so
-        a user's raw scores do not depend on who else is in ``profile`` either.
+        Two float32 products, the pending one added in float32. A sparse product sums each
+        row in the order of its profile's columns, so a user's raw scores do not depend on who
+        else is in ``profile``; they do depend, in the last bits, on which counts were still
+        pending (``(a + b) w`` against ``a w + b w``). Adding each profile item's main and
+        pending rows before the product removes that dependence, but cost a single-user read
+        at 100,000 items 1.3-1.9x (BENCHMARKS.md, "item-kNN candidates"), so it is not done.
         """
         assert self._main is not None and self._pending is not None
-        rows = np.unique(profile.indices)
-        block = self._main[rows]
+        raw = (profile @ self._main).toarray()
         if self._pending.nnz:
-            block = block + self._pending[rows]
-        local = sp.csr_matrix(
-            (profile.data, np.searchsorted(rows, profile.indices), profile.indptr),
-            shape=(profile.shape[0], len(rows)),
-        )
-        return (local @ block).tocsr()
+            raw += (profile @ self._pending).toarray()
+        return raw
 
     def cooccurrence(self) -> sp.csr_matrix:
         """The symmetric co-occurrence counts ``[n_items, n_items]`` (a float32 copy)."""
@@ -331,7 +331,7 @@ class ItemKNN(Recommender):
             for row, user in enumerate(users.tolist()):
                 raw[row] = self._raw_dense(user, decay)
         else:
-            raw = self._raw_sparse(self._profile(users, decay)).toarray().astype(np.float64)
+            raw = self._raw_sparse(self._profile(users, decay)).astype(np.float64)
         # computed on every call: a hybrid drives this model's _learn and counts directly, so
         # its state version does not track them (the cached copy is for recommend only)
         col_norm, tie = self._factors_of(self.item_counts, self.n_events)
@@ -385,10 +385,18 @@ class ItemKNN(Recommender):
             # raw scores as the full path makes them (the same float32 product); candidates =
             # the columns it reaches, in item order (so top_k's tie rule, the lower index, holds
             # among them)
-            product = self._raw_sparse(self._profile_of(user, self.config.recency_decay))
-            if product.nnz * _DENSE_SHARE > n:
+            # raw scores as the full path makes them: float32 products, the pending counts'
+            # product added in float32; candidates = the columns either product reaches, in
+            # item order (so top_k's tie rule, the lower index, holds among them)
+            profile = self._profile_of(user, self.config.recency_decay)
+            main = profile @ self._main
+            pending = profile @ self._pending if self._pending.nnz else None
+            reach = main.nnz + (pending.nnz if pending is not None else 0)  # >= the candidates
+            if reach * _DENSE_SHARE > n:
                 # the neighbours may cover much of the catalogue: finish as the full path does
-                raw = product.toarray()[0]
+                raw = main.toarray()[0]
+                if pending is not None:
+                    raw += pending.toarray()[0]
                 scores = raw.astype(np.float64) * col_norm + tie
                 scores[seen] = -np.inf
                 found_idx, found_vals = top_k(scores[None], width)
@@ -396,8 +404,11 @@ class ItemKNN(Recommender):
                 continue
             raw = np.zeros(n, dtype=np.float32)
             reached = np.zeros(n, dtype=bool)
-            raw[product.indices] = product.data
-            reached[product.indices] = True
+            raw[main.indices] = main.data
+            reached[main.indices] = True
+            if pending is not None:
+                raw[pending.indices] += pending.data
+                reached[pending.indices] = True
             excluded = reached.copy()  # candidates and seen items leave the tie ranking
             if len(seen):
                 excluded[seen] = True
@@ -436,19 +447,24 @@ class ItemKNN(Recommender):
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        # the counts themselves (main and pending added): the state does not record when the
-        # pending counts were last merged, which depends on how the stream was batched
+        # main and pending counts apart (pending as linear keys row * n + column): a loaded
+        # model computes the same float32 products as the saved one
+        pend_keys, pend_vals = np.empty(0, np.int64), np.empty(0, np.float32)
         if self._dense is not None:
             main = sp.csr_matrix(self._dense[: self._n, : self._n])
         else:
-            main = self._sparse_counts()
+            assert self._main is not None and self._pending is not None
+            main = self._main
+            if self._pending.nnz:
+                pending = self._pending.tocoo()
+                pend_keys = pending.row.astype(np.int64) * self._n + pending.col
+                pend_vals = pending.data.astype(np.float32)
         arrays = {
             "cooc_indptr": main.indptr.astype(np.int64),
             "cooc_indices": main.indices.astype(np.int64),
             "cooc_data": main.data.astype(np.float32),
-            # kept for the format: checkpoints written before held unmerged counts here
-            "pending_keys": np.empty(0, np.int64),
-            "pending_vals": np.empty(0, np.float32),
+            "pending_keys": pend_keys,
+            "pending_vals": pend_vals,
         }
         return arrays, {"sparse": self._dense is None}
 

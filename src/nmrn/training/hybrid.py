@@ -612,7 +612,7 @@ class NMRNHybrid(Recommender):
         """Whether the evidence of known users over the items known before a batch stays bit
         for bit the same when the batch adds items: not with EASE, whose solve over a larger
         system may round the old items' weights otherwise. (Item-kNN's growth only widens its
-        counts, and its scores read the counts themselves, however they are stored.)"""
+        main and pending counts: the old items' products are unchanged.)"""
         return not any(isinstance(c, EASE) for c in self.components.values())
 
     # -- checkpoints -------------------------------------------------------------------------
