@@ -272,3 +272,112 @@ def test_candidate_top_k_falls_back_where_it_must() -> None:
     assert sparse._candidate_top_k(u[:1], n, True) is None
     recs = sparse.recommend(sparse.known_users[:1], k=n)
     assert (recs.scores == -np.inf).sum() > 0
+
+
+def _growing_stream(seed: int, n_events: int) -> list[tuple[str, int, int]]:
+    """Users and items that keep arriving (a new item about every fourth event; Zipf-like
+    reuse of the earlier ones), so that many ``learn`` calls widen the counts."""
+    rng = np.random.default_rng(seed)
+    log = []
+    for t in range(n_events):
+        n_items = 3 + t // 4
+        item = n_items - 1 if rng.random() < 0.3 else int(min(rng.zipf(1.3), n_items) - 1)
+        log.append((f"u{int(rng.integers(0, 4 + t // 10))}", item, t))
+    return log
+
+
+def _reference_counts(log: list, history_len: int, directed: bool) -> dict:
+    """The counts by their definition (module docstring), one event at a time, by item id."""
+    counts: dict[tuple[int, int], float] = {}
+    seen: dict[str, list[int]] = {}
+    for user, item, _ in log:
+        tail = seen.setdefault(user, [])
+        for prev in tail[-history_len:]:
+            if prev == item:
+                continue
+            pairs = [(prev, item)] if directed else [(prev, item), (item, prev)]
+            for key in pairs:
+                counts[key] = counts.get(key, 0.0) + 1.0
+        tail.append(item)
+    return counts
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(1, 239), max_size=25),
+       dense_max_items=st.sampled_from([0, 6, 25, 4096]),
+       min_merge=st.sampled_from([1, 40, 1 << 16]),
+       history_len=st.sampled_from([1, 3, 8]), directed=st.booleans(),
+       alpha=st.sampled_from([0.5, 1.0]))
+def test_any_split_into_learn_calls_gives_the_same_counts_and_scores(
+        seed: int, cuts: list[int], dense_max_items: int, min_merge: int, history_len: int,
+        directed: bool, alpha: float) -> None:
+    # One stream, split at random points (growth of the catalogue in most calls, pending
+    # counts merged early or late), against the same stream in one call: counts equal to the
+    # definition's; with dense counts also the checkpointed state and scores bit for bit
+    # those of the single call (sparse: to float32 precision, see the module docstring).
+    log = _growing_stream(seed, 240)
+    options = {"history_len": history_len, "recency_decay": 0.8, "alpha": alpha,
+               "directed": directed, "dense_max_items": dense_max_items}
+    itemknn._MIN_MERGE, saved = min_merge, itemknn._MIN_MERGE
+    try:
+        whole = ItemKNN(**options).fit(log)
+        split = ItemKNN(**options)
+        bounds = [0, *sorted(set(cuts)), len(log)]
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            (split.fit if lo == 0 else split.learn)(log[lo:hi])
+    finally:
+        itemknn._MIN_MERGE = saved
+    assert split.is_sparse == whole.is_sparse == (len(whole.items) > dense_max_items)
+    ids = split.known_items.tolist()
+    want = np.zeros((len(ids), len(ids)), dtype=np.float32)
+    for (a, b), value in _reference_counts(log, history_len, directed).items():
+        want[ids.index(a), ids.index(b)] = value
+    np.testing.assert_array_equal(split.cooccurrence().toarray(), want)
+    users = whole.known_users
+    scores = split.score(users, whole.known_items)
+    if not whole.is_sparse:  # dense counts: state and scores bit for bit the single call's
+        got_state, want_state = split._state()[0], whole._state()[0]
+        assert got_state.keys() == want_state.keys()
+        for key in want_state:
+            np.testing.assert_array_equal(got_state[key], want_state[key], err_msg=key)
+        np.testing.assert_array_equal(scores, whole.score(users, whole.known_items))
+    else:  # which counts are pending depends on the calls: float32 products, last bits
+        np.testing.assert_allclose(scores, whole.score(users, whole.known_items), rtol=1e-6)
+    # and they are the definition's scores (float32 products: to float32 precision)
+    n = whole.item_counts
+    rows = np.zeros((len(users), len(ids)))
+    for r, user in enumerate(users.tolist()):
+        tail = whole.history.items_of(whole.users.get(user))[-history_len:]
+        for age, item in enumerate(tail[::-1]):
+            rows[r] += 0.8**age * want[item].astype(np.float64) / n[item] ** alpha
+    reference = rows * n ** (alpha - 1.0) + TIE * n / (len(log) + 1)
+    np.testing.assert_allclose(scores, reference, rtol=2e-6, atol=1e-12)
+    if not whole.is_sparse:
+        top = split.recommend(users, k=5)
+        np.testing.assert_array_equal(top.items, whole.recommend(users, k=5).items)
+
+
+@pytest.mark.parametrize("min_merge", [1, 1 << 16])
+def test_sparse_counts_with_pending_ones_survive_a_checkpoint_bit_for_bit(
+        tmp_path, min_merge: int) -> None:
+    # main and pending counts are saved apart: the loaded model computes the same float32
+    # products (a saved sum of the two would move scores in the last bit), and it goes on
+    # learning, growing and merging as the original does
+    log = _growing_stream(3, 400)
+    itemknn._MIN_MERGE, saved = min_merge, itemknn._MIN_MERGE
+    try:
+        rec = ItemKNN(history_len=8, recency_decay=0.8, dense_max_items=0).fit(log[:200])
+        rec.learn(log[200:300])
+        assert rec.is_sparse and (rec._pending.nnz > 0) == (min_merge > 1)
+        rec.save(tmp_path / "knn")
+        back = ItemKNN.load(tmp_path / "knn")
+        users, items = rec.known_users, rec.known_items
+        np.testing.assert_array_equal(back.score(users, items), rec.score(users, items))
+        for model in (rec, back):
+            model.learn(log[300:])
+        users, items = rec.known_users, rec.known_items
+        np.testing.assert_array_equal(back.score(users, items), rec.score(users, items))
+        np.testing.assert_array_equal(back.cooccurrence().toarray(),
+                                      rec.cooccurrence().toarray())
+    finally:
+        itemknn._MIN_MERGE = saved

@@ -196,8 +196,8 @@ def test_reads_before_a_learn_change_nothing_but_its_cost(sparse_knn: bool) -> N
     # test-then-train: a read of a batch's users keeps their gate inputs and the learn that
     # follows reuses them. The end state must be bit for bit that of a model that was never
     # read (what a replay after a crash computes), with batches that bring new items, batches
-    # learned without a read before them, and (sparse_knn) item-kNN counts whose growth merges
-    # them (reuse is then off for batches that add items)
+    # learned without a read before them, and (sparse_knn) item-kNN counts split into merged and
+    # pending ones (growth only widens them: reuse stays on for batches that add items)
     log = _growing_log()
     options = {"memory": SMALL_MEMORY, "fit_chunk": 60, "fit_epochs": 2, "hidden": 4,
                "seed": 5, "gate_fraction": 0.5}
@@ -211,17 +211,20 @@ def test_reads_before_a_learn_change_nothing_but_its_cost(sparse_knn: bool) -> N
             rec.components["knn"] = knn
         models.append(rec.fit(log[:300]))
     read, never_read = models
-    grew = 0
+    grew = read_without_growth = 0
     for k, lo in enumerate(range(300, len(log), 40)):
         chunk = log[lo : lo + 40]
         users = sorted({u for u, _, _ in chunk} & set(read.known_users.tolist()))
+        grows = bool({i for _, i, _ in chunk} - set(read.known_items.tolist()))
         if k % 4 != 3 and users:  # every fourth batch is learned without a read
             read.score(users, read.known_items)
-        grew += bool({i for _, i, _ in chunk} - set(read.known_items.tolist()))
+            read_without_growth += len(users) * (not grows)
+        grew += grows
         read.learn(chunk)
         never_read.learn(chunk)
     assert grew >= 6
     assert read._evidence.hits > 50 and never_read._evidence.hits == 0
+    assert read._evidence.hits > read_without_growth  # rows reused in batches that add items
     assert read._evidence.misses < read._evidence.hits  # misses: users new to a batch
     got, want = read._state()[0], never_read._state()[0]
     assert got.keys() == want.keys()

@@ -25,9 +25,22 @@ like any other (``exclude_seen`` removes them). Exact ties, e.g. a user whose it
 with nothing, are broken by all-time popularity: ``1e-9 * n_j / (n_events + 1)`` is added.
 
 Storage. Counts are float32. Up to ``dense_max_items`` items they live in a dense square array
-(grown by doubling). Beyond, the model switches, for good, to a sparse CSR matrix plus a buffer
-of pending increments that is merged into it once it holds more than a quarter of the matrix's
-non-zeros (so the amortised cost of an update does not grow with the matrix); scores read both.
+(grown by doubling). Beyond, the model switches, for good, to a sparse CSR matrix plus a second
+CSR matrix of pending increments, to which each batch's increments are added (O(its pairs +
+the pending non-zeros)); the pending matrix is merged into the main one (O(all non-zeros)) once
+it holds more than a quarter of the main one's non-zeros. A growing catalogue only widens both
+matrices (O(items)); it never forces a merge. Scores are ``profile @ main + profile @
+pending`` (float32 products, added in float32).
+
+Batching. With ``cooc_decay=1`` every count is an integer, exact in float32 up to
+:math:`2^{24}` per pair, so the counts (:meth:`cooccurrence`) after a stream are bit for bit the
+same however the stream was split into ``learn`` calls. With sparse counts the scores are not:
+which counts are still pending depends on the calls, and ``(a + b) w`` differs from ``a w + b w``
+in the last bit (a relative 1e-7; ties may then break otherwise). Adding each profile item's
+main and pending rows before the product would remove that, at 1.3-1.9x the cost of a
+single-user read at 100,000 items (measured; BENCHMARKS.md, "item-kNN candidates"). Dense
+counts are exact for any split. With ``cooc_decay < 1`` the counts are float32 sums whose last
+bit depends on how the increments were grouped, as for any float accumulation.
 """
 
 from __future__ import annotations
@@ -119,9 +132,7 @@ class ItemKNN(Recommender):
         self._n = 0
         self._dense: np.ndarray | None = np.zeros((0, 0), dtype=np.float32)
         self._main: sp.csr_matrix | None = None
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (linear keys, values)
-        self._pending_count = 0
-        self._pending_csr: sp.csr_matrix | None = None
+        self._pending: sp.csr_matrix | None = None  # increments not yet merged into _main
         self._factors: tuple[int, np.ndarray, np.ndarray] | None = None  # see _column_factors
 
     # -- storage ---------------------------------------------------------------------------------
@@ -136,6 +147,7 @@ class ItemKNN(Recommender):
         if self._dense is not None and n_items > self.config.dense_max_items:
             block = self._dense[: self._n, : self._n]
             self._main = sp.csr_matrix(block, dtype=np.float32)
+            self._pending = _empty(self._n)
             self._dense = None
         if self._dense is not None:
             cap = len(self._dense)
@@ -145,9 +157,10 @@ class ItemKNN(Recommender):
                 grown[: self._n, : self._n] = self._dense[: self._n, : self._n]
                 self._dense = grown
         else:
-            assert self._main is not None
-            self._merge()  # pending keys are linear indices for the old size
+            assert self._main is not None and self._pending is not None
+            # new rows and columns are empty: O(n_items), whatever the number of counts
             self._main.resize((n_items, n_items))
+            self._pending.resize((n_items, n_items))
         self._n = n_items
 
     def _add(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
@@ -163,42 +176,53 @@ class ItemKNN(Recommender):
             weights = np.concatenate([vals, vals])
         uniq, inv = np.unique(keys, return_inverse=True)
         sums = np.bincount(inv, weights=weights).astype(np.float32)
+        r, c = np.divmod(uniq, n)
         if self._dense is not None:
-            r, c = np.divmod(uniq, n)
             self._dense[r, c] += sums
             return
-        self._pending.append((uniq, sums))
-        self._pending_count += len(uniq)
-        self._pending_csr = None
-        assert self._main is not None
-        if self._pending_count > max(_MIN_MERGE, self._main.nnz // 4):
+        assert self._main is not None and self._pending is not None
+        # the keys are sorted: (row, column) order, so the CSR arrays are built directly
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(r, minlength=n), out=indptr[1:])
+        batch = sp.csr_matrix((sums, c, indptr), shape=(n, n))
+        self._pending = (self._pending + batch).tocsr()
+        if self._pending.nnz > max(_MIN_MERGE, self._main.nnz // 4):
             self._merge()
 
     def _merge(self) -> None:
-        if self._pending_count:
-            assert self._main is not None
-            self._main = (self._main + self._pending_matrix()).tocsr()
-            self._main.sort_indices()
-        self._pending, self._pending_count, self._pending_csr = [], 0, None
+        assert self._main is not None and self._pending is not None
+        if self._pending.nnz:
+            self._main = (self._main + self._pending).tocsr()
+            self._pending = _empty(self._n)
 
-    def _pending_matrix(self) -> sp.csr_matrix:
-        if self._pending_csr is None:
-            n = self._n
-            if self._pending:
-                keys = np.concatenate([k for k, _ in self._pending])
-                vals = np.concatenate([v for _, v in self._pending])
-            else:
-                keys, vals = np.empty(0, np.int64), np.empty(0, np.float32)
-            r, c = np.divmod(keys, max(n, 1))
-            self._pending_csr = sp.csr_matrix((vals, (r, c)), shape=(n, n), dtype=np.float32)
-        return self._pending_csr
+    def _sparse_counts(self) -> sp.csr_matrix:
+        """Main plus pending counts (O(non-zeros); ``_main`` itself when nothing is pending)."""
+        assert self._main is not None and self._pending is not None
+        if not self._pending.nnz:
+            return self._main
+        return (self._main + self._pending).tocsr()
+
+    def _raw_sparse(self, profile: sp.csr_matrix) -> np.ndarray:
+        """``profile @ main + profile @ pending`` as a dense float32 array ``[n, n_items]``.
+
+        Two float32 products, the pending one added in float32. A sparse product sums each
+        row in the order of its profile's columns, so a user's raw scores do not depend on who
+        else is in ``profile``; they do depend, in the last bits, on which counts were still
+        pending (``(a + b) w`` against ``a w + b w``). Adding each profile item's main and
+        pending rows before the product removes that dependence, but cost a single-user read
+        at 100,000 items 1.3-1.9x (BENCHMARKS.md, "item-kNN candidates"), so it is not done.
+        """
+        assert self._main is not None and self._pending is not None
+        raw = (profile @ self._main).toarray()
+        if self._pending.nnz:
+            raw += (profile @ self._pending).toarray()
+        return raw
 
     def cooccurrence(self) -> sp.csr_matrix:
         """The symmetric co-occurrence counts ``[n_items, n_items]`` (a float32 copy)."""
         if self._dense is not None:
             return sp.csr_matrix(self._dense[: self._n, : self._n])
-        assert self._main is not None
-        return (self._main + self._pending_matrix()).tocsr()
+        return self._sparse_counts().copy()
 
     # -- learning --------------------------------------------------------------------------------
     def _fit(
@@ -307,14 +331,7 @@ class ItemKNN(Recommender):
             for row, user in enumerate(users.tolist()):
                 raw[row] = self._raw_dense(user, decay)
         else:
-            assert self._main is not None
-            # Sparse products sum each row in the order of its profile's columns, whatever the
-            # other rows: a user's scores (and ties) do not depend on who else is in the batch.
-            profile = self._profile(users, decay)
-            raw32 = (profile @ self._main).toarray()
-            if self._pending_count:
-                raw32 += (profile @ self._pending_matrix()).toarray()
-            raw = raw32.astype(np.float64)
+            raw = self._raw_sparse(self._profile(users, decay)).astype(np.float64)
         # computed on every call: a hybrid drives this model's _learn and counts directly, so
         # its state version does not track them (the cached copy is for recommend only)
         col_norm, tie = self._factors_of(self.item_counts, self.n_events)
@@ -365,12 +382,15 @@ class ItemKNN(Recommender):
             seen = self.history.items_of(user) if exclude_seen else np.empty(0, np.int64)
             if n - len(seen) < width:
                 return None  # fewer items left than asked: the full path pads with -inf
+            # raw scores as the full path makes them (the same float32 product); candidates =
+            # the columns it reaches, in item order (so top_k's tie rule, the lower index, holds
+            # among them)
             # raw scores as the full path makes them: float32 products, the pending counts'
             # product added in float32; candidates = the columns either product reaches, in
             # item order (so top_k's tie rule, the lower index, holds among them)
             profile = self._profile_of(user, self.config.recency_decay)
             main = profile @ self._main
-            pending = profile @ self._pending_matrix() if self._pending_count else None
+            pending = profile @ self._pending if self._pending.nnz else None
             reach = main.nnz + (pending.nnz if pending is not None else 0)  # >= the candidates
             if reach * _DENSE_SHARE > n:
                 # the neighbours may cover much of the catalogue: finish as the full path does
@@ -427,15 +447,18 @@ class ItemKNN(Recommender):
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        # main and pending counts apart (pending as linear keys row * n + column): a loaded
+        # model computes the same float32 products as the saved one
+        pend_keys, pend_vals = np.empty(0, np.int64), np.empty(0, np.float32)
         if self._dense is not None:
             main = sp.csr_matrix(self._dense[: self._n, : self._n])
-            pend_keys, pend_vals = np.empty(0, np.int64), np.empty(0, np.float32)
         else:
-            assert self._main is not None
+            assert self._main is not None and self._pending is not None
             main = self._main
-            parts = self._pending
-            pend_keys = np.concatenate([k for k, _ in parts]) if parts else np.empty(0, np.int64)
-            pend_vals = np.concatenate([v for _, v in parts]) if parts else np.empty(0, np.float32)
+            if self._pending.nnz:
+                pending = self._pending.tocoo()
+                pend_keys = pending.row.astype(np.int64) * self._n + pending.col
+                pend_vals = pending.data.astype(np.float32)
         arrays = {
             "cooc_indptr": main.indptr.astype(np.int64),
             "cooc_indices": main.indices.astype(np.int64),
@@ -458,8 +481,13 @@ class ItemKNN(Recommender):
             self._dense[:n, :n] = main.toarray()
         else:
             self._main = main
-            keys = arrays["pending_keys"].astype(np.int64)
-            self._pending = [(keys, arrays["pending_vals"].astype(np.float32))] if len(keys) else []
-            self._pending_count = len(keys)
-            self._pending_csr = None
+            # linear keys row * n + column of counts not merged when the checkpoint was written
+            r, c = np.divmod(arrays["pending_keys"].astype(np.int64), max(n, 1))
+            self._pending = sp.csr_matrix(
+                (arrays["pending_vals"].astype(np.float32), (r, c)), shape=(n, n),
+                dtype=np.float32,
+            )
 
+
+def _empty(n: int) -> sp.csr_matrix:
+    return sp.csr_matrix((n, n), dtype=np.float32)

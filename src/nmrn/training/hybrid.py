@@ -610,11 +610,10 @@ class NMRNHybrid(Recommender):
 
     def _growth_exact(self) -> bool:
         """Whether the evidence of known users over the items known before a batch stays bit
-        for bit the same when the batch adds items: not with sparse item-kNN counts, whose
-        growth merges the pending counts into the main ones (another float32 grouping), nor
-        with EASE, whose solve over a larger system may round the old items' weights otherwise."""
-        return not any((isinstance(c, ItemKNN) and c.is_sparse) or isinstance(c, EASE)
-                       for c in self.components.values())
+        for bit the same when the batch adds items: not with EASE, whose solve over a larger
+        system may round the old items' weights otherwise. (Item-kNN's growth only widens its
+        main and pending counts: the old items' products are unchanged.)"""
+        return not any(isinstance(c, EASE) for c in self.components.values())
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
