@@ -499,6 +499,46 @@ def test_a_retried_event_is_learned_once(redis_url: str, tmp_path: Path) -> None
     c.close()
 
 
+def test_drops_that_empty_a_full_queue_end_the_batch_in_order(redis_url: str, tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    """A burst of retries longer than a batch fills one partition's read-ahead queue with
+    copies only; dropping them empties it before the batch has its events, while its unread
+    entries may come before the other partitions' heads. The batch then ends (shorter than the
+    others): the events learned, in their order, are still those of the log without retries."""
+    ua, ub = next((a, b) for a in range(50) for b in range(50)
+                  if partition_of(a, P) != partition_of(b, P))
+    # both users on the same three items: an event of one learned out of turn with the other's
+    # changes w
+    clean = [{"user": ua if t % 2 == 0 else ub, "item": t % 3, "timestamp": t,
+              "event_id": f"e{t}"} for t in range(80)]
+    mine = [e for e in clean if e["user"] == ua]
+    burst = [dict(e) for e in mine[:6]] * 3  # 18 retries, right after ua's first 8 events
+    sent = [e for e in clean if e["user"] == ub] + mine[:8] + burst + mine[8:]
+    PartitionedProducer(redis_url, PREFIX, P).send(sent)  # per partition, in this order
+    PartitionedProducer(redis_url, "clean", P).send(clean)
+    merges: list[tuple[int, int, int, int]] = []  # (limit, taken, dropped, entries left)
+    merge = PartitionedConsumer._merge
+
+    def spy(self: PartitionedConsumer, limit: int) -> Any:
+        taken, dropped = merge(self, limit)
+        merges.append((limit, len(taken), dropped, sum(len(q) for q in self.queues.values())))
+        return taken, dropped
+
+    monkeypatch.setattr(PartitionedConsumer, "_merge", spy)
+    model = OrderModel()
+    stats = _consume(model, redis_url, tmp_path / "c", batch_size=4)
+    assert (stats.applied, stats.duplicates) == (80, 18)
+    # the case happened: a batch cut short by drops while other entries waited
+    assert any(d > 0 and t < lim and left > 0 for lim, t, d, left in merges)
+    reference = OrderModel()
+    c = PartitionedConsumer(reference, redis_url, "clean", "g", P, tmp_path / "r",
+                            batch_size=4, checkpoint_every=64, poll_timeout=0.05)
+    assert c.run(idle_timeout=0.2).duplicates == 0
+    c.close()
+    np.testing.assert_array_equal(model.w, reference.w)
+    assert model.batch_sizes != reference.batch_sizes  # cut otherwise, learned the same
+
+
 def test_a_window_of_one_partition_holds_the_latest_ids(redis_url: str, tmp_path: Path) -> None:
     """The bound: per partition, the latest ``dedupe_window`` applied ids; a retry that comes
     later than that is learned again (documented in docs/scaling.md)."""
