@@ -20,6 +20,16 @@ ratio. (Both versions must load the same checkpoints.)
 
     git archive 437121b src | tar -x -C /tmp/base
     OMP_NUM_THREADS=1 python benchmarks/bench_learn_calls.py --compare /tmp/base/src --tag issue14
+
+A ``--variant NAME=PRESET:JSON`` (repeatable) adds a preset with options under its own name, so
+that options are compared in one run; the repeats go round every model and call size in turn
+(repeat 1 of each, then repeat 2, ...), so that a change of load hits them alike. With
+``--read-first`` every timed call is preceded by an untimed ``score`` of its users over the
+known items, as in test-then-train (a model that keeps a read's work for the next ``learn``
+is timed as the evaluation protocol runs it).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_learn_calls.py --presets nmrn-faithful,nmrn \
+        --variant 'nmrn-lp1=nmrn:{"learn_passes": 1}' --sizes 100,1000 --read-first
 """
 
 from __future__ import annotations
@@ -36,40 +46,61 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nmrn.data.datasets import load_dataset
 from nmrn.models import load_model, make_model
 
 
-def time_calls(path: Path, stream: Any, size: int, frame: bool) -> float:
-    """Seconds to learn ``stream`` in calls of ``size`` events, from the checkpoint at ``path``."""
+def time_calls(path: Path, stream: Any, size: int, frame: bool, read_first: bool = False) -> float:
+    """Seconds to learn ``stream`` in calls of ``size`` events, from the checkpoint at ``path``
+    (with ``read_first``, each call's users are scored, untimed, before it is learned)."""
     model = load_model(path)
     calls = [stream[lo : lo + size] for lo in range(0, len(stream), size)]
+    readers = [np.unique(c.users) for c in calls]
     if frame:
         calls = [c.to_frame() for c in calls]
-    start = time.perf_counter()
-    for call in calls:
+    total = 0.0
+    for call, users in zip(calls, readers, strict=True):
+        if read_first:
+            model.score(users, model.known_items)
+        start = time.perf_counter()
         model.learn(call)
-    return time.perf_counter() - start
+        total += time.perf_counter() - start
+    return total
+
+
+def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
+    """``NAME=PRESET:JSON`` -> (name, preset, options)."""
+    name, _, spec = text.partition("=")
+    preset, _, options = spec.partition(":")
+    return name, preset, json.loads(options) if options else {}
 
 
 def measure(args: argparse.Namespace, ckpt_dir: Path) -> list[dict[str, Any]]:
-    """Time every preset and call size ``args.repeats`` times; fit a preset's checkpoint in
-    ``ckpt_dir`` first unless it is there."""
+    """Time every model and call size ``args.repeats`` times, the repeats going round them all
+    in turn; fit a model's checkpoint in ``ckpt_dir`` first unless it is there."""
     data = load_dataset("ml-100k")
     head, tail = data[: args.fit], data[args.fit : args.fit + args.stream]
-    rows: list[dict[str, Any]] = []
-    for preset in args.presets.split(","):
-        path = ckpt_dir / preset
+    models = [(p, p, {}) for p in args.presets.split(",") if p]
+    models += [parse_variant(v) for v in args.variant]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for name, preset, options in models:
+        path = ckpt_dir / name
         if not path.exists():
-            make_model(preset, seed=0).fit(head).save(path)
-        for size in (int(s) for s in args.sizes.split(",")):
-            secs = [time_calls(path, tail, size, args.input == "frame")
-                    for _ in range(args.repeats)]
-            sec = statistics.median(secs)
-            rows.append({"preset": preset, "size": size, "events_per_s": len(tail) / sec,
-                         "ms_per_call": 1e3 * sec / -(-len(tail) // size), "seconds": secs})
+            make_model(preset, seed=0, **options).fit(head).save(path)
+    secs: dict[tuple[str, int], list[float]] = {(m[0], s): [] for m in models for s in sizes}
+    for _ in range(args.repeats):
+        for name, _preset, _options in models:
+            for size in sizes:
+                secs[name, size].append(time_calls(ckpt_dir / name, tail, size,
+                                                   args.input == "frame", args.read_first))
+    rows: list[dict[str, Any]] = []
+    for (name, size), values in secs.items():
+        sec = statistics.median(values)
+        rows.append({"preset": name, "size": size, "events_per_s": len(tail) / sec,
+                     "ms_per_call": 1e3 * sec / -(-len(tail) // size), "seconds": values})
     return rows
 
 
@@ -84,6 +115,8 @@ def compare(args: argparse.Namespace, ckpt_dir: Path) -> dict[str, Any]:
             cmd = [sys.executable, __file__, "--presets", args.presets, "--sizes", args.sizes,
                    "--fit", str(args.fit), "--stream", str(args.stream), "--repeats", "1",
                    "--input", args.input, "--checkpoints", str(ckpt_dir), "--json", str(out)]
+            cmd += [f"--variant={v}" for v in args.variant]
+            cmd += ["--read-first"] if args.read_first else []
             env = {**os.environ, "PYTHONPATH": src}
             subprocess.run(cmd, env=env, check=True, timeout=3600, stdout=subprocess.DEVNULL)
             runs[label].append(json.loads(out.read_text()))
@@ -108,6 +141,10 @@ def main() -> None:
     parser.add_argument("--stream", type=int, default=3_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--input", choices=("batch", "frame"), default="batch")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME=PRESET:JSON options, timed as model NAME (repeatable)")
+    parser.add_argument("--read-first", action="store_true",
+                        help="score each call's users (untimed) before learning it")
     parser.add_argument("--compare", default=None, metavar="SRC",
                         help="also run the package at SRC, alternating, and give the ratio")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
