@@ -37,8 +37,8 @@ Batching. With ``cooc_decay=1`` every count is an integer, exact in float32 up t
 same however the stream was split into ``learn`` calls. With sparse counts the scores are not:
 which counts are still pending depends on the calls, and ``(a + b) w`` differs from ``a w + b w``
 in the last bit (a relative 1e-7; ties may then break otherwise). Adding each profile item's
-main and pending rows before the product would remove that, at 1.3-1.9x the cost of a
-single-user read at 100,000 items (measured; BENCHMARKS.md, "item-kNN candidates"). Dense
+main and pending rows before the product would remove that, at 1.8-2.3x the cost of a
+single-user read at 100,000 items (measured; BENCHMARKS.md, "Item-kNN growth without merges"). Dense
 counts are exact for any split. With ``cooc_decay < 1`` the counts are float32 sums whose last
 bit depends on how the increments were grouped, as for any float accumulation.
 """
@@ -210,7 +210,8 @@ class ItemKNN(Recommender):
         else is in ``profile``; they do depend, in the last bits, on which counts were still
         pending (``(a + b) w`` against ``a w + b w``). Adding each profile item's main and
         pending rows before the product removes that dependence, but cost a single-user read
-        at 100,000 items 1.3-1.9x (BENCHMARKS.md, "item-kNN candidates"), so it is not done.
+        at 100,000 items 1.8-2.3x (BENCHMARKS.md, "Item-kNN growth without merges"), so it is
+        not done.
         """
         assert self._main is not None and self._pending is not None
         raw = (profile @ self._main).toarray()
@@ -382,9 +383,6 @@ class ItemKNN(Recommender):
             seen = self.history.items_of(user) if exclude_seen else np.empty(0, np.int64)
             if n - len(seen) < width:
                 return None  # fewer items left than asked: the full path pads with -inf
-            # raw scores as the full path makes them (the same float32 product); candidates =
-            # the columns it reaches, in item order (so top_k's tie rule, the lower index, holds
-            # among them)
             # raw scores as the full path makes them: float32 products, the pending counts'
             # product added in float32; candidates = the columns either product reaches, in
             # item order (so top_k's tie rule, the lower index, holds among them)
