@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_tables import parse_variant  # NAME=PRESET:JSON, as bench_tables takes it
 
 from nmrn.data.datasets import load_dataset
 from nmrn.models import load_model, make_model
@@ -69,13 +70,6 @@ def time_calls(path: Path, stream: Any, size: int, frame: bool, read_first: bool
         model.learn(call)
         total += time.perf_counter() - start
     return total
-
-
-def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
-    """``NAME=PRESET:JSON`` -> (name, preset, options)."""
-    name, _, spec = text.partition("=")
-    preset, _, options = spec.partition(":")
-    return name, preset, json.loads(options) if options else {}
 
 
 def measure(args: argparse.Namespace, ckpt_dir: Path) -> list[dict[str, Any]]:
