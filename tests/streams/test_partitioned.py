@@ -120,8 +120,9 @@ def test_nmrn_produce_cli_and_wrong_p_refused(redis_url: str, tmp_path: Path) ->
 
 
 # -- the merge ------------------------------------------------------------------------------
-def _consume(model: Any, url: str, ckpt: Path, group: str = "g", **kw: Any) -> Any:
-    consumer = PartitionedConsumer(model, url, PREFIX, group, P, ckpt,
+def _consume(model: Any, url: str, ckpt: Path, group: str = "g", prefix: str = PREFIX,
+             **kw: Any) -> Any:
+    consumer = PartitionedConsumer(model, url, prefix, group, P, ckpt,
                                    batch_size=kw.pop("batch_size", 16),
                                    checkpoint_every=kw.pop("checkpoint_every", 64),
                                    poll_timeout=0.05)
@@ -191,10 +192,7 @@ def test_malformed_entries_are_dead_lettered_and_the_rest_applied(
     reference = OrderModel()
     _consume_clean = PartitionedProducer(redis_url, "clean", P)
     _consume_clean.send(events)
-    c = PartitionedConsumer(reference, redis_url, "clean", "g", P, tmp_path / "r",
-                            batch_size=16, checkpoint_every=64, poll_timeout=0.05)
-    c.run(idle_timeout=0.2)
-    c.close()
+    _consume(reference, redis_url, tmp_path / "r", prefix="clean")
     np.testing.assert_array_equal(model.w, reference.w)
     _, position = load_checkpoint(tmp_path / "c")
     assert position is not None and position["invalid"] == 2
@@ -475,10 +473,7 @@ def test_a_retried_event_is_learned_once(redis_url: str, tmp_path: Path) -> None
     stats = _consume(model, redis_url, tmp_path / "c")
     assert n_dup == 80 and stats.duplicates == n_dup and stats.applied == 800
     reference = OrderModel()
-    c = PartitionedConsumer(reference, redis_url, "clean", "g", P, tmp_path / "r",
-                            batch_size=16, checkpoint_every=64, poll_timeout=0.05)
-    assert c.run(idle_timeout=0.2).duplicates == 0
-    c.close()
+    assert _consume(reference, redis_url, tmp_path / "r", prefix="clean").duplicates == 0
     # the same events, the same order and batches as the log without the retries
     np.testing.assert_array_equal(model.w, reference.w)
     assert model.batch_sizes == reference.batch_sizes
@@ -531,10 +526,8 @@ def test_drops_that_empty_a_full_queue_end_the_batch_in_order(redis_url: str, tm
     # the case happened: a batch cut short by drops while other entries waited
     assert any(d > 0 and t < lim and left > 0 for lim, t, d, left in merges)
     reference = OrderModel()
-    c = PartitionedConsumer(reference, redis_url, "clean", "g", P, tmp_path / "r",
-                            batch_size=4, checkpoint_every=64, poll_timeout=0.05)
-    assert c.run(idle_timeout=0.2).duplicates == 0
-    c.close()
+    clean_run = _consume(reference, redis_url, tmp_path / "r", prefix="clean", batch_size=4)
+    assert clean_run.duplicates == 0
     np.testing.assert_array_equal(model.w, reference.w)
     assert model.batch_sizes != reference.batch_sizes  # cut otherwise, learned the same
 
