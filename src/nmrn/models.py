@@ -115,6 +115,10 @@ PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
     # component at item-kNN's own optimum (directed, 100 items, decay 0.881, counts forgetting
     # 1e-4 per event); values rounded to 4 digits. Objective 0.0859 +- 0.0175 (seed 0), against
     # 0.0835 for the unstacked hybrid and 0.0828 for item-kNN tuned the same way.
+    # One online gate pass per batch (learn_passes 1, was 2): the best mean of a paired
+    # rolling-origin comparison of 2/1/0 passes (6 folds: 0.0850 against 0.0847 for 2, a
+    # difference inside noise, +0.0003 +- 0.0013) and ~17 % cheaper to learn (BENCHMARKS.md,
+    # "fewer online gate passes").
     "nmrn": (
         NMRNHybrid,
         {
@@ -126,7 +130,7 @@ PRESETS: dict[str, tuple[type[Recommender], dict[str, Any]]] = {
             "hidden": 8,
             "lr": 0.01173,
             "fit_epochs": 5,
-            "learn_passes": 2,
+            "learn_passes": 1,
             "gate_fraction": 0.5,
             "learn_lr": 0.002,
             "memory": {**MEMORY_BEST, "personal_offset": True},
