@@ -191,26 +191,33 @@ def _growing_log(n_events: int = 900, seed: int = 0) -> list[tuple[Any, ...]]:
     return log
 
 
-@pytest.mark.parametrize("sparse_knn", [False, True])
-def test_reads_before_a_learn_change_nothing_but_its_cost(sparse_knn: bool) -> None:
+@pytest.mark.parametrize("knn_dense_max", [None, 0, 40], ids=["dense", "sparse", "turns-sparse"])
+def test_reads_before_a_learn_change_nothing_but_its_cost(knn_dense_max: int | None) -> None:
     # test-then-train: a read of a batch's users keeps their gate inputs and the learn that
     # follows reuses them. The end state must be bit for bit that of a model that was never
     # read (what a replay after a crash computes), with batches that bring new items, batches
-    # learned without a read before them, and (sparse_knn) item-kNN counts split into merged and
-    # pending ones (growth only widens them: reuse stays on for batches that add items)
+    # learned without a read before them, item-kNN counts split into merged and pending ones
+    # (sparse: growth only widens them, reuse stays on for batches that add items), and
+    # (turns-sparse) a read batch whose new items switch the counts from dense to sparse
+    # storage (the read's dense sums are not the sparse float32 products the learn would make)
     log = _growing_log()
     options = {"memory": SMALL_MEMORY, "fit_chunk": 60, "fit_epochs": 2, "hidden": 4,
                "seed": 5, "gate_fraction": 0.5}
     models = []
     for _ in range(2):
         rec = NMRNHybrid(**options)
-        if sparse_knn:
+        if knn_dense_max is not None:
             knn = ItemKNN(history_len=rec.config.knn_history, recency_decay=rec.config.knn_decay,
-                          alpha=1.0, cooc_decay=rec.config.knn_cooc_decay, dense_max_items=0)
+                          alpha=1.0, cooc_decay=rec.config.knn_cooc_decay,
+                          dense_max_items=knn_dense_max)
             knn.users, knn.items = rec.users, rec.items
             rec.components["knn"] = knn
         models.append(rec.fit(log[:300]))
     read, never_read = models
+    knn = read.components["knn"]
+    assert isinstance(knn, ItemKNN)
+    # the switch to sparse counts happens while streaming, not in fit
+    assert knn.is_sparse == (knn_dense_max == 0)
     grew = read_without_growth = 0
     for k, lo in enumerate(range(300, len(log), 40)):
         chunk = log[lo : lo + 40]
@@ -230,6 +237,7 @@ def test_reads_before_a_learn_change_nothing_but_its_cost(sparse_knn: bool) -> N
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert knn.is_sparse == (knn_dense_max is not None)
     users = never_read.known_users
     np.testing.assert_array_equal(read.score(users, read.known_items),
                                   never_read.score(users, never_read.known_items))

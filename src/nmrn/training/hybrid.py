@@ -76,9 +76,10 @@ from, and the gate's training rows are the evidence that read computed. A read k
 :data:`EVIDENCE_CACHE_BYTES`) and the next ``learn`` takes them instead of computing them again.
 This changes nothing but the cost: a user's evidence never depends on which other users are
 scored with them, and a batch that adds items leaves the evidence over the items known before it
-bit for bit as it was (the one exception, item-kNN counts stored sparse, whose growth merges
-their pending part, turns the reuse off for such a batch); a test checks that a model read
-before every batch ends bit for bit where one never read does (what a replay computes).
+bit for bit as it was (the exceptions, EASE evidence and item-kNN counts that the batch's new
+items turn from dense to sparse storage, turn the reuse off for such a batch); a test checks
+that a model read before every batch ends bit for bit where one never read does (what a replay
+computes).
 
 The softmax loss, not NMRN's rank-weighted hinge, trains the gate: on validation the hinge
 against the hardest of 20 negatives drove the gate's weights to zero, and the hinge averaged over
@@ -384,8 +385,13 @@ class NMRNHybrid(Recommender):
             component.n_events = n_events
 
     def _grow(self, n_users: int, n_items: int) -> None:
+        dense = [c for c in self.components.values() if isinstance(c, ItemKNN) and not c.is_sparse]
         for component in self.components.values():
             component._grow(n_users, n_items)
+        if any(c.is_sparse for c in dense):
+            # item-kNN counts that turn sparse are read as float32 products, not the dense
+            # float64 sums a read before the batch made: its evidence is not this state's
+            self._evidence.clear()
         extra = n_items - self._stage_counts.shape[1]
         if extra > 0:
             self._stage_counts = np.concatenate([self._stage_counts,
