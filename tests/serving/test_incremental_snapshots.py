@@ -334,7 +334,26 @@ CRAFTED = [
     (lambda d: next(iter(d["arrays"].values())).update(rows=0), "rows"),
     (lambda d: next(iter(d["arrays"].values())).update(table="%%%"), "base64"),
     (lambda d: d.update(versions=["v999-999"]), "does not list"),
+    # dtypes the pattern lets through but numpy does not know: a TypeError escaped the follower
+    (lambda d: next(iter(d["arrays"].values())).update(dtype="<i3"), "dtype '<i3'"),
+    (lambda d: next(iter(d["arrays"].values())).update(dtype="<f1"), "dtype '<f1'"),
+    # shapes whose bytes no array can have, with rows and table that agree with them: numpy's
+    # ValueError ("array is too big") and an OverflowError of the block arithmetic escaped it
+    (lambda d: _layout_of(d, "<i8", [2**62, 0]), "bytes"),
+    (lambda d: _layout_of(d, "|u1", [1, 2**40, 2**30]), "bytes"),
 ]
+
+
+def _layout_of(data: dict[str, Any], dtype: str, shape: list[int]) -> None:
+    """Give the first array ``dtype`` and ``shape``, with the rows and the number of table
+    entries (copies of its first one) that this block size gives them."""
+    entry = next(iter(data["arrays"].values()))
+    itemsize = np.dtype(dtype).itemsize
+    rows = _rows_per_block(tuple(shape), itemsize, data["block_bytes"])
+    table = np.frombuffer(base64.b64decode(entry["table"]), TABLE)[:1]
+    n = _n_blocks(tuple(shape), itemsize, rows)
+    entry.update(dtype=dtype, shape=shape, rows=rows,
+                 table=base64.b64encode(np.repeat(table, n).tobytes()).decode())
 
 
 @pytest.mark.parametrize(("craft", "says"), CRAFTED)

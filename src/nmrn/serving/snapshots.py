@@ -103,6 +103,7 @@ MANIFEST_FILE = "manifest.json"
 BLOCKS_FILE = "blocks.bin"
 BLOCKS_FORMAT = "nmrn-snapshot-blocks"
 MAX_MANIFEST_BYTES = 64 << 20
+MAX_ARRAY_BYTES = 1 << 48  # of one array of an incremental version (its sizes, 0s as 1s)
 _VERSION = re.compile(r"v\d{1,20}-\d{1,20}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DTYPE = re.compile(r"[<>|][biufc][1-9][0-9]?|[<>|][US][1-9][0-9]{0,5}")
@@ -528,8 +529,16 @@ def parse_blocks_manifest(raw: bytes, where: Path, version: str
         if not isinstance(shape, list) or len(shape) > 32:
             raise SnapshotError(f"{what}.shape must be a list of at most 32 sizes")
         shape_t = tuple(_integer(n, f"{what}.shape[{i}]") for i, n in enumerate(shape))
+        try:  # the pattern also lets through names numpy has no type for ("<i3", "<f1")
+            itemsize = np.dtype(dtype).itemsize
+        except TypeError:
+            raise SnapshotError(f"{what}.dtype {dtype!r} is not a dtype numpy knows") from None
+        # numpy refuses a shape whose sizes other than 0 multiply past its index range, even
+        # when a 0 makes it empty; the block arithmetic runs in int64
+        if itemsize * math.prod(n or 1 for n in shape_t) > MAX_ARRAY_BYTES:
+            raise SnapshotError(f"{what}.shape {list(shape_t)}: more than {MAX_ARRAY_BYTES} "
+                                "bytes")
         rows = _integer(entry.get("rows"), f"{what}.rows", low=1)
-        itemsize = np.dtype(dtype).itemsize
         if rows != _rows_per_block(shape_t, itemsize, block_bytes):
             raise SnapshotError(f"{what}.rows {rows} is not the rows of a {block_bytes}-byte "
                                 "block")
