@@ -796,6 +796,13 @@ class SnapshotFollower:
             self._refused_version = manifest.version
             self._refuse(str(err))
             return None
+        except Exception as err:  # noqa: BLE001 - e.g. MemoryError: a model no check foresaw
+            # the version is refused like any other bad one: the reader keeps serving, and a
+            # reader starting on it does not crash (nor restart to crash again)
+            self._refused_version = manifest.version
+            self._refuse(f"{self.directory / manifest.version}: the model cannot be built "
+                         f"({type(err).__name__}: {str(err)[:200]})", exc_info=err)
+            return None
         self._ids = (model.users, model.items)
         self.load_seconds = time.perf_counter() - start
         self.manifest = manifest
@@ -930,10 +937,11 @@ class SnapshotFollower:
                 return self._ids[at].to_list() + decode_ids(text[n:].tobytes(), where)
         return decode_ids(text.tobytes(), where)
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str, exc_info: BaseException | None = None) -> None:
         self.refused += 1
         self.last_error = why
-        log.error("snapshot refused (still serving the previous one): %s", why)
+        log.error("snapshot refused (still serving the previous one): %s", why,
+                  exc_info=exc_info)
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the writer's state was last known to equal the loaded snapshot."""

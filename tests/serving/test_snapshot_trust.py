@@ -1,0 +1,104 @@
+"""What a snapshot directory may hold, and who may write it (``nmrn serve --workers N``).
+
+A reader trusts the directory only as far as the hashes in ``CURRENT`` go; these tests give it
+what hashes cannot rule out: a version whose model cannot be built for a reason no check
+anticipated, files that are not files (a FIFO blocks ``open``, a link to ``/dev/zero`` never
+ends), and a directory that someone else made or can write. The publisher, for its part, only
+ever deletes what it wrote. Real files, a real :class:`LiveService`, publisher and follower in
+this process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nmrn.baselines.popularity import RecentPopularity
+from nmrn.io import ARRAYS_FILE, META_FILE
+from nmrn.serving.service import LiveService
+from nmrn.serving.snapshots import (
+    MANIFEST_FILE,
+    Manifest,
+    SnapshotFollower,
+    SnapshotPublisher,
+    _write_current,
+    file_digest,
+    read_manifest,
+)
+
+HISTORY = [(196, "a", 0), (196, "b", 1), ("u1", "a", 2), (5, "a", 3), (5, "b", 4), (5, "c", 5)]
+
+
+def _service(model: Any) -> LiveService:
+    return LiveService(model, checkpoint_every=None, checkpoint_seconds=None, apply_wait=0)
+
+
+def _answers(model: Any) -> list[list[Any]]:
+    return [list(row) for row in model.recommend([196, "u1", 5, "stranger"], k=3).items]
+
+
+@pytest.fixture(params=["full", "incremental"])
+def publishing(request: Any, tmp_path: Path) -> Any:
+    service = _service(RecentPopularity(window=10).fit(HISTORY))
+    publisher = SnapshotPublisher(service, tmp_path / "snap", publish_every=3600,
+                                  mode=request.param, block_bytes=64)
+    publisher.publish()
+    follower = SnapshotFollower(tmp_path / "snap")
+    model, first = follower.poll()
+    yield service, publisher, follower, model, first
+    publisher.close()
+    service.close(checkpoint=False)
+
+
+def _next_version(service: LiveService, publisher: SnapshotPublisher) -> Path:
+    service.submit([(7, "c", 10)])
+    assert service.wait_applied()
+    return publisher.directory / publisher.publish().version
+
+
+def _vouch(directory: Path, version: Path) -> None:
+    """Make CURRENT vouch for ``version``'s files as they are now (a crafted version: the
+    hashes agree, what they hash is not the writer's)."""
+    current = read_manifest(directory)
+    assert current is not None
+    names = [MANIFEST_FILE] if MANIFEST_FILE in current.files else [META_FILE, ARRAYS_FILE]
+    _write_current(directory, Manifest(current.version, current.seq, current.taken_at,
+                                       current.as_of,
+                                       {name: file_digest(version / name) for name in names}))
+
+
+def _craft_meta(version: Path, change: Any) -> None:
+    """Change ``version``'s meta.json and rehash it where the version records its hash."""
+    meta = json.loads((version / META_FILE).read_bytes())
+    change(meta)
+    raw = json.dumps(meta).encode()
+    (version / META_FILE).write_bytes(raw)
+    if (version / MANIFEST_FILE).exists():
+        import hashlib
+
+        data = json.loads((version / MANIFEST_FILE).read_bytes())
+        data["meta"] = {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        (version / MANIFEST_FILE).write_bytes(json.dumps(data).encode())
+    _vouch(version.parent, version)
+
+
+# -- a version whose model cannot be built is refused, whatever the reason ---------------------
+def test_a_model_that_cannot_be_allocated_is_refused_not_raised(publishing: Any) -> None:
+    """A window of 2**59 events: the model's ring buffer would be 4 EiB, which no machine can
+    map (MemoryError, not one of the errors the checks raise). It escaped ``poll``: a reader
+    starting on it crashed, a running one logged a traceback and counted no refusal."""
+    service, publisher, follower, model, first = publishing
+    expected = _answers(model)
+    version = _next_version(service, publisher)
+    _craft_meta(version, lambda meta: meta["params"].update(window=2**59))
+    assert follower.poll() is None
+    assert follower.refused == 1 and follower.manifest == first
+    assert "MemoryError" in follower.last_error, follower.last_error
+    assert _answers(model) == expected
+    version = _next_version(service, publisher)  # the next good version is taken
+    got = follower.poll()
+    assert got is not None, follower.last_error
+    assert got[1].version == version.name and _answers(got[0]) == _answers(service.model)
