@@ -11,6 +11,8 @@ this process.
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from nmrn.baselines.popularity import RecentPopularity
 from nmrn.io import ARRAYS_FILE, META_FILE
 from nmrn.serving.service import LiveService
 from nmrn.serving.snapshots import (
+    CURRENT,
     MANIFEST_FILE,
     Manifest,
     SnapshotFollower,
@@ -102,3 +105,70 @@ def test_a_model_that_cannot_be_allocated_is_refused_not_raised(publishing: Any)
     got = follower.poll()
     assert got is not None, follower.last_error
     assert got[1].version == version.name and _answers(got[0]) == _answers(service.model)
+
+
+# -- files that are not files ------------------------------------------------------------------
+def _poll_within(follower: SnapshotFollower, seconds: float, unblock: Path | None) -> Any:
+    """``follower.poll()`` in a thread; fails if it is still running after ``seconds`` (then
+    opens the FIFO ``unblock`` for writing, so that the thread ends)."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["got"] = follower.poll()
+        except BaseException as err:  # noqa: BLE001 - reported below
+            out["err"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        if unblock is not None:
+            fd = os.open(unblock, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        thread.join(5)
+        pytest.fail(f"poll() still running after {seconds} s")
+    if "err" in out:
+        raise out["err"]
+    return out["got"]
+
+
+def _fifo(path: Path) -> Path:
+    path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("name", [META_FILE, "first file CURRENT names"])
+def test_a_fifo_in_a_version_is_refused_without_blocking(publishing: Any, name: str) -> None:
+    """A named pipe where a file should be: ``open`` blocks until someone writes to it, so the
+    reader's poller (or a starting reader) hung for good. ``meta.json`` of an incremental
+    version is checked against its manifest only after it is read."""
+    service, publisher, follower, model, first = publishing
+    version = _next_version(service, publisher)
+    current = read_manifest(publisher.directory)
+    target = version / (name if name == META_FILE else next(iter(current.files)))
+    _fifo(target)
+    assert _poll_within(follower, 5.0, target) is None
+    assert follower.refused == 1 and follower.manifest == first
+    assert "not a regular file" in follower.last_error, follower.last_error
+
+
+def test_a_fifo_as_current_is_refused_without_blocking(publishing: Any) -> None:
+    service, publisher, follower, model, first = publishing
+    target = _fifo(publisher.directory / CURRENT)
+    assert _poll_within(follower, 5.0, target) is None
+    assert follower.refused == 1 and follower.manifest == first
+    assert "not a regular file" in follower.last_error, follower.last_error
+
+
+def test_a_link_to_an_endless_file_is_refused_without_reading_it(publishing: Any) -> None:
+    """``meta.json`` as a link to ``/dev/zero``: read whole, it filled memory until the
+    reader died; hashed whole (a full version's files), it never ended."""
+    service, publisher, follower, model, first = publishing
+    version = _next_version(service, publisher)
+    (version / META_FILE).unlink()
+    (version / META_FILE).symlink_to("/dev/zero")
+    assert _poll_within(follower, 5.0, None) is None
+    assert follower.refused == 1 and follower.manifest == first
+    assert "not a regular file" in follower.last_error, follower.last_error

@@ -50,12 +50,13 @@ import math
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -157,6 +158,26 @@ def file_digest(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file, else a :class:`SnapshotError`:
+    a FIFO would block the open (it is opened without blocking), a device such as
+    ``/dev/zero`` (through a link) would never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SnapshotError(f"{path}: not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of the regular file ``path`` (:func:`_open_regular`)."""
+    with _open_regular(path) as f:
+        return f.read(limit + 1)
+
+
 def _number(value: Any, what: str, *, integer: bool = False) -> Any:
     ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
     if not ok or value < 0:
@@ -173,8 +194,7 @@ def read_manifest(directory: Path) -> Manifest | None:
         ``CURRENT`` is not a manifest of the expected shape.
     """
     try:
-        with open(directory / CURRENT, "rb") as f:
-            raw = f.read(MAX_CURRENT_BYTES + 1)
+        raw = _read_regular(directory / CURRENT, MAX_CURRENT_BYTES)
     except FileNotFoundError:
         return None
     if len(raw) > MAX_CURRENT_BYTES:
@@ -210,7 +230,10 @@ def verify_version(directory: Path, manifest: Manifest) -> Path:
     path = directory / manifest.version
     for name, (size, digest) in manifest.files.items():
         try:
-            got_size, got_digest = file_digest(path / name)
+            with _open_regular(path / name) as f:
+                got_size = os.fstat(f.fileno()).st_size
+                if got_size == size:  # else not read at all
+                    got_digest = hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
         except OSError as err:
             raise SnapshotError(f"{path / name}: cannot be read ({err.strerror})") from None
         if got_size != size:
@@ -815,14 +838,13 @@ class SnapshotFollower:
         against ``CURRENT``): blocks whose hash the arrays held have are kept, the others
         read from the versions the manifest names, each checked against its SHA-256 before
         use. The held arrays change only once the model is built."""
-        size = (path / MANIFEST_FILE).stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise SnapshotError(f"{path / MANIFEST_FILE}: {size} bytes, more than the limit of "
-                                f"{MAX_MANIFEST_BYTES}")
-        raw = (path / MANIFEST_FILE).read_bytes()
+        raw = _read_regular(path / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise SnapshotError(f"{path / MANIFEST_FILE}: more than the limit of "
+                                f"{MAX_MANIFEST_BYTES} bytes")
         (meta_size, meta_sha), layouts, names = parse_blocks_manifest(
             raw, path / MANIFEST_FILE, path.name)
-        meta_raw = (path / META_FILE).read_bytes()
+        meta_raw = _read_regular(path / META_FILE, meta_size)  # one byte more: a longer file
         if len(meta_raw) != meta_size or _sha256(meta_raw) != meta_sha:
             raise SnapshotError(f"{path / META_FILE}: its size or SHA-256 differs from the "
                                 "manifest's (a half-written or changed snapshot)")
