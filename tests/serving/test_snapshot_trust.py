@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nmrn.baselines.popularity import RecentPopularity
+from nmrn.baselines.popularity import Popularity, RecentPopularity
+from nmrn.errors import ConfigError
 from nmrn.io import ARRAYS_FILE, META_FILE
 from nmrn.serving.service import LiveService
 from nmrn.serving.snapshots import (
@@ -172,3 +174,39 @@ def test_a_link_to_an_endless_file_is_refused_without_reading_it(publishing: Any
     assert _poll_within(follower, 5.0, None) is None
     assert follower.refused == 1 and follower.manifest == first
     assert "not a regular file" in follower.last_error, follower.last_error
+
+
+# -- the directory: only the writer may write it, only its user read it ------------------------
+def test_a_new_snapshot_directory_is_private(tmp_path: Path) -> None:
+    """The snapshots hold every user's history (what a read token protects); the default
+    directory is under /dev/shm, which every local user can list."""
+    service = _service(Popularity().fit(HISTORY))
+    publisher = SnapshotPublisher(service, tmp_path / "snap", publish_every=3600)
+    try:
+        publisher.publish()
+        assert stat.S_IMODE((tmp_path / "snap").stat().st_mode) == 0o700
+    finally:
+        publisher.close()
+        service.close(checkpoint=False)
+
+
+@pytest.mark.parametrize("how", ["writable by all", "another user's"])
+def test_a_directory_others_can_write_is_refused(tmp_path: Path, how: str) -> None:
+    """/dev/shm is writable by every local user, and the default directory's name is known
+    (a hash of the checkpoint's path): another user could make it first and then replace
+    CURRENT and the versions in it with their own, which the readers would serve."""
+    directory = tmp_path / "snap"
+    directory.mkdir()
+    os.chmod(directory, 0o777)
+    if how == "another user's":
+        if os.geteuid() != 0:
+            pytest.skip("making a directory another user's needs root")
+        os.chmod(directory, 0o755)
+        os.chown(directory, 65534, 65534)
+    service = _service(Popularity().fit(HISTORY))
+    try:
+        with pytest.raises(ConfigError, match="snapshot directory"):
+            SnapshotPublisher(service, directory, publish_every=3600)
+        assert list(directory.iterdir()) == []
+    finally:
+        service.close(checkpoint=False)

@@ -60,7 +60,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from nmrn.errors import CheckpointError, NMRNError
+from nmrn.errors import CheckpointError, ConfigError, NMRNError
 from nmrn.io import (
     ARRAYS_FILE,
     MAX_META_BYTES,
@@ -593,6 +593,24 @@ def _read_exact(fd: int, into: np.ndarray, offset: int) -> int:
     return done
 
 
+def _own_directory(directory: Path) -> None:
+    """Make ``directory`` (mode 0700) or check that it is this user's alone: readers serve
+    whatever ``CURRENT`` in it names, and the default one is in ``/dev/shm``, which every
+    local user can write, under a name anyone can work out. A directory of this user's that
+    others may read is made private (it holds every user's history); one owned by another
+    user, or that others may write, raises :class:`~nmrn.errors.ConfigError`."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.stat(directory)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid() or mode & 0o022:
+        owner = "another user's" if st.st_uid != os.geteuid() else f"writable by others ({mode:o})"
+        raise ConfigError(f"{directory}: the snapshot directory is {owner}; readers serve what "
+                          "it holds, so it must be this user's alone (remove it, or choose "
+                          "another with --snapshot-dir)")
+    if mode & 0o077:
+        os.chmod(directory, mode & 0o700)
+
+
 class SnapshotPublisher:
     """Publishes the service's model to ``directory`` every ``publish_every`` seconds when it
     changed (a thread; :meth:`start`, :meth:`close`).
@@ -633,7 +651,7 @@ class SnapshotPublisher:
         self.service = service
         self.directory = Path(directory)
         self.publish_every = float(publish_every)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _own_directory(self.directory)
         for old in self.directory.iterdir():  # an earlier run's versions and temporaries
             if _VERSION.fullmatch(old.name) or old.name.startswith("."):
                 shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(
