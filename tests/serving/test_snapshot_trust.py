@@ -210,3 +210,30 @@ def test_a_directory_others_can_write_is_refused(tmp_path: Path, how: str) -> No
         assert list(directory.iterdir()) == []
     finally:
         service.close(checkpoint=False)
+
+
+def test_the_publisher_deletes_only_what_a_publisher_wrote(tmp_path: Path) -> None:
+    """At start the publisher clears an earlier run's versions and temporaries. It deleted
+    every name starting with a dot: ``--snapshot-dir ~`` took ``~/.ssh`` and ``~/.bashrc``."""
+    directory = tmp_path / "snap"
+    directory.mkdir(mode=0o700)
+    (directory / ".bashrc").write_text("keep me")
+    (directory / ".ssh").mkdir()
+    (directory / ".ssh" / "id_ed25519").write_text("keep me too")
+    (directory / "notes.txt").write_text("and me")
+    # an earlier run's: a version, a version's temporary directory, CURRENT and its temporary
+    for name in ("v3-2", ".v4-3.0a1b2c3d"):
+        (directory / name).mkdir()
+        (directory / name / META_FILE).write_text("{}")
+    (directory / CURRENT).write_text("{}")
+    (directory / f".{CURRENT}.12345.tmp").write_text("{}")
+    service = _service(Popularity().fit(HISTORY))
+    publisher = SnapshotPublisher(service, directory, publish_every=3600)
+    try:
+        assert sorted(p.name for p in directory.iterdir()) == [".bashrc", ".ssh", "notes.txt"]
+        assert (directory / ".ssh" / "id_ed25519").read_text() == "keep me too"
+        publisher.publish()
+    finally:
+        publisher.close(remove=False)
+        service.close(checkpoint=False)
+    assert (directory / ".bashrc").read_text() == "keep me"

@@ -106,6 +106,10 @@ BLOCKS_FORMAT = "nmrn-snapshot-blocks"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_ARRAY_BYTES = 1 << 48  # of one array of an incremental version (its sizes, 0s as 1s)
 _VERSION = re.compile(r"v\d{1,20}-\d{1,20}")
+#: The temporaries a publisher leaves when it dies mid-write: a version's directory
+#: (:func:`nmrn.io._fresh_dir`, or one :func:`nmrn.io.write_checkpoint` moves aside) and
+#: CURRENT's file (:func:`_write_current`). Nothing else in the directory is ever deleted.
+_TEMPORARY = re.compile(r"\.v\d{1,20}-\d{1,20}\.(?:[0-9a-f]{8}|old-\d+)|\.CURRENT\.\d+\.tmp")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DTYPE = re.compile(r"[<>|][biufc][1-9][0-9]?|[<>|][US][1-9][0-9]{0,5}")
 _HASH_CHUNK = 1 << 20
@@ -653,7 +657,7 @@ class SnapshotPublisher:
         self.publish_every = float(publish_every)
         _own_directory(self.directory)
         for old in self.directory.iterdir():  # an earlier run's versions and temporaries
-            if _VERSION.fullmatch(old.name) or old.name.startswith("."):
+            if _VERSION.fullmatch(old.name) or _TEMPORARY.fullmatch(old.name):
                 shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(
                     missing_ok=True)
         (self.directory / CURRENT).unlink(missing_ok=True)
