@@ -501,6 +501,50 @@ def test_pruning_keeps_every_version_the_current_manifest_needs(tmp_path: Path) 
         service.close(checkpoint=False)
 
 
+def test_a_version_pruned_while_a_follower_reads_it_is_still_read_whole(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A follower new or far behind reads every block, which takes a while for a large model;
+    meanwhile the writer publishes on and prunes the versions no newer manifest names. The
+    follower opens every blocks.bin it needs before reading any (an open file outlives its
+    unlinking): it opened each as it reached its first block, found the file pruned and
+    refused the version, and one that always read longer than three publications never
+    caught up."""
+    import nmrn.serving.snapshots as snapshots
+
+    service = _service(Popularity().fit(WIDE))
+    directory = tmp_path / "snap"
+    publisher = SnapshotPublisher(service, directory, publish_every=3600, base_every=1000,
+                                  block_bytes=64)
+    try:
+        publisher.publish()  # the base
+        _learn(service, [(199, "i49", 300)])
+        publisher.publish()  # an intermediate version: the tail blocks
+        _learn(service, [(0, "i0", 301)])
+        publisher.publish()  # the version the follower reads
+        needed = _needed(directory)
+        assert len(needed) == 3
+        full = _full(service, tmp_path / "c")
+        read_exact, published = snapshots._read_exact, []
+
+        def publish_meanwhile(fd: int, into: np.ndarray, offset: int) -> int:
+            if not published:  # at the first block read: the writer publishes on, and prunes
+                for i in range(3):
+                    _learn(service, [(199, "i49", 302 + 2 * i), (0, "i0", 303 + 2 * i)])
+                    published.append(publisher.publish())
+            return read_exact(fd, into, offset)
+
+        monkeypatch.setattr(snapshots, "_read_exact", publish_meanwhile)
+        follower = SnapshotFollower(directory)
+        got = follower.poll()
+        assert published and not all((directory / v).exists() for v in needed)
+        assert got is not None, follower.last_error
+        assert follower.refused == 0 and got[1].seq == 2
+        _assert_holds(follower, full)
+    finally:
+        publisher.close()
+        service.close(checkpoint=False)
+
+
 def test_a_base_is_written_when_the_chain_wrote_a_snapshot_s_worth(tmp_path: Path) -> None:
     service = _service(Popularity().fit(HISTORY))
     publisher = SnapshotPublisher(service, tmp_path / "snap", publish_every=3600,

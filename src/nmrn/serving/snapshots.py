@@ -878,57 +878,70 @@ class SnapshotFollower:
             if layout is None or layout.dtype != "|u1" or len(layout.shape) != 1:
                 raise SnapshotError(f"{path / MANIFEST_FILE}: arrays[{name!r}] must be the "
                                     "1-D uint8 text of an id list")
-        # what to read, and from where: checked against the files' sizes before anything is
-        # allocated, so a manifest cannot make a reader allocate more than held + files
-        plan: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
-        sizes: dict[int, int] = {}
-        spans: dict[int, list[np.ndarray]] = {}  # (start, end) of the blocks read, per version
-        for name, layout in layouts.items():
-            itemsize = np.dtype(layout.dtype).itemsize
-            held = self._held.get(name)
-            read = np.ones(len(layout.table), dtype=bool)
-            kept = None
-            if held is not None and held[1].same_cut(layout.dtype, layout.shape, layout.rows):
-                n = held[1].common(layout.shape)
-                read[:n] = (held[1].table["sha"][:n] != layout.table["sha"][:n]).any(axis=1)
-                kept = held[0]
-            todo = np.flatnonzero(read)
-            step = layout.rows * _row_bytes(layout.shape, itemsize)
-            total = (layout.shape[0] if layout.shape else 1) * _row_bytes(layout.shape, itemsize)
-            ends = np.minimum((todo + 1) * step, total) - todo * step + layout.table["off"][todo]
-            for number in np.unique(layout.table["v"][todo]).tolist():
-                if number not in sizes:
-                    where = self.directory / names[number] / BLOCKS_FILE
-                    try:
-                        sizes[number] = where.stat().st_size
-                    except FileNotFoundError:
-                        raise SnapshotError(
-                            f"{path / MANIFEST_FILE}: names version {names[number]}, whose "
-                            f"{BLOCKS_FILE} is missing (pruned or never written)") from None
-                mine = layout.table["v"][todo] == number
-                if mine.any() and int(ends[mine].max()) > sizes[number]:
-                    raise SnapshotError(
-                        f"{self.directory / names[number] / BLOCKS_FILE}: {sizes[number]} "
-                        f"bytes; a block of {name!r} ends past it (a truncated or wrong "
-                        "version)")
-                starts = layout.table["off"][todo][mine]
-                spans.setdefault(number, []).append(np.stack([starts, ends[mine]], axis=1))
-            plan[name] = (kept, todo)
-        # the writer gives every block a span of its own; blocks that share bytes would let a
-        # crafted manifest make arrays far larger than the files (one block named a million
-        # times), so they refuse the version before anything is allocated
-        for number, parts in spans.items():
-            both = np.concatenate(parts).astype(np.int64)
-            both = both[np.argsort(both[:, 0], kind="stable")]
-            if (both[1:, 0] < both[:-1, 1]).any():
-                raise SnapshotError(f"{path / MANIFEST_FILE}: blocks overlap in "
-                                    f"{names[number]}/{BLOCKS_FILE} (not a version this "
-                                    "writer wrote)")
-        arrays: dict[str, np.ndarray] = {}
+        # every blocks.bin needed is opened while planning, before any block is read: the
+        # writer may prune a version meanwhile (a load of every block takes a while), and an
+        # open file outlives its unlinking
         fds: dict[int, int] = {}
-        files = {number: self.directory / names[number] / BLOCKS_FILE for number in sizes}
-        read_bytes = 0
         try:
+            # what to read, and from where: checked against the files' sizes before anything
+            # is allocated, so a manifest cannot make a reader allocate more than held + files
+            plan: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+            sizes: dict[int, int] = {}
+            spans: dict[int, list[np.ndarray]] = {}  # (start, end) of blocks read, per version
+            for name, layout in layouts.items():
+                itemsize = np.dtype(layout.dtype).itemsize
+                held = self._held.get(name)
+                read = np.ones(len(layout.table), dtype=bool)
+                kept = None
+                if held is not None and held[1].same_cut(layout.dtype, layout.shape,
+                                                         layout.rows):
+                    n = held[1].common(layout.shape)
+                    read[:n] = (held[1].table["sha"][:n]
+                                != layout.table["sha"][:n]).any(axis=1)
+                    kept = held[0]
+                todo = np.flatnonzero(read)
+                step = layout.rows * _row_bytes(layout.shape, itemsize)
+                total = ((layout.shape[0] if layout.shape else 1)
+                         * _row_bytes(layout.shape, itemsize))
+                ends = (np.minimum((todo + 1) * step, total) - todo * step
+                        + layout.table["off"][todo])
+                for number in np.unique(layout.table["v"][todo]).tolist():
+                    if number not in sizes:
+                        where = self.directory / names[number] / BLOCKS_FILE
+                        try:  # without blocking: a FIFO is refused, not waited on
+                            fds[number] = os.open(where, os.O_RDONLY | os.O_NONBLOCK
+                                                  | os.O_CLOEXEC)
+                        except FileNotFoundError:
+                            raise SnapshotError(
+                                f"{path / MANIFEST_FILE}: names version {names[number]}, "
+                                f"whose {BLOCKS_FILE} is missing (pruned or never written)"
+                            ) from None
+                        st = os.fstat(fds[number])
+                        if not stat.S_ISREG(st.st_mode):
+                            raise SnapshotError(f"{where}: not a regular file")
+                        sizes[number] = st.st_size
+                    mine = layout.table["v"][todo] == number
+                    if mine.any() and int(ends[mine].max()) > sizes[number]:
+                        raise SnapshotError(
+                            f"{self.directory / names[number] / BLOCKS_FILE}: {sizes[number]} "
+                            f"bytes; a block of {name!r} ends past it (a truncated or wrong "
+                            "version)")
+                    starts = layout.table["off"][todo][mine]
+                    spans.setdefault(number, []).append(np.stack([starts, ends[mine]], axis=1))
+                plan[name] = (kept, todo)
+            # the writer gives every block a span of its own; blocks that share bytes would let
+            # a crafted manifest make arrays far larger than the files (one block named a
+            # million times), so they refuse the version before anything is allocated
+            for number, parts in spans.items():
+                both = np.concatenate(parts).astype(np.int64)
+                both = both[np.argsort(both[:, 0], kind="stable")]
+                if (both[1:, 0] < both[:-1, 1]).any():
+                    raise SnapshotError(f"{path / MANIFEST_FILE}: blocks overlap in "
+                                        f"{names[number]}/{BLOCKS_FILE} (not a version this "
+                                        "writer wrote)")
+            arrays: dict[str, np.ndarray] = {}
+            files = {number: self.directory / names[number] / BLOCKS_FILE for number in sizes}
+            read_bytes = 0
             for name, (kept, todo) in plan.items():
                 layout = layouts[name]
                 array = np.empty(layout.shape, dtype=np.dtype(layout.dtype))
@@ -941,8 +954,6 @@ class SnapshotFollower:
                 for i in todo.tolist():
                     lo, hi = i * step, min((i + 1) * step, array.nbytes)
                     number = int(table["v"][i])
-                    if number not in fds:
-                        fds[number] = os.open(files[number], os.O_RDONLY)
                     if _read_exact(fds[number], flat[lo:hi], int(table["off"][i])) != hi - lo:
                         raise SnapshotError(f"{files[number]}: block {i} of {name!r} is cut "
                                             "short (a truncated file)")
