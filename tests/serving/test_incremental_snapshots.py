@@ -334,7 +334,26 @@ CRAFTED = [
     (lambda d: next(iter(d["arrays"].values())).update(rows=0), "rows"),
     (lambda d: next(iter(d["arrays"].values())).update(table="%%%"), "base64"),
     (lambda d: d.update(versions=["v999-999"]), "does not list"),
+    # dtypes the pattern lets through but numpy does not know: a TypeError escaped the follower
+    (lambda d: next(iter(d["arrays"].values())).update(dtype="<i3"), "dtype '<i3'"),
+    (lambda d: next(iter(d["arrays"].values())).update(dtype="<f1"), "dtype '<f1'"),
+    # shapes whose bytes no array can have, with rows and table that agree with them: numpy's
+    # ValueError ("array is too big") and an OverflowError of the block arithmetic escaped it
+    (lambda d: _layout_of(d, "<i8", [2**62, 0]), "bytes"),
+    (lambda d: _layout_of(d, "|u1", [1, 2**40, 2**30]), "bytes"),
 ]
+
+
+def _layout_of(data: dict[str, Any], dtype: str, shape: list[int]) -> None:
+    """Give the first array ``dtype`` and ``shape``, with the rows and the number of table
+    entries (copies of its first one) that this block size gives them."""
+    entry = next(iter(data["arrays"].values()))
+    itemsize = np.dtype(dtype).itemsize
+    rows = _rows_per_block(tuple(shape), itemsize, data["block_bytes"])
+    table = np.frombuffer(base64.b64decode(entry["table"]), TABLE)[:1]
+    n = _n_blocks(tuple(shape), itemsize, rows)
+    entry.update(dtype=dtype, shape=shape, rows=rows,
+                 table=base64.b64encode(np.repeat(table, n).tobytes()).decode())
 
 
 @pytest.mark.parametrize(("craft", "says"), CRAFTED)
@@ -477,6 +496,50 @@ def test_pruning_keeps_every_version_the_current_manifest_needs(tmp_path: Path) 
         model, manifest = SnapshotFollower(tmp_path / "snap").poll()
         assert _answers(model, [199, 3, "stranger"]) == _answers(service.model,
                                                                   [199, 3, "stranger"])
+    finally:
+        publisher.close()
+        service.close(checkpoint=False)
+
+
+def test_a_version_pruned_while_a_follower_reads_it_is_still_read_whole(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A follower new or far behind reads every block, which takes a while for a large model;
+    meanwhile the writer publishes on and prunes the versions no newer manifest names. The
+    follower opens every blocks.bin it needs before reading any (an open file outlives its
+    unlinking): it opened each as it reached its first block, found the file pruned and
+    refused the version, and one that always read longer than three publications never
+    caught up."""
+    import nmrn.serving.snapshots as snapshots
+
+    service = _service(Popularity().fit(WIDE))
+    directory = tmp_path / "snap"
+    publisher = SnapshotPublisher(service, directory, publish_every=3600, base_every=1000,
+                                  block_bytes=64)
+    try:
+        publisher.publish()  # the base
+        _learn(service, [(199, "i49", 300)])
+        publisher.publish()  # an intermediate version: the tail blocks
+        _learn(service, [(0, "i0", 301)])
+        publisher.publish()  # the version the follower reads
+        needed = _needed(directory)
+        assert len(needed) == 3
+        full = _full(service, tmp_path / "c")
+        read_exact, published = snapshots._read_exact, []
+
+        def publish_meanwhile(fd: int, into: np.ndarray, offset: int) -> int:
+            if not published:  # at the first block read: the writer publishes on, and prunes
+                for i in range(3):
+                    _learn(service, [(199, "i49", 302 + 2 * i), (0, "i0", 303 + 2 * i)])
+                    published.append(publisher.publish())
+            return read_exact(fd, into, offset)
+
+        monkeypatch.setattr(snapshots, "_read_exact", publish_meanwhile)
+        follower = SnapshotFollower(directory)
+        got = follower.poll()
+        assert published and not all((directory / v).exists() for v in needed)
+        assert got is not None, follower.last_error
+        assert follower.refused == 0 and got[1].seq == 2
+        _assert_holds(follower, full)
     finally:
         publisher.close()
         service.close(checkpoint=False)

@@ -128,6 +128,50 @@ def test_publisher_keeps_the_newest_versions(published: Any) -> None:
     assert read_manifest(publisher.directory).version == "v6-7"
 
 
+def test_the_poller_freezes_no_garbage_when_it_swaps(published: Any) -> None:
+    """After each swap the reader's poller ``gc.freeze()``s the new model's objects; what was
+    garbage in reference cycles then (left by requests, by the load) was frozen with them and
+    never freed: the reader's memory grew with every snapshot it loaded."""
+    import gc
+    import threading
+
+    from nmrn.serving.reader import SnapshotService, _poll
+
+    service, publisher = published
+    follower = SnapshotFollower(publisher.directory)
+    reading = SnapshotService(follower, *follower.poll())
+    stop = threading.Event()
+    enabled = gc.isenabled()
+    gc.disable()  # no collection but the poller's own: the garbage below is there to freeze
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    poller = threading.Thread(target=_poll, args=(reading, follower, 0.001, os.getppid(), stop))
+    poller.start()
+    try:
+        for i in range(10):
+            for _ in range(200):  # garbage in cycles, as request handling leaves it
+                cycle: list[Any] = []
+                cycle.append(cycle)
+            del cycle
+            service.submit([(300 + i, "a", 30 + i)])
+            assert service.wait_applied()
+            publisher.publish()
+            deadline = time.monotonic() + 10
+            while reading.manifest.seq != service.applied_seq:
+                assert time.monotonic() < deadline, follower.last_error
+                time.sleep(0.001)
+        grown = gc.get_freeze_count() - frozen
+    finally:
+        stop.set()
+        poller.join(10)
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+    assert follower.loads == 11
+    assert grown < 1000, f"{grown} more objects frozen after 10 swaps"
+
+
 # -- a real writer with two readers ------------------------------------------------------------
 def _children(pid: int) -> set[int]:
     """The live child processes of ``pid`` (of any of its threads: the writer restarts readers

@@ -263,7 +263,11 @@ def _poll(service: SnapshotService, follower: SnapshotFollower, every: float, pa
             old = service.model
             service.swap(*found)
             del old
-            gc.freeze()  # the new model's objects, as the single process does after loading
+            # the new model's objects, as the single process does after loading; collected
+            # first: garbage in reference cycles (left by requests, by the load) would be
+            # frozen with them, never to be freed, and a reader grew with every swap
+            gc.collect()
+            gc.freeze()
 
 
 def reuseport_socket(host: str, port: int, *, listen: bool, backlog: int = 2048

@@ -50,16 +50,17 @@ import math
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from nmrn.errors import CheckpointError, NMRNError
+from nmrn.errors import CheckpointError, ConfigError, NMRNError
 from nmrn.io import (
     ARRAYS_FILE,
     MAX_META_BYTES,
@@ -103,7 +104,12 @@ MANIFEST_FILE = "manifest.json"
 BLOCKS_FILE = "blocks.bin"
 BLOCKS_FORMAT = "nmrn-snapshot-blocks"
 MAX_MANIFEST_BYTES = 64 << 20
+MAX_ARRAY_BYTES = 1 << 48  # of one array of an incremental version (its sizes, 0s as 1s)
 _VERSION = re.compile(r"v\d{1,20}-\d{1,20}")
+#: The temporaries a publisher leaves when it dies mid-write: a version's directory
+#: (:func:`nmrn.io._fresh_dir`, or one :func:`nmrn.io.write_checkpoint` moves aside) and
+#: CURRENT's file (:func:`_write_current`). Nothing else in the directory is ever deleted.
+_TEMPORARY = re.compile(r"\.v\d{1,20}-\d{1,20}\.(?:[0-9a-f]{8}|old-\d+)|\.CURRENT\.\d+\.tmp")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DTYPE = re.compile(r"[<>|][biufc][1-9][0-9]?|[<>|][US][1-9][0-9]{0,5}")
 _HASH_CHUNK = 1 << 20
@@ -156,6 +162,26 @@ def file_digest(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file, else a :class:`SnapshotError`:
+    a FIFO would block the open (it is opened without blocking), a device such as
+    ``/dev/zero`` (through a link) would never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SnapshotError(f"{path}: not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of the regular file ``path`` (:func:`_open_regular`)."""
+    with _open_regular(path) as f:
+        return f.read(limit + 1)
+
+
 def _number(value: Any, what: str, *, integer: bool = False) -> Any:
     ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
     if not ok or value < 0:
@@ -172,8 +198,7 @@ def read_manifest(directory: Path) -> Manifest | None:
         ``CURRENT`` is not a manifest of the expected shape.
     """
     try:
-        with open(directory / CURRENT, "rb") as f:
-            raw = f.read(MAX_CURRENT_BYTES + 1)
+        raw = _read_regular(directory / CURRENT, MAX_CURRENT_BYTES)
     except FileNotFoundError:
         return None
     if len(raw) > MAX_CURRENT_BYTES:
@@ -209,7 +234,10 @@ def verify_version(directory: Path, manifest: Manifest) -> Path:
     path = directory / manifest.version
     for name, (size, digest) in manifest.files.items():
         try:
-            got_size, got_digest = file_digest(path / name)
+            with _open_regular(path / name) as f:
+                got_size = os.fstat(f.fileno()).st_size
+                if got_size == size:  # else not read at all
+                    got_digest = hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
         except OSError as err:
             raise SnapshotError(f"{path / name}: cannot be read ({err.strerror})") from None
         if got_size != size:
@@ -528,8 +556,16 @@ def parse_blocks_manifest(raw: bytes, where: Path, version: str
         if not isinstance(shape, list) or len(shape) > 32:
             raise SnapshotError(f"{what}.shape must be a list of at most 32 sizes")
         shape_t = tuple(_integer(n, f"{what}.shape[{i}]") for i, n in enumerate(shape))
+        try:  # the pattern also lets through names numpy has no type for ("<i3", "<f1")
+            itemsize = np.dtype(dtype).itemsize
+        except TypeError:
+            raise SnapshotError(f"{what}.dtype {dtype!r} is not a dtype numpy knows") from None
+        # numpy refuses a shape whose sizes other than 0 multiply past its index range, even
+        # when a 0 makes it empty; the block arithmetic runs in int64
+        if itemsize * math.prod(n or 1 for n in shape_t) > MAX_ARRAY_BYTES:
+            raise SnapshotError(f"{what}.shape {list(shape_t)}: more than {MAX_ARRAY_BYTES} "
+                                "bytes")
         rows = _integer(entry.get("rows"), f"{what}.rows", low=1)
-        itemsize = np.dtype(dtype).itemsize
         if rows != _rows_per_block(shape_t, itemsize, block_bytes):
             raise SnapshotError(f"{what}.rows {rows} is not the rows of a {block_bytes}-byte "
                                 "block")
@@ -559,6 +595,24 @@ def _read_exact(fd: int, into: np.ndarray, offset: int) -> int:
             break
         done += n
     return done
+
+
+def _own_directory(directory: Path) -> None:
+    """Make ``directory`` (mode 0700) or check that it is this user's alone: readers serve
+    whatever ``CURRENT`` in it names, and the default one is in ``/dev/shm``, which every
+    local user can write, under a name anyone can work out. A directory of this user's that
+    others may read is made private (it holds every user's history); one owned by another
+    user, or that others may write, raises :class:`~nmrn.errors.ConfigError`."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.stat(directory)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid() or mode & 0o022:
+        owner = "another user's" if st.st_uid != os.geteuid() else f"writable by others ({mode:o})"
+        raise ConfigError(f"{directory}: the snapshot directory is {owner}; readers serve what "
+                          "it holds, so it must be this user's alone (remove it, or choose "
+                          "another with --snapshot-dir)")
+    if mode & 0o077:
+        os.chmod(directory, mode & 0o700)
 
 
 class SnapshotPublisher:
@@ -601,9 +655,9 @@ class SnapshotPublisher:
         self.service = service
         self.directory = Path(directory)
         self.publish_every = float(publish_every)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _own_directory(self.directory)
         for old in self.directory.iterdir():  # an earlier run's versions and temporaries
-            if _VERSION.fullmatch(old.name) or old.name.startswith("."):
+            if _VERSION.fullmatch(old.name) or _TEMPORARY.fullmatch(old.name):
                 shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(
                     missing_ok=True)
         (self.directory / CURRENT).unlink(missing_ok=True)
@@ -787,6 +841,13 @@ class SnapshotFollower:
             self._refused_version = manifest.version
             self._refuse(str(err))
             return None
+        except Exception as err:  # noqa: BLE001 - e.g. MemoryError: a model no check foresaw
+            # the version is refused like any other bad one: the reader keeps serving, and a
+            # reader starting on it does not crash (nor restart to crash again)
+            self._refused_version = manifest.version
+            self._refuse(f"{self.directory / manifest.version}: the model cannot be built "
+                         f"({type(err).__name__}: {str(err)[:200]})", exc_info=err)
+            return None
         self._ids = (model.users, model.items)
         self.load_seconds = time.perf_counter() - start
         self.manifest = manifest
@@ -799,14 +860,13 @@ class SnapshotFollower:
         against ``CURRENT``): blocks whose hash the arrays held have are kept, the others
         read from the versions the manifest names, each checked against its SHA-256 before
         use. The held arrays change only once the model is built."""
-        size = (path / MANIFEST_FILE).stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise SnapshotError(f"{path / MANIFEST_FILE}: {size} bytes, more than the limit of "
-                                f"{MAX_MANIFEST_BYTES}")
-        raw = (path / MANIFEST_FILE).read_bytes()
+        raw = _read_regular(path / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise SnapshotError(f"{path / MANIFEST_FILE}: more than the limit of "
+                                f"{MAX_MANIFEST_BYTES} bytes")
         (meta_size, meta_sha), layouts, names = parse_blocks_manifest(
             raw, path / MANIFEST_FILE, path.name)
-        meta_raw = (path / META_FILE).read_bytes()
+        meta_raw = _read_regular(path / META_FILE, meta_size)  # one byte more: a longer file
         if len(meta_raw) != meta_size or _sha256(meta_raw) != meta_sha:
             raise SnapshotError(f"{path / META_FILE}: its size or SHA-256 differs from the "
                                 "manifest's (a half-written or changed snapshot)")
@@ -818,57 +878,70 @@ class SnapshotFollower:
             if layout is None or layout.dtype != "|u1" or len(layout.shape) != 1:
                 raise SnapshotError(f"{path / MANIFEST_FILE}: arrays[{name!r}] must be the "
                                     "1-D uint8 text of an id list")
-        # what to read, and from where: checked against the files' sizes before anything is
-        # allocated, so a manifest cannot make a reader allocate more than held + files
-        plan: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
-        sizes: dict[int, int] = {}
-        spans: dict[int, list[np.ndarray]] = {}  # (start, end) of the blocks read, per version
-        for name, layout in layouts.items():
-            itemsize = np.dtype(layout.dtype).itemsize
-            held = self._held.get(name)
-            read = np.ones(len(layout.table), dtype=bool)
-            kept = None
-            if held is not None and held[1].same_cut(layout.dtype, layout.shape, layout.rows):
-                n = held[1].common(layout.shape)
-                read[:n] = (held[1].table["sha"][:n] != layout.table["sha"][:n]).any(axis=1)
-                kept = held[0]
-            todo = np.flatnonzero(read)
-            step = layout.rows * _row_bytes(layout.shape, itemsize)
-            total = (layout.shape[0] if layout.shape else 1) * _row_bytes(layout.shape, itemsize)
-            ends = np.minimum((todo + 1) * step, total) - todo * step + layout.table["off"][todo]
-            for number in np.unique(layout.table["v"][todo]).tolist():
-                if number not in sizes:
-                    where = self.directory / names[number] / BLOCKS_FILE
-                    try:
-                        sizes[number] = where.stat().st_size
-                    except FileNotFoundError:
-                        raise SnapshotError(
-                            f"{path / MANIFEST_FILE}: names version {names[number]}, whose "
-                            f"{BLOCKS_FILE} is missing (pruned or never written)") from None
-                mine = layout.table["v"][todo] == number
-                if mine.any() and int(ends[mine].max()) > sizes[number]:
-                    raise SnapshotError(
-                        f"{self.directory / names[number] / BLOCKS_FILE}: {sizes[number]} "
-                        f"bytes; a block of {name!r} ends past it (a truncated or wrong "
-                        "version)")
-                starts = layout.table["off"][todo][mine]
-                spans.setdefault(number, []).append(np.stack([starts, ends[mine]], axis=1))
-            plan[name] = (kept, todo)
-        # the writer gives every block a span of its own; blocks that share bytes would let a
-        # crafted manifest make arrays far larger than the files (one block named a million
-        # times), so they refuse the version before anything is allocated
-        for number, parts in spans.items():
-            both = np.concatenate(parts).astype(np.int64)
-            both = both[np.argsort(both[:, 0], kind="stable")]
-            if (both[1:, 0] < both[:-1, 1]).any():
-                raise SnapshotError(f"{path / MANIFEST_FILE}: blocks overlap in "
-                                    f"{names[number]}/{BLOCKS_FILE} (not a version this "
-                                    "writer wrote)")
-        arrays: dict[str, np.ndarray] = {}
+        # every blocks.bin needed is opened while planning, before any block is read: the
+        # writer may prune a version meanwhile (a load of every block takes a while), and an
+        # open file outlives its unlinking
         fds: dict[int, int] = {}
-        files = {number: self.directory / names[number] / BLOCKS_FILE for number in sizes}
-        read_bytes = 0
         try:
+            # what to read, and from where: checked against the files' sizes before anything
+            # is allocated, so a manifest cannot make a reader allocate more than held + files
+            plan: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+            sizes: dict[int, int] = {}
+            spans: dict[int, list[np.ndarray]] = {}  # (start, end) of blocks read, per version
+            for name, layout in layouts.items():
+                itemsize = np.dtype(layout.dtype).itemsize
+                held = self._held.get(name)
+                read = np.ones(len(layout.table), dtype=bool)
+                kept = None
+                if held is not None and held[1].same_cut(layout.dtype, layout.shape,
+                                                         layout.rows):
+                    n = held[1].common(layout.shape)
+                    read[:n] = (held[1].table["sha"][:n]
+                                != layout.table["sha"][:n]).any(axis=1)
+                    kept = held[0]
+                todo = np.flatnonzero(read)
+                step = layout.rows * _row_bytes(layout.shape, itemsize)
+                total = ((layout.shape[0] if layout.shape else 1)
+                         * _row_bytes(layout.shape, itemsize))
+                ends = (np.minimum((todo + 1) * step, total) - todo * step
+                        + layout.table["off"][todo])
+                for number in np.unique(layout.table["v"][todo]).tolist():
+                    if number not in sizes:
+                        where = self.directory / names[number] / BLOCKS_FILE
+                        try:  # without blocking: a FIFO is refused, not waited on
+                            fds[number] = os.open(where, os.O_RDONLY | os.O_NONBLOCK
+                                                  | os.O_CLOEXEC)
+                        except FileNotFoundError:
+                            raise SnapshotError(
+                                f"{path / MANIFEST_FILE}: names version {names[number]}, "
+                                f"whose {BLOCKS_FILE} is missing (pruned or never written)"
+                            ) from None
+                        st = os.fstat(fds[number])
+                        if not stat.S_ISREG(st.st_mode):
+                            raise SnapshotError(f"{where}: not a regular file")
+                        sizes[number] = st.st_size
+                    mine = layout.table["v"][todo] == number
+                    if mine.any() and int(ends[mine].max()) > sizes[number]:
+                        raise SnapshotError(
+                            f"{self.directory / names[number] / BLOCKS_FILE}: {sizes[number]} "
+                            f"bytes; a block of {name!r} ends past it (a truncated or wrong "
+                            "version)")
+                    starts = layout.table["off"][todo][mine]
+                    spans.setdefault(number, []).append(np.stack([starts, ends[mine]], axis=1))
+                plan[name] = (kept, todo)
+            # the writer gives every block a span of its own; blocks that share bytes would let
+            # a crafted manifest make arrays far larger than the files (one block named a
+            # million times), so they refuse the version before anything is allocated
+            for number, parts in spans.items():
+                both = np.concatenate(parts).astype(np.int64)
+                both = both[np.argsort(both[:, 0], kind="stable")]
+                if (both[1:, 0] < both[:-1, 1]).any():
+                    raise SnapshotError(f"{path / MANIFEST_FILE}: blocks overlap in "
+                                        f"{names[number]}/{BLOCKS_FILE} (not a version this "
+                                        "writer wrote)")
+            arrays: dict[str, np.ndarray] = {}
+            files = {number: self.directory / names[number] / BLOCKS_FILE for number in sizes}
+            read_bytes = 0
             for name, (kept, todo) in plan.items():
                 layout = layouts[name]
                 array = np.empty(layout.shape, dtype=np.dtype(layout.dtype))
@@ -881,8 +954,6 @@ class SnapshotFollower:
                 for i in todo.tolist():
                     lo, hi = i * step, min((i + 1) * step, array.nbytes)
                     number = int(table["v"][i])
-                    if number not in fds:
-                        fds[number] = os.open(files[number], os.O_RDONLY)
                     if _read_exact(fds[number], flat[lo:hi], int(table["off"][i])) != hi - lo:
                         raise SnapshotError(f"{files[number]}: block {i} of {name!r} is cut "
                                             "short (a truncated file)")
@@ -921,10 +992,11 @@ class SnapshotFollower:
                 return self._ids[at].to_list() + decode_ids(text[n:].tobytes(), where)
         return decode_ids(text.tobytes(), where)
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str, exc_info: BaseException | None = None) -> None:
         self.refused += 1
         self.last_error = why
-        log.error("snapshot refused (still serving the previous one): %s", why)
+        log.error("snapshot refused (still serving the previous one): %s", why,
+                  exc_info=exc_info)
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the writer's state was last known to equal the loaded snapshot."""
