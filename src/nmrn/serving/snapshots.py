@@ -154,12 +154,21 @@ def default_snapshot_dir(checkpoint: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".snapshots")
 
 
+def _sha256_of(f: BinaryIO) -> str:
+    """SHA-256 hex of what is left to read of ``f``, read in chunks of ``_HASH_CHUNK`` bytes
+    (``hashlib.file_digest`` does this from Python 3.11 on; the package supports 3.10)."""
+    digest = hashlib.sha256()
+    while chunk := f.read(_HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_digest(path: Path) -> tuple[int, str]:
     """``(size, sha256 hex)`` of a file."""
     with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256")  # type: ignore[arg-type]
+        digest = _sha256_of(f)
         size = f.tell()
-    return size, digest.hexdigest()
+    return size, digest
 
 
 def _open_regular(path: Path) -> BinaryIO:
@@ -237,7 +246,7 @@ def verify_version(directory: Path, manifest: Manifest) -> Path:
             with _open_regular(path / name) as f:
                 got_size = os.fstat(f.fileno()).st_size
                 if got_size == size:  # else not read at all
-                    got_digest = hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
+                    got_digest = _sha256_of(f)
         except OSError as err:
             raise SnapshotError(f"{path / name}: cannot be read ({err.strerror})") from None
         if got_size != size:
