@@ -210,15 +210,16 @@ async def read_body(request: Request, limits: Limits) -> bytearray:
                 f"body: {int(length)} bytes; the limit is {limits.max_body_bytes}", status=413
             )
     body = bytearray()
-    try:
-        async with asyncio.timeout(limits.body_seconds):  # a slow body must not hold a handler
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limits.max_body_bytes:
-                    raise BadRequest(
-                        f"body: more than the limit of {limits.max_body_bytes} bytes", 413
-                    )
-    except TimeoutError:
+
+    async def receive() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limits.max_body_bytes:
+                raise BadRequest(f"body: more than the limit of {limits.max_body_bytes} bytes", 413)
+
+    try:  # a slow body must not hold a handler (wait_for, not asyncio.timeout: Python 3.10)
+        await asyncio.wait_for(receive(), limits.body_seconds)
+    except asyncio.TimeoutError:  # TimeoutError itself from 3.11 on, another class in 3.10
         raise BadRequest(f"body: did not arrive within {limits.body_seconds} s", 408) from None
     if not body.strip():
         raise BadRequest("body: is empty; send a JSON object", status=400)
