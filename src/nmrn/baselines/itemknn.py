@@ -278,16 +278,17 @@ class ItemKNN(Recommender):
         seq = np.concatenate(seqs)
         seq_first = np.concatenate(first)  # [n] where each event's user sequence starts
         event_pos = np.concatenate(pos)  # [n] where each event sits in `seq`
-        ages = np.arange(size, dtype=np.int64)
-        age_weight = self.config.cooc_decay**ages
+        age_weight = self.config.cooc_decay ** np.arange(size, dtype=np.int64)
         step = max(1, _PAIRS_PER_SLICE // size)
         for lo in range(0, len(event_pos), step):
             g = event_pos[lo : lo + step]
-            prev_pos = g[:, None] - 1 - ages[None, :]  # [b, size]
-            valid = prev_pos >= seq_first[lo : lo + step, None]
-            ev, age = np.nonzero(valid)
-            prev = seq[prev_pos[ev, age]]
-            cur = seq[g[ev]]
+            # each event pairs with its user's items at ages 0 .. n_prev - 1 before it: the
+            # pairs event by event, ages ascending (without a [b, size] mask)
+            n_prev = np.minimum(g - seq_first[lo : lo + step], size)
+            at = np.repeat(g, n_prev)
+            age = np.arange(len(at)) - np.repeat(np.cumsum(n_prev) - n_prev, n_prev)
+            prev = seq[at - 1 - age]
+            cur = seq[at]
             keep = prev != cur
             if self._dense is not None and self.config.cooc_decay == 1.0:
                 self._add_ones(prev[keep], cur[keep])
