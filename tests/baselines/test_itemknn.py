@@ -381,3 +381,22 @@ def test_sparse_counts_with_pending_ones_survive_a_checkpoint_bit_for_bit(
                                       rec.cooccurrence().toarray())
     finally:
         itemknn._MIN_MERGE = saved
+
+
+@settings(max_examples=30, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=60),
+       start=st.lists(st.integers(0, 3), min_size=49, max_size=49), directed=st.booleans())
+def test_dense_counts_of_weight_one_are_added_pair_by_pair_as_grouped(
+        pairs: list[tuple[int, int]], start: list[int], directed: bool) -> None:
+    # cooc_decay 1 adds ones straight into the dense counts (no grouping of the pairs): the
+    # very bits the grouped sum gives, repeated pairs, both directions and earlier counts included
+    pairs = [(r, c) for r, c in pairs if r != c]
+    rows = np.array([r for r, _ in pairs], dtype=np.int64)
+    cols = np.array([c for _, c in pairs], dtype=np.int64)
+    grouped, one_by_one = (ItemKNN(directed=directed) for _ in range(2))
+    for rec in (grouped, one_by_one):
+        rec._grow(1, 7)  # a capacity (16) wider than the 7 items
+        rec._dense[:7, :7] = np.array(start, dtype=np.float32).reshape(7, 7)
+    grouped._add(rows, cols, np.ones(len(rows)))
+    one_by_one._add_ones(rows, cols)
+    np.testing.assert_array_equal(one_by_one._dense, grouped._dense)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nmrn.baselines.itemknn import ItemKNN
 from nmrn.errors import ConfigError
@@ -259,3 +261,81 @@ def test_the_ease_evidence_is_a_standalone_ease_of_the_same_events_standardised(
     raw = alone.score(list(rec.users.ids), list(rec.items.ids))
     z = (raw - raw.mean(axis=1, keepdims=True)) / (raw.std(axis=1, keepdims=True) + 1e-9)
     np.testing.assert_allclose(x[:, :, 0].numpy(), z, rtol=1e-5, atol=1e-5)
+
+
+def _autograd_loss(rec: NMRNHybrid, x: Any, c: Any, seen: Any, rows: np.ndarray,
+                   items: np.ndarray) -> Any:
+    """The gate's summed softmax loss as autograd sees it (the code before the closed form)."""
+    import torch
+
+    users, at = np.unique(rows, return_inverse=True)
+    scores = rec.gate(x[users].float(), c[users])
+    others = torch.logsumexp(scores.masked_fill(seen[users], -torch.inf), dim=1)
+    pos = scores[torch.from_numpy(at), torch.from_numpy(items)]
+    return (torch.logaddexp(others[torch.from_numpy(at)], pos) - pos).sum()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), kind=st.sampled_from(["mlp", "linear"]),
+       n_users=st.integers(1, 5), n_items=st.integers(2, 40), n_events=st.integers(1, 70),
+       scale=st.sampled_from([0.3, 3.0]), half=st.booleans(), seen_share=st.sampled_from(
+           [0.0, 0.5, 1.0]))
+def test_the_gates_closed_form_gradient_is_autograds(
+        seed: int, kind: str, n_users: int, n_items: int, n_events: int, scale: float,
+        half: bool, seen_share: float) -> None:
+    # random gates, evidence (float16 as fit keeps it, or float32), consumed items (none,
+    # half, all: a user with nothing unseen) and events, repeated positives included
+    import torch
+
+    rng = np.random.default_rng(seed)
+    rec = NMRNHybrid(features=["pop", "knn", "follows"], gate=kind, hidden=5, seed=seed % 97)
+    with torch.no_grad():
+        for p in rec.gate.parameters():
+            p.copy_(torch.from_numpy(rng.normal(0.0, scale, p.shape).astype(np.float32)))
+    x = torch.from_numpy(rng.normal(0.0, 2.0, (n_users, n_items, 3)).astype(np.float32))
+    if half:
+        x = x.half()
+    c = torch.from_numpy(rng.uniform(0.0, 1.0, (n_users, 1, 2)).astype(np.float32))
+    seen = torch.from_numpy(rng.random((n_users, n_items)) < seen_share)
+    rows = rng.integers(0, n_users, n_events)
+    items = rng.integers(0, n_items, n_events)
+    seen[rows[: n_events // 2], items[: n_events // 2]] = True  # positives consumed, mostly
+    loss, grads = rec._loss_and_grads(x, c, seen, rows, items)
+    want = _autograd_loss(rec, x, c, seen, rows, items)
+    want.backward()
+    assert loss == pytest.approx(float(want.detach()), rel=1e-5, abs=1e-5)
+    params = dict(rec.gate.named_parameters())
+    assert grads.keys() == {n for n, p in params.items() if p.grad is not None}
+    for name, grad in grads.items():
+        ref = params[name].grad.numpy()
+        assert grad.dtype == np.float32 and grad.shape == ref.shape
+        np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5 * (1.0 + np.abs(ref).max()),
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("options", [{"learn_passes": 0}, {"gate": "sum"}])
+def test_without_a_gate_step_learn_computes_no_gate_rows(options: dict[str, Any],
+                                                         monkeypatch: Any) -> None:
+    # learn_passes 0, or a gate that does not learn: no step to take, so no rows are computed;
+    # computing them changes no state (the model ends where one that computed them does)
+    log = _cycle_log(steps=8)
+    made = [NMRNHybrid(features=["pop", "knn", "memory"], memory=SMALL_MEMORY, fit_chunk=40,
+                       seed=2, **options).fit(log[:80]) for _ in range(2)]
+    rec, computed = made
+    computed._rows(np.arange(5),
+                   np.zeros(5, dtype=np.int64), computed.history, computed.item_counts,
+                   computed.n_events)
+    calls: list[int] = []
+    original = NMRNHybrid._rows
+
+    def counted(self: NMRNHybrid, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NMRNHybrid, "_rows", counted)
+    for model in made:
+        model.learn(log[80:120])
+    assert calls == []
+    got, want = rec._state()[0], computed._state()[0]
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)

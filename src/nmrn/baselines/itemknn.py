@@ -189,6 +189,20 @@ class ItemKNN(Recommender):
         if self._pending.nnz > max(_MIN_MERGE, self._main.nnz // 4):
             self._merge()
 
+    def _add_ones(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        """:meth:`_add` of weight 1 at each pair, into the dense counts, without grouping the
+        pairs first: every count is an integer, exact in float32 (up to ``2**24``), so adding
+        ones one at a time gives the very bits that summing them first does (~10x cheaper
+        than the sort that grouping takes)."""
+        assert self._dense is not None
+        assert self._dense.flags.c_contiguous  # so that the flat view below is no copy
+        flat = self._dense.reshape(-1)
+        cap = len(self._dense)
+        one = np.float32(1.0)
+        np.add.at(flat, rows * cap + cols, one)
+        if not self.config.directed:
+            np.add.at(flat, cols * cap + rows, one)
+
     def _merge(self) -> None:
         assert self._main is not None and self._pending is not None
         if self._pending.nnz:
@@ -264,18 +278,22 @@ class ItemKNN(Recommender):
         seq = np.concatenate(seqs)
         seq_first = np.concatenate(first)  # [n] where each event's user sequence starts
         event_pos = np.concatenate(pos)  # [n] where each event sits in `seq`
-        ages = np.arange(size, dtype=np.int64)
-        age_weight = self.config.cooc_decay**ages
+        age_weight = self.config.cooc_decay ** np.arange(size, dtype=np.int64)
         step = max(1, _PAIRS_PER_SLICE // size)
         for lo in range(0, len(event_pos), step):
             g = event_pos[lo : lo + step]
-            prev_pos = g[:, None] - 1 - ages[None, :]  # [b, size]
-            valid = prev_pos >= seq_first[lo : lo + step, None]
-            ev, age = np.nonzero(valid)
-            prev = seq[prev_pos[ev, age]]
-            cur = seq[g[ev]]
+            # each event pairs with its user's items at ages 0 .. n_prev - 1 before it: the
+            # pairs event by event, ages ascending (without a [b, size] mask)
+            n_prev = np.minimum(g - seq_first[lo : lo + step], size)
+            at = np.repeat(g, n_prev)
+            age = np.arange(len(at)) - np.repeat(np.cumsum(n_prev) - n_prev, n_prev)
+            prev = seq[at - 1 - age]
+            cur = seq[at]
             keep = prev != cur
-            self._add(prev[keep], cur[keep], age_weight[age[keep]])
+            if self._dense is not None and self.config.cooc_decay == 1.0:
+                self._add_ones(prev[keep], cur[keep])
+            else:
+                self._add(prev[keep], cur[keep], age_weight[age[keep]])
 
     # -- scoring ---------------------------------------------------------------------------------
     def _profile(self, users: np.ndarray, decay: float) -> sp.csr_matrix:
