@@ -27,7 +27,7 @@ import secrets
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -218,13 +218,14 @@ def check_meta(meta: Any, path: Any) -> None:
         raise CheckpointError(f"{path}: params and model_meta must be JSON objects")
 
 
-def read_arrays(path: Path) -> dict[str, np.ndarray]:
+def read_arrays(path: Path, file: BinaryIO | None = None) -> dict[str, np.ndarray]:
     """The arrays of an ``arrays.npz``, each checked before it is read: stored, not compressed
     (a compressed member could expand far beyond the file: a zip bomb), its ``.npy`` header
     naming a plain dtype and a shape whose bytes fit in the member. Reading therefore never
-    allocates more than the file's size, and never unpickles."""
+    allocates more than the file's size, and never unpickles. ``file``: the file, already open
+    (read from it instead of ``path``, which then only names it in errors)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path if file is None else file) as archive:
             arrays: dict[str, np.ndarray] = {}
             for info in archive.infolist():
                 if not info.filename.endswith(".npy") or "/" in info.filename:

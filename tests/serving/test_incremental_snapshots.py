@@ -501,6 +501,47 @@ def test_pruning_keeps_every_version_the_current_manifest_needs(tmp_path: Path) 
         service.close(checkpoint=False)
 
 
+def test_a_full_version_pruned_while_a_follower_loads_it_is_still_read_whole(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A full version is verified and loaded from the same open files: the writer pruning it
+    between the hash and the read (three publications meanwhile) changes nothing. It was
+    hashed by path and then opened again by path, and refused as "not a checkpoint
+    directory"."""
+    import nmrn.serving.snapshots as snapshots
+
+    service = _service(Popularity().fit(WIDE))
+    directory = tmp_path / "snap"
+    publisher = SnapshotPublisher(service, directory, publish_every=3600, mode="full")
+    try:
+        _learn(service, [(199, "i49", 300)])
+        publisher.publish()  # the version the follower loads
+        version = read_manifest(directory).version
+        full = _full(service, tmp_path / "c")
+        read_arrays, published = snapshots.read_arrays, []
+
+        def publish_meanwhile(path: Path, file: Any = None) -> dict[str, np.ndarray]:
+            for i in range(3):  # the writer publishes on, and prunes the version being read
+                _learn(service, [(0, "i0", 301 + i)])
+                published.append(publisher.publish())
+            return read_arrays(path, file)
+
+        monkeypatch.setattr(snapshots, "read_arrays", publish_meanwhile)
+        follower = SnapshotFollower(directory)
+        got = follower.poll()
+        assert published and not (directory / version).exists()
+        assert got is not None, follower.last_error
+        assert follower.refused == 0 and got[0] is not None and got[1].version == version
+        arrays, meta = got[0].snapshot()
+        want_meta, want_arrays = full
+        assert sorted(arrays) == sorted(want_arrays)
+        for name, want in want_arrays.items():
+            assert arrays[name].dtype == want.dtype and np.array_equal(arrays[name], want), name
+        assert meta["n_events"] == want_meta["n_events"] == len(WIDE) + 1
+    finally:
+        publisher.close()
+        service.close(checkpoint=False)
+
+
 def test_a_version_pruned_while_a_follower_reads_it_is_still_read_whole(
         tmp_path: Path, monkeypatch: Any) -> None:
     """A follower new or far behind reads every block, which takes a while for a large model;

@@ -69,6 +69,7 @@ from nmrn.io import (
     check_meta,
     fsync_dir,
     parse_meta,
+    read_arrays,
     write_checkpoint,
 )
 from nmrn.training.contract import Recommender
@@ -87,6 +88,7 @@ __all__ = [
     "SnapshotPublisher",
     "default_snapshot_dir",
     "read_manifest",
+    "open_version",
     "verify_version",
 ]
 
@@ -237,25 +239,64 @@ def read_manifest(directory: Path) -> Manifest | None:
                     float(_number(data.get("as_of"), "as_of")), parsed)
 
 
+def open_version(directory: Path, manifest: Manifest, *, verify: bool = True
+                 ) -> tuple[Path, dict[str, BinaryIO]]:
+    """The version directory ``manifest`` names and each of its files, open (regular files
+    only) and at their start; with ``verify``, once each has the size and the SHA-256 the
+    manifest gives. A reader loads from these open files, so a version the writer prunes after
+    this (an unlinked file lives while a descriptor holds it) is still read whole. Raises
+    :class:`SnapshotError`; the caller closes the files."""
+    path = directory / manifest.version
+    files: dict[str, BinaryIO] = {}
+    try:
+        for name, (size, digest) in manifest.files.items():
+            try:
+                f = files[name] = _open_regular(path / name)
+                got_size = os.fstat(f.fileno()).st_size
+                if verify and got_size == size:  # else not read at all
+                    got_digest = _sha256_of(f)
+                    f.seek(0)
+            except OSError as err:
+                raise SnapshotError(f"{path / name}: cannot be read ({err.strerror})") from None
+            if not verify:
+                continue
+            if got_size != size:
+                raise SnapshotError(f"{path / name}: {got_size} bytes, the manifest says {size} "
+                                    "(a half-written or replaced snapshot)")
+            if got_digest != digest:
+                raise SnapshotError(f"{path / name}: its SHA-256 differs from the manifest's (a "
+                                    "changed snapshot)")
+    except BaseException:
+        for f in files.values():
+            f.close()
+        raise
+    return path, files
+
+
 def verify_version(directory: Path, manifest: Manifest) -> Path:
     """The version directory ``manifest`` names, once each of its files has the size and the
     SHA-256 the manifest gives; raises :class:`SnapshotError` otherwise."""
-    path = directory / manifest.version
-    for name, (size, digest) in manifest.files.items():
-        try:
-            with _open_regular(path / name) as f:
-                got_size = os.fstat(f.fileno()).st_size
-                if got_size == size:  # else not read at all
-                    got_digest = _sha256_of(f)
-        except OSError as err:
-            raise SnapshotError(f"{path / name}: cannot be read ({err.strerror})") from None
-        if got_size != size:
-            raise SnapshotError(f"{path / name}: {got_size} bytes, the manifest says {size} "
-                                "(a half-written or replaced snapshot)")
-        if got_digest != digest:
-            raise SnapshotError(f"{path / name}: its SHA-256 differs from the manifest's (a "
-                                "changed snapshot)")
+    path, files = open_version(directory, manifest)
+    for f in files.values():
+        f.close()
     return path
+
+
+def _load_full(path: Path, files: dict[str, BinaryIO]) -> Recommender:
+    """The model of the full version at ``path`` from its open files (:func:`open_version`),
+    checked as :func:`nmrn.io.read_checkpoint` checks a checkpoint directory."""
+    for name in (META_FILE, ARRAYS_FILE):
+        if name not in files:
+            raise SnapshotError(f"{path}: the manifest names no {name}")
+    meta_raw = files[META_FILE].read(MAX_META_BYTES + 1)
+    if len(meta_raw) > MAX_META_BYTES:
+        raise SnapshotError(f"{path / META_FILE}: more than the limit of {MAX_META_BYTES} bytes")
+    meta = parse_meta(meta_raw, path / META_FILE)
+    check_meta(meta, path)
+    arrays = read_arrays(path / ARRAYS_FILE, files[ARRAYS_FILE])
+    import nmrn.models  # noqa: F401 - registers every model class
+
+    return Recommender.from_state(meta, arrays, source=path)
 
 
 def _write_current(directory: Path, manifest: Manifest) -> None:
@@ -834,18 +875,22 @@ class SnapshotFollower:
             return None
         start = time.perf_counter()
         try:
-            if self.verify:
-                path = verify_version(self.directory, manifest)
-            else:
-                path = self.directory / manifest.version
             if MANIFEST_FILE in manifest.files:
+                if self.verify:
+                    path = verify_version(self.directory, manifest)
+                else:
+                    path = self.directory / manifest.version
                 model = self._load_incremental(path)
-            else:
-                from nmrn.models import load_model
-
-                model = load_model(path)
+            else:  # loaded from the files verified, open: a prune meanwhile changes nothing
+                path, files = open_version(self.directory, manifest, verify=self.verify)
+                try:
+                    model = _load_full(path, files)
+                    size = os.fstat(files[ARRAYS_FILE].fileno()).st_size
+                finally:
+                    for f in files.values():
+                        f.close()
                 self._held = {}
-                self.last_read_bytes = (path / ARRAYS_FILE).stat().st_size
+                self.last_read_bytes = size
         except (SnapshotError, CheckpointError, OSError) as err:
             self._refused_version = manifest.version
             self._refuse(str(err))
