@@ -397,6 +397,6 @@ def test_dense_counts_of_weight_one_are_added_pair_by_pair_as_grouped(
     for rec in (grouped, one_by_one):
         rec._grow(1, 7)  # a capacity (16) wider than the 7 items
         rec._dense[:7, :7] = np.array(start, dtype=np.float32).reshape(7, 7)
-    grouped._add(rows, cols, np.ones(len(rows)))
-    one_by_one._add_ones(rows, cols)
+    grouped._add_grouped(rows, cols, np.ones(len(rows)))
+    one_by_one._add(rows, cols, np.ones(len(rows)))  # weights of one: added pair by pair
     np.testing.assert_array_equal(one_by_one._dense, grouped._dense)

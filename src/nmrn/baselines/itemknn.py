@@ -168,6 +168,13 @@ class ItemKNN(Recommender):
         duplicates accumulate."""
         if len(rows) == 0:
             return
+        if self._dense is not None and (vals == 1.0).all():  # cooc_decay 1: integer counts
+            self._add_ones(rows, cols)
+        else:
+            self._add_grouped(rows, cols, vals)
+
+    def _add_grouped(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+        """:meth:`_add` with the pairs' weights summed per pair first."""
         n = self._n
         if self.config.directed:
             keys, weights = rows * n + cols, vals
@@ -290,10 +297,7 @@ class ItemKNN(Recommender):
             prev = seq[at - 1 - age]
             cur = seq[at]
             keep = prev != cur
-            if self._dense is not None and self.config.cooc_decay == 1.0:
-                self._add_ones(prev[keep], cur[keep])
-            else:
-                self._add(prev[keep], cur[keep], age_weight[age[keep]])
+            self._add(prev[keep], cur[keep], age_weight[age[keep]])
 
     # -- scoring ---------------------------------------------------------------------------------
     def _profile(self, users: np.ndarray, decay: float) -> sp.csr_matrix:
