@@ -177,14 +177,24 @@ def _open_regular(path: Path) -> BinaryIO:
     """``path`` opened for reading if it is a regular file, else a :class:`SnapshotError`:
     a FIFO would block the open (it is opened without blocking), a device such as
     ``/dev/zero`` (through a link) would never end."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = _open_regular_fd(path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SnapshotError(f"{path}: not a regular file")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_regular_fd(path: Path) -> int:
+    """:func:`_open_regular`'s descriptor (for ``os.preadv``); the caller closes it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SnapshotError(f"{path}: not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _read_regular(path: Path, limit: int) -> bytes:
@@ -962,18 +972,14 @@ class SnapshotFollower:
                 for number in np.unique(layout.table["v"][todo]).tolist():
                     if number not in sizes:
                         where = self.directory / names[number] / BLOCKS_FILE
-                        try:  # without blocking: a FIFO is refused, not waited on
-                            fds[number] = os.open(where, os.O_RDONLY | os.O_NONBLOCK
-                                                  | os.O_CLOEXEC)
+                        try:
+                            fds[number] = _open_regular_fd(where)
                         except FileNotFoundError:
                             raise SnapshotError(
                                 f"{path / MANIFEST_FILE}: names version {names[number]}, "
                                 f"whose {BLOCKS_FILE} is missing (pruned or never written)"
                             ) from None
-                        st = os.fstat(fds[number])
-                        if not stat.S_ISREG(st.st_mode):
-                            raise SnapshotError(f"{where}: not a regular file")
-                        sizes[number] = st.st_size
+                        sizes[number] = os.fstat(fds[number]).st_size
                     mine = layout.table["v"][todo] == number
                     if mine.any() and int(ends[mine].max()) > sizes[number]:
                         raise SnapshotError(
