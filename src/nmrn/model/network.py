@@ -335,7 +335,8 @@ class NMRNNetwork(nn.Module):
         values
             ``[H, d]`` the shared value memory, or ``[n, H, d]`` one per user.
         items
-            ``[N, d]`` item vectors; defaults to the whole item table.
+            ``[N, d]`` item vectors: the whole item table (the default) or its first ``N`` rows
+            (the item bias is read for those rows).
         item_sq_norms
             ``[N]`` cached ``||v||^2`` of ``items`` (saves one pass over the table).
         context
@@ -355,7 +356,7 @@ class NMRNNetwork(nn.Module):
                 r = self.item_read(items[None], context[row : row + 1])  # [1, N, d]
                 assert r is not None
                 out[row] = self.distance(s[row : row + 1] + r, items[None])[0].double()
-            return out if self.bias is None else out + self.bias.double()[None, :]
+            return out if self.bias is None else out + self.bias.double()[None, : len(items)]
         return self.distances_from(s, items, item_sq_norms)
 
     @torch.no_grad()
@@ -372,4 +373,4 @@ class NMRNNetwork(nn.Module):
         sq = (item_sq_norms.double()[None, :] - 2.0 * dots).add_((s64 * s64).sum(-1, keepdim=True))
         dist = sq.clamp_min_(0.0)
         dist = dist if self.squared_distance else dist.sqrt_()
-        return dist if self.bias is None else dist + self.bias.double()[None, :]
+        return dist if self.bias is None else dist + self.bias.double()[None, : len(items)]

@@ -76,8 +76,10 @@ from, and the gate's training rows are the evidence that read computed. A read k
 :data:`EVIDENCE_CACHE_BYTES`) and the next ``learn`` takes them instead of computing them again.
 This changes nothing but the cost: a user's evidence never depends on which other users are
 scored with them, and a batch that adds items leaves the evidence over the items known before it
-bit for bit as it was (the exceptions, EASE evidence and item-kNN counts that the batch's new
-items turn from dense to sparse storage, turn the reuse off for such a batch); a test checks
+bit for bit as it was (the memory's evidence is scored over the rows of the items known
+before the batch only, since a matrix-vector product over a longer table may round otherwise;
+the exceptions, EASE and BPR evidence and item-kNN counts that the batch's new items turn from
+dense to sparse storage, turn the reuse off for such a batch); a test checks
 that a model read before every batch ends bit for bit where one never read does (what a replay
 computes).
 
@@ -428,7 +430,11 @@ class NMRNHybrid(Recommender):
             knn = self.components["knn"]
             assert isinstance(knn, ItemKNN)
             return knn.scores_with_decay(users, self.config.knn_decay)[:, :n]
-        if name in ("memory", "follows", "sessions", "taste", "ease"):
+        if name == "memory":  # its first n items scored as a table of n items would be
+            memory = self.components["memory"]
+            assert isinstance(memory, NMRN)
+            return memory._score_all(users, n_items=n)
+        if name in ("follows", "sessions", "taste", "ease"):
             return self.components[name]._score_all(users)[:, :n]
         if name == "pop":
             return counts[None, :n]
@@ -675,9 +681,11 @@ class NMRNHybrid(Recommender):
     def _growth_exact(self) -> bool:
         """Whether the evidence of known users over the items known before a batch stays bit
         for bit the same when the batch adds items: not with EASE, whose solve over a larger
-        system may round the old items' weights otherwise. (Item-kNN's growth only widens its
-        main and pending counts: the old items' products are unchanged.)"""
-        return not any(isinstance(c, EASE) for c in self.components.values())
+        system may round the old items' weights otherwise, nor with BPR, whose products over a
+        larger item table may round otherwise (the memory is scored over the old items' rows
+        only, :meth:`NMRN._score_all`'s ``n_items``). (Item-kNN's growth only widens its main
+        and pending counts: the old items' products are unchanged.)"""
+        return not any(isinstance(c, (EASE, BPR)) for c in self.components.values())
 
     # -- checkpoints -------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -760,20 +760,27 @@ class NMRN(Recommender):
 
     # -- scoring ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def _score_all(self, users: np.ndarray) -> np.ndarray:
-        """``-distance`` to every item, ``[n] -> [n, N]`` float64.
+    def _score_all(self, users: np.ndarray, n_items: int | None = None) -> np.ndarray:
+        """``-distance`` to every item, ``[n] -> [n, N]`` float64 (to the first ``n_items``
+        items only, ``[n, n_items]``, when given).
 
         Each user is scored on its own (a matrix-vector product over the item table), so that
         a user's scores are bit-for-bit the same whichever other users share the call; the
         table pass is memory-bound, so batching users would save little for a single user and
-        cost this guarantee.
+        cost this guarantee. The product's kernel, and so the last bit of every item's score,
+        may depend on how many rows the table has (it does with MKL on an Intel Xeon):
+        ``n_items`` scores exactly the rows an earlier, smaller table had, bit for bit as it
+        scored them (the hybrid reuses such reads, :mod:`nmrn.training.hybrid`).
         """
         net = self.network
-        sq_norms = self._item_sq_norms()
-        out = np.empty((len(users), net.n_items), dtype=np.float64)
+        n = net.n_items if n_items is None else min(int(n_items), net.n_items)
+        sq_norms = self._item_sq_norms()[:n]
+        items = net.item_emb[:n]
+        out = np.empty((len(users), n), dtype=np.float64)
         for row, user in enumerate(np.asarray(users, dtype=np.int64).tolist()):
             u, values, context = self._read_inputs(user)
-            dist = net.score_all(u, values, item_sq_norms=sq_norms, context=context)  # [1, N]
+            dist = net.score_all(u, values, items=items, item_sq_norms=sq_norms,
+                                 context=context)  # [1, n]
             out[row] = dist[0].neg_().cpu().numpy()
         return out
 
