@@ -339,3 +339,61 @@ def test_without_a_gate_step_learn_computes_no_gate_rows(options: dict[str, Any]
     got, want = rec._state()[0], computed._state()[0]
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_the_age_evidence_is_the_events_since_each_items_first_event_by_hand() -> None:
+    # known answer: items first appear at positions x 0, y 2, z 4, w 7 of the whole log; the
+    # replay of fit (gate_fraction 0.5: a fitted head, a replayed tail) and the learn calls
+    # keep one event count, so after 9 events the ages are 9 - first
+    log = [("a", "x", 0), ("b", "x", 1), ("c", "y", 2), ("a", "y", 3), ("b", "z", 4),
+           ("c", "x", 5), ("a", "z", 6), ("d", "w", 7), ("b", "w", 8)]
+    rec = NMRNHybrid(features=["age"], gate="sum", gate_fraction=0.5, fit_chunk=2).fit(log[:5])
+    rec.learn(log[5:7]).learn(log[7:])
+    age = np.array([9 - 0, 9 - 2, 9 - 4, 9 - 7], dtype=np.float64)
+    share = np.array([3, 2, 2, 2]) / 10
+    np.testing.assert_allclose(rec.score(["a"], ["x", "y", "z", "w"])[0],
+                               np.log1p(age) / np.log1p(age.max()) + 1e-9 * share, rtol=1e-6)
+    # the same events in other calls give the same ages
+    other = NMRNHybrid(features=["age"], gate="sum").fit(log[:2])
+    for e in log[2:]:
+        other.learn([e])
+    np.testing.assert_array_equal(other._item_first, rec._item_first)
+
+
+def test_the_gate_trains_on_the_age_the_replay_saw_not_the_final_one(monkeypatch: Any) -> None:
+    # in fit's replay the age of an item is counted at the chunk being replayed (its own event
+    # count), not at the end of the history
+    seen: list[np.ndarray] = []
+    original = NMRNHybrid._raw_evidence
+
+    def spy(self: NMRNHybrid, name: str, *args: Any) -> np.ndarray:
+        raw = original(self, name, *args)
+        seen.append(raw.copy())
+        return raw
+
+    monkeypatch.setattr(NMRNHybrid, "_raw_evidence", spy)
+    log = [("a", "x", 0), ("b", "y", 1), ("a", "y", 2), ("b", "x", 3), ("a", "z", 4),
+           ("b", "x", 5)]
+    NMRNHybrid(features=["age"], fit_chunk=2, fit_epochs=0).fit(log)
+    # chunks start at events 2 and 4: x (first at 0) and y (first at 1) are 2/1, then 4/3
+    # events old; z is not known before the last chunk (the first has no known user)
+    assert [r.tolist() for r in seen] == [[[2.0, 1.0]], [[4.0, 3.0]]]
+
+
+def test_a_checkpoint_without_item_ages_loads_only_where_no_age_is_read(tmp_path: Any) -> None:
+    from nmrn.errors import CheckpointError
+    from nmrn.io import read_checkpoint
+    from nmrn.training.contract import Recommender
+
+    log = _cycle_log(steps=3)
+    for features, ok in ((["pop"], True), (["pop", "age"], False)):
+        rec = NMRNHybrid(features=features, fit_epochs=0).fit(log)
+        meta, arrays = read_checkpoint(rec.save(tmp_path / "-".join(features)))
+        del arrays["model.item_first"]
+        if ok:  # an older checkpoint: the ages start from the load, nothing else changes
+            loaded = Recommender.from_state(meta, arrays, source="old")
+            np.testing.assert_array_equal(loaded.score(["u1"], [1, 2, 3]),
+                                          rec.score(["u1"], [1, 2, 3]))
+        else:
+            with pytest.raises(CheckpointError, match="item_first"):
+                Recommender.from_state(meta, arrays, source="old")

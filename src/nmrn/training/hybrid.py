@@ -43,6 +43,12 @@ across users; any subset can be chosen with ``features``):
     The whole of a user's past through a closed-form item-item linear model: the scores of an
     inner :class:`~nmrn.baselines.ease.EASE` (options ``ease``), standardised like ``memory``.
     Off by default.
+``age``
+    How long an item has been in the catalogue: the events since its first event,
+    ``log(1 + age) / log(1 + max age)`` (the oldest item 1). Not evidence on its own (the
+    newest items are rarely the next ones) but an input the gate can combine with the others:
+    on ML-100K, items 5,000-50,000 events old are the targets that recent popularity finds and
+    the memory and the neighbourhoods miss (docs/tuning.md, "Item age"). Off by default.
 
 ``transform="rank"`` replaces each of these scalings by one scale-free form, ``-log(1 + r)``
 with ``r`` the item's rank in the user's row of that evidence (0 for the best; ties at their
@@ -118,8 +124,8 @@ from nmrn.training.registry import register
 __all__ = ["FEATURES", "HybridConfig", "NMRNHybrid"]
 
 FEATURES = ("memory", "knn", "knn_slow", "follows", "sessions", "pop", "recent_pop", "stage_pop",
-            "taste", "ease")
-DEFAULT_FEATURES = FEATURES[:-2]  # every evidence but ``taste`` and ``ease``
+            "taste", "ease", "age")
+DEFAULT_FEATURES = FEATURES[:-3]  # every evidence but ``taste``, ``ease`` and ``age``
 TRANSFORMS = ("log_share", "rank")
 N_CONTEXT = 2
 N_STAGES = 12
@@ -364,6 +370,7 @@ class NMRNHybrid(Recommender):
         self._optimizer = torch.optim.Adam(self.gate.parameters(), lr=cfg.lr)
         self._stage_counts = np.zeros((N_STAGES, 0))  # [stage, item]
         self._user_last = np.zeros(0, dtype=np.int64)  # event number of each user's last event
+        self._item_first = np.zeros(0, dtype=np.int64)  # event number of each item's first event
         self._n_known = 0  # items known before the batch being learned
         self.last_loss = math.nan
         self._evidence = _EvidenceCache()
@@ -399,6 +406,8 @@ class NMRNHybrid(Recommender):
             self._stage_counts = np.concatenate([self._stage_counts,
                                                  np.zeros((N_STAGES, extra))], axis=1)
         self._user_last = grow_array(self._user_last, n_users)
+        # a grown item's first event is set when the batch that brought it is counted
+        self._item_first = grow_array(self._item_first, n_items, fill=self.n_events)
 
     # -- evidence ----------------------------------------------------------------------------
     def _features(
@@ -411,7 +420,7 @@ class NMRNHybrid(Recommender):
         x = np.zeros((len(users), n, len(cfg.features)), dtype=np.float32)
         lengths = np.array([history.length(u) for u in users.tolist()], dtype=np.int64)
         for f, name in enumerate(cfg.features):
-            raw = self._raw_evidence(name, users, n, counts, lengths)
+            raw = self._raw_evidence(name, users, n, counts, lengths, n_seen)
             x[:, :, f] = _rank_evidence(raw) if cfg.transform == "rank" else self._scaled(name, raw)
         since = n_seen - self._user_last[users]
         c = np.stack([np.log1p(lengths) / 6.0,
@@ -419,7 +428,7 @@ class NMRNHybrid(Recommender):
         return torch.from_numpy(x), torch.from_numpy(c.astype(np.float32))[:, None, :]
 
     def _raw_evidence(self, name: str, users: np.ndarray, n: int, counts: np.ndarray,
-                      lengths: np.ndarray) -> np.ndarray:
+                      lengths: np.ndarray, n_seen: int) -> np.ndarray:
         """Evidence ``name`` for ``users`` over the first ``n`` items, in its own units
         (``[U, n]``, or ``[1, n]`` where it is the same for every user); higher is better."""
         if name == "knn_slow":
@@ -440,6 +449,8 @@ class NMRNHybrid(Recommender):
             return counts[None, :n]
         if name == "recent_pop":
             return self.components["recent_pop"]._score_all(users[:1])[:1, :n]
+        if name == "age":
+            return (n_seen - self._item_first[None, :n]).astype(np.float64)
         return self._stage_counts[_stage(lengths), :n]  # stage_pop
 
     def _scaled(self, name: str, raw: np.ndarray) -> np.ndarray:
@@ -452,6 +463,8 @@ class NMRNHybrid(Recommender):
         if name == "recent_pop":
             share = raw / max(float(raw.max(initial=0.0)), 1e-12)
             return np.log1p(100.0 * share) / math.log1p(100.0)
+        if name == "age":
+            return np.log1p(raw) / math.log1p(max(float(raw.max(initial=0.0)), 1.0))
         return _log_share(raw)
 
     def _score_all(self, users: np.ndarray) -> np.ndarray:
@@ -616,6 +629,9 @@ class NMRNHybrid(Recommender):
         before[order] += rank
         np.add.at(self._stage_counts, (_stage(before), items), 1.0)
         self._user_last[users] = n_seen + np.arange(len(users))
+        distinct, first_at = np.unique(items, return_index=True)
+        new = distinct >= self._n_known
+        self._item_first[distinct[new]] = n_seen + first_at[new]
         self._n_known = max(self._n_known, int(items.max()) + 1)
 
     def _fit(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
@@ -692,6 +708,7 @@ class NMRNHybrid(Recommender):
         arrays: dict[str, np.ndarray] = {
             "stage_counts": self._stage_counts,
             "user_last": self._user_last,
+            "item_first": self._item_first,
             "rng": self._gen.get_state().numpy(),
         }
         for name, tensor in self.gate.state_dict().items():
@@ -718,6 +735,17 @@ class NMRNHybrid(Recommender):
         last = np.asarray(arrays["user_last"], dtype=np.int64)
         if stage.shape != (N_STAGES, n_items) or last.shape != (n_users,):
             raise CheckpointError(f"NMRNHybrid arrays have shapes {stage.shape}, {last.shape}")
+        # checkpoints written before the ``age`` evidence lack ``item_first``: only a model that
+        # reads it needs it
+        if "item_first" in arrays or "age" in self.config.features:
+            if "item_first" not in arrays:
+                raise CheckpointError("NMRNHybrid checkpoint lacks item_first, which the age "
+                                      "evidence reads")
+            first = np.asarray(arrays["item_first"], dtype=np.int64)
+            if first.shape != (n_items,):
+                raise CheckpointError(f"NMRNHybrid item_first has shape {first.shape}, "
+                                      f"expected ({n_items},)")
+            self._item_first = first.copy()
         self._stage_counts, self._user_last = stage.copy(), last.copy()
         self.gate.load_state_dict({
             name: saved_tensor(arrays, f"gate.{name}", tuple(tensor.shape))
