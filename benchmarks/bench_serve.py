@@ -5,7 +5,9 @@ For each (catalogue, model) it measures ``GET /recommendations/{user}?k=10`` in 
 * closed loop, no ingest: ``--concurrency`` connections each send the next request as soon as
   the answer arrives (the throughput the server can give);
 * closed loop while events are ingested at ``--ingest-rate`` through ``POST /events``
-  (fsynced journal, as in production);
+  (fsynced journal, as in production), paced in events over ``--ingest-connections``: a
+  connection behind schedule sends every event due in its next, larger POST, so the offered
+  event rate holds whatever the POST latency;
 * open loop at ``--read-rate`` requests/s (the goal's load) while ingesting: requests are sent
   on a fixed schedule over ``--open-connections`` connections and latency counts from the
   scheduled time, so queueing behind a slow answer is not hidden (no coordinated omission).
@@ -145,6 +147,9 @@ def _post(path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
+INGEST_CATCH_UP = 20  # the largest POST an ingest connection sends, in --ingest-batch units
+
+
 async def _phase(port: int, users: list[Any], items: list[Any], *, seconds: float,
                  max_requests: int, concurrency: int, ingest_rate: float, ingest_batch: int,
                  ingest_connections: int, read_rate: float = 0.0) -> dict[str, Any]:
@@ -183,25 +188,35 @@ async def _phase(port: int, users: list[Any], items: list[Any], *, seconds: floa
             t_next += interval
 
     async def ingester(conn: _Connection, offset: float) -> None:
-        # paced (open loop): a late request is sent at once, so a slow server is not hidden
-        interval = ingest_batch * len(ingesters) / ingest_rate
-        t_next = time.perf_counter() + offset * interval
+        # paced (open loop) in events, not in requests: each connection owes
+        # ingest_rate / connections events per second from its start; a POST that comes back
+        # late is followed at once by one that carries every event due by then (up to
+        # INGEST_CATCH_UP batches), so the offered event rate stays --ingest-rate whatever the
+        # POST latency (with a fixed batch, two connections at 10 events each could offer only
+        # 20 events per POST latency, and a slow POST hid as a low event rate)
+        rate = ingest_rate / len(ingesters)
+        t_start = time.perf_counter() + offset * ingest_batch / rate
+        sent = 0
         while True:
-            await asyncio.sleep(max(0.0, t_next - time.perf_counter()))
-            if time.perf_counter() > stop_at:
+            due_at = t_start + (sent + ingest_batch) / rate
+            await asyncio.sleep(max(0.0, due_at - time.perf_counter()))
+            now = time.perf_counter()
+            if now > stop_at:
                 return
+            due = int((now - t_start) * rate) - sent
+            size = min(max(ingest_batch, due), INGEST_CATCH_UP * ingest_batch)
             events = [{"user": users[int(rng.integers(len(users)))],
                        "item": items[int(rng.integers(len(items)))],
-                       "timestamp": time.time()} for _ in range(ingest_batch)]
+                       "timestamp": time.time()} for _ in range(size)]
             t0 = time.perf_counter()
             status, _ = await conn.request(_post("/events", json.dumps({"events": events})
                                                  .encode()))
             ingest_lat.append(time.perf_counter() - t0)
+            sent += size
             if status == 202:
-                counts["ingested"] += ingest_batch
+                counts["ingested"] += size
             else:
                 counts["errors"] += 1
-            t_next += interval
 
     cpu0, start = time.process_time(), time.perf_counter()
     if read_rate > 0:
@@ -480,7 +495,8 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=100_000, help="cap per phase")
     parser.add_argument("--concurrency", type=int, default=8, help="reader connections")
     parser.add_argument("--ingest-rate", type=float, default=1000.0, help="events per second")
-    parser.add_argument("--ingest-batch", type=int, default=10, help="events per POST")
+    parser.add_argument("--ingest-batch", type=int, default=10,
+                        help="events per POST (more when a connection is behind schedule)")
     parser.add_argument("--ingest-connections", type=int, default=2,
                         help="ingest connections (requests in flight at once)")
     parser.add_argument("--read-rate", type=float, default=1000.0,
