@@ -309,8 +309,11 @@ def test_the_gates_closed_form_gradient_is_autograds(
     for name, grad in grads.items():
         ref = params[name].grad.numpy()
         assert grad.dtype == np.float32 and grad.shape == ref.shape
-        np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5 * (1.0 + np.abs(ref).max()),
-                                   err_msg=name)
+        # both sum every event's float32 terms (|x| up to ~8): the rounding grows with the
+        # events summed, so the absolute tolerance does too (57 events once gave 1.3e-5 on a
+        # gradient of 0.006, the terms cancelling)
+        atol = 1e-5 * (1.0 + np.abs(ref).max()) * max(1.0, n_events / 20)
+        np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=atol, err_msg=name)
 
 
 @pytest.mark.parametrize("options", [{"learn_passes": 0}, {"gate": "sum"}])
