@@ -132,7 +132,8 @@ def main() -> None:
         tested = TestedEvents(events, walk)
         mask = tested.mask()
         every = np.arange(len(tested))
-        starts = segment_starts(len(events), walk)[tested.part]
+        segment_start = segment_starts(len(events), walk)
+        starts = segment_start[tested.part]
         evidence = {}
         for name in args.models.split(","):
             recorder = Recorder(make_model(name, seed=0))
@@ -152,7 +153,7 @@ def main() -> None:
         age = np.where(cols[None, :] < tested.known[:, None], age, 1e12)
         last = np.zeros((len(tested), tested.width), np.float32)
         for p in np.unique(tested.part).tolist():
-            s = int(segment_starts(len(events), walk)[p])
+            s = int(segment_start[p])
             rows_p = tested.part == p
             last[rows_p] = np.bincount(stream.item_idx[max(0, s - 2000) : s],
                                        minlength=len(stream.item_ids))[: tested.width]

@@ -629,9 +629,10 @@ class NMRNHybrid(Recommender):
         before[order] += rank
         np.add.at(self._stage_counts, (_stage(before), items), 1.0)
         self._user_last[users] = n_seen + np.arange(len(users))
-        distinct, first_at = np.unique(items, return_index=True)
-        new = distinct >= self._n_known
-        self._item_first[distinct[new]] = n_seen + first_at[new]
+        if int(items.max()) >= self._n_known:  # the batch brings items: their first events
+            distinct, first_at = np.unique(items, return_index=True)
+            new = distinct >= self._n_known
+            self._item_first[distinct[new]] = n_seen + first_at[new]
         self._n_known = max(self._n_known, int(items.max()) + 1)
 
     def _fit(self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
